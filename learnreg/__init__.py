@@ -1,0 +1,3 @@
+"""learnreg: meta-learning losses, optimizers and initializations."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,283 @@
+"""YAML run configurations: loading, ``key=value`` overrides, validation, instantiation.
+
+A run config is a YAML mapping. Component sections hold ``_component_`` (a registered
+name or an allow-listed dotted path) and the component's keyword arguments; every other
+section has a fixed set of keys (:data:`SCHEMA`). Unknown keys and components are errors
+that name the closest valid choice.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from learnreg import registry
+from learnreg.errors import ConfigError
+
+COMPONENT = "_component_"
+
+#: Component sections: section name -> registry kind.
+COMPONENT_SECTIONS = {
+    "task": "task",
+    "model": "model",
+    "loss": "loss",
+    "optimizer": "optimizer",
+    "init": "init",
+    "objective": "objective",
+    "estimator": "estimator",
+    "meta_optimizer": "meta_optimizer",
+}
+
+#: Every top-level key and its default (``None``: optional). Plain sections list their keys.
+SCHEMA: dict[str, Any] = {
+    "method": "custom",
+    "description": "",
+    "seed": 0,
+    "device": "auto",
+    "task": None,
+    "model": None,
+    "loss": None,
+    "optimizer": {COMPONENT: "sgd", "lr": 0.01},
+    "init": {COMPONENT: "random"},
+    "objective": {COMPONENT: "task_loss"},
+    "estimator": {COMPONENT: "truncated_unroll"},
+    "meta_optimizer": {COMPONENT: "adam", "lr": 1e-3},
+    "meta_steps": 100,
+    "meta_test": {"steps": 1000, "seeds": 1, "adapt": None, "eval_every": 100, "batch_size": None},
+    "baseline": {"loss": None, "optimizer": None},
+    "logger": {"backends": ["jsonl", "console"], "project": None, "group": None, "tags": []},
+    "checkpoint_every": 50,
+    "max_bad_steps": 10,
+}
+PLAIN_SECTIONS = {k for k, v in SCHEMA.items() if isinstance(v, dict) and COMPONENT not in v}
+
+
+def load(source: str | Path | Mapping, overrides: list[str] | None = None) -> dict:
+    """Load a config (path, YAML text mapping or dict), apply overrides, fill defaults, validate.
+
+    Args:
+        source: a YAML file path, or an already-parsed mapping.
+        overrides: ``dotted.key=value`` strings; values are parsed as YAML scalars/lists.
+
+    Returns:
+        The resolved config as plain dicts and lists.
+    """
+    if isinstance(source, Mapping):
+        raw = copy.deepcopy(dict(source))
+    else:
+        raw = read_yaml(Path(source))
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate(raw)
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        hint = ""
+        preset = Path(__file__).resolve().parent.parent / "configs" / path
+        if preset.is_file():
+            hint = f" (a preset of that name exists: {preset})"
+        raise ConfigError(f"config file {str(path)!r} not found{hint}. Try `learnreg list` for presets.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {exc}. Fix the syntax at the position shown.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping of sections, got {type(data).__name__}.")
+    return data
+
+
+def apply_override(cfg: dict, item: str) -> None:
+    """Set ``cfg[a][b] = value`` from ``"a.b=value"`` (value parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    key, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text) if text != "" else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+    parts = key.strip().split(".")
+    node = cfg
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif isinstance(child, str):  # `loss=neural` then `loss.hidden=32`
+            child = node[part] = {COMPONENT: child}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node = child
+    if parts[-1] == "" or any(p == "" for p in parts):
+        raise ConfigError(f"override {item!r}: empty key")
+    if parts[-1] in node and isinstance(node[parts[-1]], dict) and isinstance(value, str) and len(parts) == 1:
+        value = {COMPONENT: value}  # `loss=taylor` replaces the component
+    node[parts[-1]] = value
+
+
+def validate(raw: dict) -> dict:
+    """Check keys and component names/arguments, and fill defaults."""
+    _check_keys("config", raw, SCHEMA)
+    cfg: dict = {}
+    for key, default in SCHEMA.items():
+        value = raw.get(key, copy.deepcopy(default))
+        if key in PLAIN_SECTIONS:
+            value = {} if value is None else value
+            if not isinstance(value, dict):
+                raise ConfigError(f"section {key!r} must be a mapping, got {value!r}")
+            _check_keys(key, value, default)
+            value = {**copy.deepcopy(default), **value}
+        elif key in COMPONENT_SECTIONS and value is not None:
+            value = normalize_component(value, key)
+            check_component(COMPONENT_SECTIONS[key], value, where=key)
+        cfg[key] = value
+    if cfg["task"] is None:
+        raise ConfigError("the config has no `task` section; e.g. `task: {_component_: digits}`.")
+    for key in ("seed", "meta_steps", "checkpoint_every", "max_bad_steps"):
+        _expect(key, cfg[key], int)
+    _expect("meta_test.steps", cfg["meta_test"]["steps"], int)
+    if cfg["device"] not in ("auto", "cpu", "cuda") and not str(cfg["device"]).startswith("cuda:"):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg['device']!r}")
+    for sub in ("loss", "optimizer"):
+        if cfg["baseline"][sub] is not None:
+            cfg["baseline"][sub] = normalize_component(cfg["baseline"][sub], f"baseline.{sub}")
+            check_component(sub, cfg["baseline"][sub], where=f"baseline.{sub}")
+    if cfg["meta_test"]["adapt"] is not None:
+        cfg["meta_test"]["adapt"] = normalize_component(cfg["meta_test"]["adapt"], "meta_test.adapt")
+        check_component("estimator", cfg["meta_test"]["adapt"], where="meta_test.adapt")
+    return cfg
+
+
+def normalize_component(value: Any, where: str) -> dict:
+    if isinstance(value, str):
+        return {COMPONENT: value}
+    if not isinstance(value, dict) or COMPONENT not in value:
+        raise ConfigError(f"{where} must name a component: `{where}: {{_component_: NAME, ...}}`, got {value!r}")
+    return value
+
+
+def check_component(kind: str, spec: dict, where: str) -> None:
+    """Validate a component spec's name and keyword arguments against its signature."""
+    target = registry.lookup(kind, spec[COMPONENT])
+    params, hints = _signature(target)
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for key, value in spec.items():
+        if key == COMPONENT:
+            continue
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{where}: {spec[COMPONENT]!r} has no argument {key!r}.{hint} "
+                f"Valid arguments: {', '.join(sorted(accepted - set(CONTEXT_NAMES))) or '(none)'}."
+            )
+        _check_type(f"{where}.{key}", value, hints.get(key))
+
+
+#: Constructor arguments filled from the run context when a config leaves them out.
+CONTEXT_NAMES = ("task", "num_classes", "kind", "input_shape", "in_features", "out_features", "device", "params", "model")
+
+
+def instantiate(kind: str, spec: dict | str, /, **context: Any) -> Any:
+    """Build a component from its spec; arguments named like context keys are injected.
+
+    Args:
+        kind: registry kind (``"loss"``, ``"model"``...).
+        spec: ``{"_component_": name, **kwargs}`` or a bare name.
+        **context: values offered to the constructor (only those it accepts are passed).
+    """
+    spec = normalize_component(spec, kind)
+    check_component(kind, spec, where=kind)
+    target = registry.lookup(kind, spec[COMPONENT])
+    kwargs = {k: v for k, v in spec.items() if k != COMPONENT}
+    params, _ = _signature(target)
+    for name, value in context.items():
+        if name not in kwargs and name in params:
+            kwargs[name] = value
+    try:
+        return target(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as exc:
+        raise ConfigError(f"cannot build {kind} {spec[COMPONENT]!r}: {exc}") from None
+
+
+def _signature(target):
+    fn = target.__init__ if inspect.isclass(target) else target
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return {}, {}
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward refs: skip type checks, keep name checks
+        hints = {}
+    return dict(sig.parameters), hints
+
+
+def _check_keys(where: str, given: dict, allowed: Mapping) -> None:
+    for key in given:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), [str(k) for k in allowed], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}.{hint} Valid keys: {', '.join(allowed)}.")
+
+
+def _expect(where: str, value: Any, typ: type) -> None:
+    if not isinstance(value, typ) or isinstance(value, bool):
+        raise ConfigError(f"{where} must be {typ.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _check_type(where: str, value: Any, hint: Any) -> None:
+    """Reject obviously wrong scalar types (a string where a float is expected...)."""
+    if hint is None or value is None:
+        return
+    if typing.get_origin(hint) is typing.Literal and value not in typing.get_args(hint):
+        choices = [str(a) for a in typing.get_args(hint)]
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint_text = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{where} must be one of {', '.join(choices)}, got {value!r}.{hint_text}")
+    allowed = _scalar_types(hint)
+    if allowed is None:
+        return
+    if isinstance(value, bool) and bool not in allowed:
+        ok = False
+    else:
+        ok = isinstance(value, tuple(allowed)) or (float in allowed and isinstance(value, int))
+    if not ok:
+        names = " or ".join(sorted(t.__name__ for t in allowed))
+        raise ConfigError(f"{where} must be {names}, got {value!r} ({type(value).__name__})")
+
+
+def _scalar_types(hint: Any) -> set[type] | None:
+    """The plain types a hint admits, or None when it admits anything we don't check."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        out: set[type] = set()
+        for arg in typing.get_args(hint):
+            sub = _scalar_types(arg)
+            if sub is None:
+                return None
+            out |= sub
+        return out
+    if hint is type(None):
+        return {type(None)}
+    if origin in (list, tuple):
+        return {list, tuple}
+    if origin is typing.Literal:
+        return {type(a) for a in typing.get_args(hint)}
+    if hint in (int, float, str, bool):
+        return {hint}
+    return None
+
+
+def dump(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)

@@ -1,0 +1,51 @@
+"""The three roles' common base: a module that remembers how it was built, so it can be
+exported (safetensors + JSON) and loaded back without pickles.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+from torch import nn
+
+
+class Bias(nn.Module):
+    """Base class of learnable (or fixed) procedural biases: losses, optimizers, inits.
+
+    Subclasses get ``self.init_args``: the constructor arguments (defaults filled in) of
+    the outermost ``__init__``, which :func:`learnreg.tracking.export.save_bias` writes as
+    JSON next to the tensors.
+    """
+
+    role: str = ""  # "loss", "optimizer" or "init"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def recording_init(self, *args, **kw):
+            if "init_args" not in self.__dict__:
+                bound = inspect.signature(init).bind(self, *args, **kw)
+                bound.apply_defaults()
+                object.__setattr__(self, "init_args", _plain({k: v for k, v in list(bound.arguments.items())[1:]}))
+            init(self, *args, **kw)
+
+        cls.__init__ = recording_init
+
+    @property
+    def is_learned(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, recursively, so arguments survive a JSON round trip unchanged."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

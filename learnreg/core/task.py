@@ -1,0 +1,147 @@
+"""Tasks: a model to build plus disjoint train / val / test data, and families of them.
+
+A :class:`Task` serves ``train`` batches to the inner loop, ``val`` batches to the
+meta-objective and a ``test`` split used only for the final report. Data lives in memory
+as tensors on the run's device, so a batch is one ``index_select``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+Kind = Literal["classification", "regression"]
+
+
+@dataclass
+class Split:
+    """Inputs and targets of one data split."""
+
+    x: Tensor
+    y: Tensor
+
+    def __post_init__(self):
+        if len(self.x) != len(self.y):
+            raise ValueError(f"split has {len(self.x)} inputs but {len(self.y)} targets")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def to(self, device) -> Split:
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class Task:
+    """One learning problem.
+
+    Attributes:
+        name: short identifier (``"digits"``).
+        kind: ``"classification"`` (integer targets) or ``"regression"`` (float targets).
+        train, val, test: disjoint splits.
+        num_classes: number of classes (classification) or output width (regression).
+        batch_size: inner-loop batch size.
+        model_fn: builds a fresh model for this task (set from the run's ``model`` section).
+    """
+
+    name: str
+    kind: Kind
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    batch_size: int = 64
+    model_fn: Callable[[], nn.Module] | None = field(default=None, repr=False)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    @property
+    def out_features(self) -> int:
+        return self.num_classes
+
+    def to(self, device) -> Task:
+        return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
+
+    def build_model(self, seed: int) -> nn.Module:
+        """A freshly initialised model; the global RNG is left untouched."""
+        if self.model_fn is None:
+            raise ValueError(f"task {self.name!r} has no model; set the run's `model` section")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.model_fn()
+
+    def stream(self, split: str = "train", seed: int = 0, batch_size: int | None = None) -> BatchStream:
+        return BatchStream(getattr(self, split), batch_size or self.batch_size, seed)
+
+
+class BatchStream:
+    """Endless shuffled mini-batches over a split, resumable from its ``state_dict``.
+
+    Each epoch is a fresh permutation from a private generator, so two streams with the
+    same seed yield identical batches, and a restored stream continues exactly.
+    """
+
+    def __init__(self, split: Split, batch_size: int, seed: int = 0):
+        if len(split) == 0:
+            raise ValueError("cannot stream batches from an empty split")
+        self.split = split
+        self.batch_size = min(batch_size, len(split))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(len(split), generator=self.generator)
+        self.pos = 0
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        if self.pos + self.batch_size > len(self.perm):  # drop the ragged tail, start an epoch
+            self.perm = torch.randperm(len(self.split), generator=self.generator)
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + self.batch_size].to(self.split.x.device)
+        self.pos += self.batch_size
+        return self.split.x.index_select(0, idx), self.split.y.index_select(0, idx)
+
+    __next__ = next
+
+    def __iter__(self):
+        return self
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "perm": self.perm.clone(), "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm = state["perm"].clone()
+        self.pos = int(state["pos"])
+
+
+class TaskFamily:
+    """A distribution over tasks. ``sample(i)`` returns the i-th task of a seeded sequence."""
+
+    def sample(self, index: int) -> Task:
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def representative(self) -> Task:
+        """The task used for meta-testing and reporting (the first one by default)."""
+        return self.sample(0)
+
+
+class SingleTask(TaskFamily):
+    """The family of one task: every sample is the same task."""
+
+    def __init__(self, task: Task):
+        self.task = task
+
+    def sample(self, index: int) -> Task:
+        return self.task
+
+    @property
+    def name(self) -> str:
+        return self.task.name

@@ -1,0 +1,230 @@
+"""Image datasets: MNIST / Fashion-MNIST from IDX folders, CIFAR-10 and SVHN via torchvision.
+
+Data is read from a root directory: ``$LEARNREG_DATA`` (default ``~/.cache/learnreg``).
+Fashion-MNIST and MNIST are also read from any plain folder of IDX files, such as the one
+Debian's ``dataset-fashion-mnist`` package installs under
+``/usr/share/datasets/fashion-mnist``. Nothing is downloaded unless ``download: true``
+(or ``LEARNREG_DOWNLOAD=1``) is set.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from learnreg.core.task import Split, Task
+from learnreg.data.splits import check_split
+from learnreg.errors import DataError
+from learnreg.registry import register
+
+IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+SYSTEM_FOLDERS = {"FashionMNIST": ["/usr/share/datasets/fashion-mnist"], "MNIST": ["/usr/share/datasets/mnist"]}
+HOW_TO_GET = {
+    "FashionMNIST": "install Debian's package (`apt-get install dataset-fashion-mnist`), "
+    "or set `task.download=true` when online",
+    "MNIST": "put the four IDX files in $LEARNREG_DATA/MNIST/raw, or set `task.download=true` when online",
+}
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("LEARNREG_DATA", Path.home() / ".cache" / "learnreg")).expanduser()
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped) into a numpy array.
+
+    Raises:
+        DataError: when the file is truncated or is not an IDX file.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read IDX file {path}: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
+    return data.reshape(dims)
+
+
+def find_idx_folder(name: str, path: str | None) -> Path | None:
+    """The first folder holding the four IDX files (plain or .gz) for dataset ``name``."""
+    root = data_root()
+    candidates = [Path(path)] if path else []
+    candidates += [root / name / "raw", root / name.lower(), root / "fashion-mnist" if name == "FashionMNIST" else root / "mnist"]
+    candidates += [Path(p) for p in SYSTEM_FOLDERS.get(name, [])]
+    for folder in candidates:
+        if all(_idx_file(folder, f) is not None for f in IDX_FILES.values()):
+            return folder
+    return None
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _load_idx_dataset(name: str, path: str | None, download: bool):
+    folder = find_idx_folder(name, path)
+    if folder is None and download:
+        import torchvision
+
+        getattr(torchvision.datasets, name)(str(data_root()), train=True, download=True)
+        getattr(torchvision.datasets, name)(str(data_root()), train=False, download=True)
+        folder = find_idx_folder(name, path)
+    if folder is None:
+        searched = [path] if path else []
+        searched += [str(data_root() / name / "raw"), *SYSTEM_FOLDERS.get(name, [])]
+        raise DataError(
+            f"{name} not found (looked in: {', '.join(searched)}). To get it: {HOW_TO_GET[name]}; "
+            "or point `task.path` at a folder holding the four IDX files."
+        )
+    arrays = {k: read_idx(_idx_file(folder, stem)) for k, stem in IDX_FILES.items()}
+    return arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"]
+
+
+def image_task(
+    name: str,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    num_classes: int,
+    batch_size: int,
+    val_size: int,
+    train_size: int | None,
+    test_size: int | None,
+    flatten: bool,
+    split_seed: int,
+) -> Task:
+    """Build a task from uint8 images (N, H, W) or (N, H, W, C): scale, split, normalize.
+
+    The validation split is carved from the official training set; the official test set
+    is the test split. Normalization statistics come from the training split only.
+    """
+    x = torch.as_tensor(train_x).float().div_(255.0)
+    xt = torch.as_tensor(test_x).float().div_(255.0)
+    x, xt = (a.unsqueeze(1) if a.dim() == 3 else a.permute(0, 3, 1, 2) for a in (x, xt))
+    y, yt = torch.as_tensor(train_y).long(), torch.as_tensor(test_y).long()
+    if val_size >= len(x):
+        raise DataError(f"val_size={val_size} leaves no training data ({len(x)} examples)")
+    g = torch.Generator().manual_seed(split_seed)
+    perm = torch.randperm(len(x), generator=g)
+    val_idx, train_idx = perm[:val_size], perm[val_size:]
+    if train_size is not None:
+        train_idx = train_idx[:train_size]
+    if test_size is not None:
+        keep = torch.randperm(len(xt), generator=g)[:test_size]
+        xt, yt = xt[keep], yt[keep]
+    train, val = Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx])
+    mean = train.x.mean(dim=(0, 2, 3), keepdim=True)
+    std = train.x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    splits = [Split((s.x - mean) / std, s.y) for s in (train, val, Split(xt, yt))]
+    if flatten:
+        splits = [Split(s.x.flatten(1), s.y) for s in splits]
+    task = Task(name, "classification", *splits, num_classes=num_classes, batch_size=batch_size)
+    for split in ("train", "val", "test"):
+        check_split(f"{name}.{split}", getattr(task, split), "classification", num_classes)
+    return task
+
+
+@register("task", "fashion_mnist")
+def fashion_mnist(
+    batch_size: int = 128,
+    val_size: int = 10000,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    flatten: bool = False,
+    split_seed: int = 0,
+    path: str | None = None,
+    download: bool = False,
+) -> Task:
+    """Fashion-MNIST (28x28 grey, 10 classes) from an IDX folder or torchvision root."""
+    arrays = _load_idx_dataset("FashionMNIST", path, download or _env_download())
+    return image_task("fashion_mnist", *arrays, 10, batch_size, val_size, train_size, test_size, flatten, split_seed)
+
+
+@register("task", "mnist")
+def mnist(
+    batch_size: int = 128,
+    val_size: int = 10000,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    flatten: bool = False,
+    split_seed: int = 0,
+    path: str | None = None,
+    download: bool = False,
+) -> Task:
+    """MNIST (28x28 grey digits, 10 classes) from an IDX folder or torchvision root."""
+    arrays = _load_idx_dataset("MNIST", path, download or _env_download())
+    return image_task("mnist", *arrays, 10, batch_size, val_size, train_size, test_size, flatten, split_seed)
+
+
+def _torchvision_arrays(name: str, download: bool):
+    import torchvision
+
+    root = data_root()
+    cls = getattr(torchvision.datasets, name)
+    try:
+        if name == "SVHN":
+            tr, te = cls(str(root / "SVHN"), split="train", download=download), cls(str(root / "SVHN"), split="test", download=download)
+            return tr.data.transpose(0, 2, 3, 1), tr.labels, te.data.transpose(0, 2, 3, 1), te.labels
+        tr, te = cls(str(root), train=True, download=download), cls(str(root), train=False, download=download)
+        return tr.data, np.asarray(tr.targets), te.data, np.asarray(te.targets)
+    except RuntimeError as exc:
+        raise DataError(
+            f"{name} not found under {root} ({exc}). Set `task.download=true` when online, "
+            f"or place torchvision's {name} files under $LEARNREG_DATA."
+        ) from None
+
+
+@register("task", "cifar10")
+def cifar10(
+    batch_size: int = 128,
+    val_size: int = 5000,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    split_seed: int = 0,
+    download: bool = False,
+) -> Task:
+    """CIFAR-10 (32x32 colour, 10 classes) via torchvision from $LEARNREG_DATA."""
+    arrays = _torchvision_arrays("CIFAR10", download or _env_download())
+    return image_task("cifar10", *arrays, 10, batch_size, val_size, train_size, test_size, False, split_seed)
+
+
+@register("task", "svhn")
+def svhn(
+    batch_size: int = 128,
+    val_size: int = 5000,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    split_seed: int = 0,
+    download: bool = False,
+) -> Task:
+    """SVHN (32x32 colour house numbers, 10 classes) via torchvision from $LEARNREG_DATA."""
+    arrays = _torchvision_arrays("SVHN", download or _env_download())
+    return image_task("svhn", *arrays, 10, batch_size, val_size, train_size, test_size, False, split_seed)
+
+
+def _env_download() -> bool:
+    return os.environ.get("LEARNREG_DOWNLOAD", "0").lower() in ("1", "true", "yes")

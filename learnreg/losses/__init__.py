@@ -1,0 +1,39 @@
+"""The loss role: fixed losses and learned ones, saved and loaded as plain criteria."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from learnreg.losses import fixed, neural
+from learnreg.losses.base import LossRole
+from learnreg.losses.fixed import MSE, CrossEntropy, LabelSmoothing, SparseLSR
+from learnreg.losses.neural import NeuralLoss, SmoothLeakyReLU
+
+
+def save(loss: LossRole, path: str | Path, metadata: dict | None = None) -> Path:
+    """Export a loss as ``path.safetensors`` + ``path.json``."""
+    from learnreg.core.export import save_bias
+
+    return save_bias(loss, path, metadata)
+
+
+def load(path: str | Path, device: str = "cpu") -> LossRole:
+    """Load an exported loss as an ``nn.Module`` criterion: ``loss(pred, target)``."""
+    from learnreg.core.export import load_bias
+
+    return load_bias(path, role="loss", device=device)
+
+
+__all__ = [
+    "fixed",
+    "neural",
+    "LossRole",
+    "MSE",
+    "CrossEntropy",
+    "LabelSmoothing",
+    "SparseLSR",
+    "NeuralLoss",
+    "SmoothLeakyReLU",
+    "save",
+    "load",
+]

@@ -1,0 +1,45 @@
+"""Input conventions shared by classification losses."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from learnreg.core.bias import Bias
+
+
+class LossRole(Bias):
+    """Contract: ``loss(pred, target) -> scalar``; ``pred`` is the model's raw output.
+
+    Classification: ``pred`` are logits (N, C) and ``target`` integer labels (N,).
+    Regression: ``pred`` and ``target`` are float (N, D).
+    """
+
+    role = "loss"
+
+
+def check_pair(pred: Tensor, target: Tensor, kind: str, num_classes: int | None = None) -> None:
+    """Raise a clear error on a label/shape mismatch instead of broadcasting silently."""
+    if kind == "classification":
+        if pred.dim() != 2 or target.dim() != 1 or pred.shape[0] != target.shape[0]:
+            raise ValueError(
+                f"classification loss expects logits (N, C) and labels (N,), got {tuple(pred.shape)} and {tuple(target.shape)}"
+            )
+        if num_classes is not None and pred.shape[1] != num_classes:
+            raise ValueError(f"loss built for {num_classes} classes got logits with {pred.shape[1]} columns")
+    elif pred.shape != target.shape:
+        raise ValueError(
+            f"regression loss expects prediction and target of the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+
+
+def probs_and_onehot(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Softmax probabilities and one-hot targets, both (N, C) in the logits' dtype."""
+    return logits.softmax(-1), F.one_hot(target, logits.shape[-1]).to(logits.dtype)
+
+
+def log_one_minus_target_prob(logits: Tensor, target: Tensor) -> Tensor:
+    """log(1 - p_target), stable when p_target -> 1 (logsumexp over the other logits)."""
+    others = logits.scatter(-1, target.unsqueeze(-1), float("-inf"))
+    return torch.logsumexp(others, -1) - torch.logsumexp(logits, -1)

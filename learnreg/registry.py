@@ -1,0 +1,130 @@
+"""One table of every named component: tasks, models, losses, optimizers, estimators...
+
+Configs name components by a short registered name (``_component_: neural``) or, for
+anything not registered, by a dotted path inside an allow-listed package
+(``_component_: torch.optim.AdamW``). Nothing outside the allow-list can be
+instantiated from a config file, so a YAML file cannot run arbitrary code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from learnreg.errors import ConfigError
+
+KINDS = (
+    "task",
+    "model",
+    "loss",
+    "optimizer",
+    "init",
+    "objective",
+    "estimator",
+    "meta_optimizer",
+    "logger",
+    "evaluator",
+    "searcher",
+)
+
+#: Packages whose attributes a config may name by dotted path.
+ALLOWED_MODULES: set[str] = {"learnreg", "torch", "torchvision", "torchopt"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    kind: str
+    target: Callable[..., Any]
+    description: str
+
+
+_TABLE: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+
+
+def register(kind: str, name: str, description: str | None = None):
+    """Class/function decorator adding a component to the table.
+
+    Args:
+        kind: one of :data:`KINDS`.
+        name: the short name configs use.
+        description: one line for ``learnreg list``; defaults to the docstring's first line.
+    """
+    if kind not in _TABLE:
+        raise ValueError(f"unknown component kind {kind!r}; expected one of {KINDS}")
+
+    def wrap(target):
+        doc = description or (target.__doc__ or "").strip().split("\n")[0]
+        _TABLE[kind][name] = Entry(name, kind, target, doc)
+        return target
+
+    return wrap
+
+
+def allow_module(prefix: str) -> None:
+    """Allow configs to name components under the package ``prefix`` by dotted path."""
+    ALLOWED_MODULES.add(prefix.split(".")[0] if "." not in prefix else prefix)
+
+
+def entries(kind: str | None = None) -> list[Entry]:
+    _load_builtin_components()
+    kinds = [kind] if kind else list(KINDS)
+    return [e for k in kinds for e in sorted(_TABLE[k].values(), key=lambda e: e.name)]
+
+
+def lookup(kind: str, name: str) -> Callable[..., Any]:
+    """Resolve a component name (registered or an allow-listed dotted path).
+
+    Raises:
+        ConfigError: naming the closest valid choice when ``name`` is unknown or not allowed.
+    """
+    _load_builtin_components()
+    table = _TABLE[kind]
+    if name in table:
+        return table[name].target
+    if "." in name:
+        return _import_allowed(kind, name)
+    close = difflib.get_close_matches(name, table.keys(), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(
+        f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(sorted(table))} "
+        "(or a dotted path inside an allowed package; see `learnreg list`)."
+    )
+
+
+def _import_allowed(kind: str, path: str):
+    if not any(path == m or path.startswith(m + ".") for m in ALLOWED_MODULES):
+        raise ConfigError(
+            f"{kind} {path!r} is outside the allowed packages ({', '.join(sorted(ALLOWED_MODULES))}). "
+            "Register it with learnreg.registry.register or learnreg.registry.allow_module."
+        )
+    module_name, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot import {kind} {path!r}: {exc}") from None
+
+
+_LOADED = False
+
+
+def _load_builtin_components() -> None:
+    """Import the subpackages whose modules register components (once)."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    for pkg in (
+        "learnreg.data",
+        "learnreg.models",
+        "learnreg.losses",
+        "learnreg.optimizers",
+        "learnreg.inits",
+        "learnreg.core.objectives",
+        "learnreg.estimators",
+        "learnreg.tracking",
+    ):
+        importlib.import_module(pkg)
