@@ -1,3 +1,15 @@
-"""learnreg: meta-learning losses, optimizers and initializations."""
+"""learnreg: meta-learning losses, optimizers and initializations.
+
+The public entry points: :func:`run` (a config to a run directory), the meta-trainer
+(:class:`learnreg.core.trainer.MetaTrainer`), learned and fixed losses
+(:mod:`learnreg.losses`), and drop-in optimizers (:mod:`learnreg.optim`).
+"""
 
 __version__ = "0.1.0"
+
+
+def run(config, overrides=None, out=None, progress: bool = True) -> dict:
+    """Meta-train and meta-test the method a config describes (see :func:`learnreg.runner.run`)."""
+    from learnreg.runner import run as _run
+
+    return _run(config, overrides, out, progress)

@@ -50,12 +50,14 @@ SCHEMA: dict[str, Any] = {
     "estimator": {COMPONENT: "truncated_unroll"},
     "meta_optimizer": {COMPONENT: "adam", "lr": 1e-3},
     "meta_steps": 100,
-    "meta_test": {"steps": 1000, "seeds": 1, "adapt": None, "eval_every": 100, "batch_size": None},
+    "meta_grad_clip": None,
+    "meta_test": {"steps": 1000, "seeds": 1, "adapt": None, "eval_every": 100},
     "baseline": {"loss": None, "optimizer": None},
-    "logger": {"backends": ["jsonl", "console"], "project": None, "group": None, "tags": []},
+    "logger": {"backends": ["console"], "project": None, "group": None, "tags": [], "every": 50},
     "checkpoint_every": 50,
     "max_bad_steps": 10,
 }
+LOGGER_BACKENDS = ("console", "wandb", "none")  # metrics.jsonl is always written
 PLAIN_SECTIONS = {k for k, v in SCHEMA.items() if isinstance(v, dict) and COMPONENT not in v}
 
 
@@ -141,7 +143,15 @@ def validate(raw: dict) -> dict:
         raise ConfigError("the config has no `task` section; e.g. `task: {_component_: digits}`.")
     for key in ("seed", "meta_steps", "checkpoint_every", "max_bad_steps"):
         _expect(key, cfg[key], int)
-    _expect("meta_test.steps", cfg["meta_test"]["steps"], int)
+    for key in ("steps", "seeds", "eval_every"):
+        _expect(f"meta_test.{key}", cfg["meta_test"][key], int)
+    if cfg["meta_grad_clip"] is not None and (not isinstance(cfg["meta_grad_clip"], (int, float)) or cfg["meta_grad_clip"] <= 0):
+        raise ConfigError(f"meta_grad_clip must be a positive number or null, got {cfg['meta_grad_clip']!r}")
+    for backend in cfg["logger"]["backends"]:
+        if backend not in LOGGER_BACKENDS:
+            close = difflib.get_close_matches(str(backend), LOGGER_BACKENDS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"logger.backends: unknown backend {backend!r}.{hint} Choose from {', '.join(LOGGER_BACKENDS)}.")
     if cfg["device"] not in ("auto", "cpu", "cuda") and not str(cfg["device"]).startswith("cuda:"):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg['device']!r}")
     for sub in ("loss", "optimizer"):

@@ -124,6 +124,7 @@ def _load_builtin_components() -> None:
         "learnreg.optimizers",
         "learnreg.inits",
         "learnreg.core.objectives",
+        "learnreg.core.outer",
         "learnreg.estimators",
         "learnreg.tracking",
     ):

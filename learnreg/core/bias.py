@@ -49,3 +49,25 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+class Biases(nn.Module):
+    """The three roles of one learning algorithm: its loss, optimizer and init.
+
+    The meta-parameters are every parameter of the three roles that requires grad;
+    fixed roles contribute none.
+    """
+
+    def __init__(self, loss: nn.Module, optimizer: nn.Module, init: nn.Module):
+        super().__init__()
+        self.loss, self.optimizer, self.init = loss, optimizer, init
+
+    def roles(self) -> dict[str, nn.Module]:
+        return {"loss": self.loss, "optimizer": self.optimizer, "init": self.init}
+
+    def meta_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def learned_roles(self) -> dict[str, nn.Module]:
+        """The roles that carry meta-parameters (the ones worth exporting)."""
+        return {name: m for name, m in self.roles().items() if any(True for _ in m.parameters())}

@@ -129,8 +129,14 @@ class TaskFamily:
         return type(self).__name__
 
     def representative(self) -> Task:
-        """The task used for meta-testing and reporting (the first one by default)."""
+        """A typical task (the first one by default): sizes the models and the losses."""
         return self.sample(0)
+
+    def meta_test_task(self, index: int) -> Task:
+        """The ``index``-th meta-test task. A single-task family tests on its own task
+        (its held-out ``test`` split) with a new model seed per index; episodic families
+        draw episodes from their meta-test classes."""
+        return self.representative()
 
 
 class SingleTask(TaskFamily):

@@ -12,14 +12,14 @@ from learnreg.losses.neural import NeuralLoss, SmoothLeakyReLU
 
 def save(loss: LossRole, path: str | Path, metadata: dict | None = None) -> Path:
     """Export a loss as ``path.safetensors`` + ``path.json``."""
-    from learnreg.core.export import save_bias
+    from learnreg.tracking.export import save_bias
 
     return save_bias(loss, path, metadata)
 
 
 def load(path: str | Path, device: str = "cpu") -> LossRole:
     """Load an exported loss as an ``nn.Module`` criterion: ``loss(pred, target)``."""
-    from learnreg.core.export import load_bias
+    from learnreg.tracking.export import load_bias
 
     return load_bias(path, role="loss", device=device)
 

@@ -1,0 +1,95 @@
+"""The ``learnreg`` command line: ``run`` and ``list`` (more commands register here).
+
+User errors (bad configs, missing data, corrupt checkpoints...) print one line naming
+the problem and the fix and exit with status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from learnreg.errors import LearnregError
+
+PRESETS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def cmd_run(args) -> int:
+    from learnreg.runner import run
+
+    run(resolve_preset(args.config), args.overrides, args.out, progress=not args.no_progress)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from learnreg import registry
+
+    for kind in registry.KINDS:
+        entries = registry.entries(kind)
+        if entries and (args.kind in (None, kind)):
+            print(f"{kind}:")
+            for e in entries:
+                print(f"  {e.name:<22} {e.description}")
+    if args.kind in (None, "preset"):
+        print("presets (learnreg run PRESET):")
+        for path in sorted(PRESETS.rglob("*.yaml")) if PRESETS.is_dir() else []:
+            print(f"  {str(path.relative_to(PRESETS)):<32} {_preset_description(path)}")
+    return 0
+
+
+def resolve_preset(name: str) -> str:
+    """A config path, or a preset name relative to ``configs/`` (``adalfl/digits_mlp``)."""
+    if Path(name).is_file():
+        return name
+    for candidate in (PRESETS / name, PRESETS / f"{name}.yaml"):
+        if candidate.is_file():
+            return str(candidate)
+    return name  # config.load reports it as missing, with a hint
+
+
+def _preset_description(path: Path) -> str:
+    import yaml
+
+    try:
+        return str((yaml.safe_load(path.read_text()) or {}).get("description", "")).split("\n")[0]
+    except yaml.YAMLError:
+        return "(malformed YAML)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="learnreg", description="Meta-learn losses, optimizers and initializations.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="meta-train and meta-test a config; write a run directory")
+    p.add_argument("config", help="a YAML file or a preset name (see `learnreg list preset`)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. meta_steps=50 optimizer.lr=0.1")
+    p.add_argument("--out", help="run directory (re-running on it resumes)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("list", help="list registered components and presets")
+    p.add_argument("kind", nargs="?", help="only this kind (loss, optimizer, task, preset...)")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("WANDB_SILENT", "true")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LearnregError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

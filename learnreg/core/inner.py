@@ -1,0 +1,176 @@
+"""The functional inner loop: one pure step function for meta-training, fitness
+evaluation and meta-testing.
+
+The base model is an ``nn.Module`` used only as a function of a dict of parameters
+(``torch.func.functional_call``); its own ``.parameters()`` are never trained. Gradients
+come from ``torch.func.grad_and_value``, so the same :func:`inner_step` is
+
+* differentiable with respect to the meta-parameters of the loss, optimizer and init
+  roles under ordinary autograd (a truncated unroll backpropagates through it),
+* cheap and graph-free under ``torch.no_grad()`` (meta-testing, fitness evaluation),
+* vmappable over a population of meta-parameters (:mod:`learnreg.estimators.evaluator`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+import optree
+
+Params = dict[str, Tensor]
+Batch = tuple[Tensor, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class InnerState:
+    """Everything a base-training run carries from one step to the next.
+
+    Attributes:
+        params: the base model's parameters by name.
+        buffers: the base model's buffers (BatchNorm statistics), updated in place.
+        opt_state: the optimizer role's state pytree.
+        step: inner steps taken since this run started.
+    """
+
+    params: Params
+    buffers: Params
+    opt_state: Any
+    step: int = 0
+
+    def detach(self) -> InnerState:
+        """Cut the graph to earlier steps (the truncation of a truncated unroll)."""
+        return replace(
+            self,
+            params={k: v.detach() for k, v in self.params.items()},
+            opt_state=optree.tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, self.opt_state),
+        )
+
+
+def forward(model: nn.Module, state: InnerState, x: Tensor) -> Tensor:
+    """The base model's output at the state's parameters."""
+    return functional_call(model, (state.params, state.buffers), (x,))
+
+
+def init_state(model: nn.Module, init, optimizer, task=None) -> InnerState:
+    """The state at step 0: the init role's parameters and a fresh optimizer state.
+
+    Args:
+        model: a freshly built base model (its parameters seed the random init).
+        init: the init role, ``init(model, task) -> params``.
+        optimizer: the optimizer role (``init(params) -> state``).
+        task: passed to the init role (task-conditioned inits use it).
+    """
+    params = init(model, task)
+    buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
+    return InnerState(params, buffers, optimizer.init(params), 0)
+
+
+def inner_step(model: nn.Module, state: InnerState, batch: Batch, loss: LossFn, optimizer) -> tuple[InnerState, Tensor]:
+    """One base-model update: gradient of the loss role, then the optimizer role.
+
+    Differentiable with respect to ``state`` and every meta-parameter the roles hold,
+    unless called under ``torch.no_grad()``.
+
+    Args:
+        model: the base model (used functionally).
+        state: the current inner state.
+        batch: ``(inputs, targets)``.
+        loss: the loss role, ``loss(pred, target) -> scalar``.
+        optimizer: the optimizer role, ``optimizer(grads, opt_state, params) -> (updates, opt_state)``.
+
+    Returns:
+        The next state and the (detached) base loss at the current parameters.
+    """
+    x, y = batch
+
+    def base_loss(params: Params) -> Tensor:
+        return loss(functional_call(model, (params, state.buffers), (x,)), y)
+
+    grads, value = torch.func.grad_and_value(base_loss)(state.params)
+    updates, opt_state = optimizer(grads, state.opt_state, state.params)
+    params = {k: p + updates[k] for k, p in state.params.items()}
+    return InnerState(params, state.buffers, opt_state, state.step + 1), value.detach()
+
+
+def inner_loop(
+    model: nn.Module,
+    state: InnerState,
+    batches: Iterator[Batch],
+    loss: LossFn,
+    optimizer,
+    steps: int,
+    callback: Callable[[InnerState, Tensor], None] | None = None,
+) -> InnerState:
+    """Take ``steps`` inner steps; ``callback(state, base_loss)`` runs after each one.
+
+    Under ``torch.no_grad()`` this is plain training; otherwise the returned state
+    carries the graph of all ``steps`` updates.
+    """
+    for _ in range(steps):
+        state, value = inner_step(model, state, next(batches), loss, optimizer)
+        if callback is not None:
+            callback(state, value)
+    return state
+
+
+class InnerRun:
+    """A live base-training run: a task, its model, the inner state and seeded batch streams.
+
+    Estimators keep these between meta-steps (a persistent online run) or replace them
+    after a horizon. ``state_dict()`` captures everything needed to continue it exactly.
+
+    Args:
+        task: the :class:`~learnreg.core.task.Task` being trained on.
+        model: a freshly built model for ``task`` (on the run's device).
+        state: the inner state at step 0.
+        seed: seeds the model and the batch order; equal seeds give equal runs.
+        index: which run of the estimator's sequence this is (for resuming).
+    """
+
+    def __init__(self, task, model: nn.Module, state: InnerState, seed: int, index: int = 0):
+        self.task, self.model, self.state = task, model, state
+        self.seed, self.index = seed, index
+        self.train = task.stream("train", seed)
+        self.val = task.stream("val", seed + 1)
+        self.last_batch: Batch | None = None
+
+    def next_train(self) -> Batch:
+        self.last_batch = self.train.next()
+        return self.last_batch
+
+    def state_dict(self) -> dict:
+        """The run as plain tensors and numbers (the optimizer state as its pytree leaves)."""
+
+        return {
+            "seed": self.seed,
+            "index": self.index,
+            "step": self.state.step,
+            "params": {k: v.detach() for k, v in self.state.params.items()},
+            "buffers": dict(self.state.buffers),
+            "opt_leaves": [t.detach() if isinstance(t, Tensor) else t for t in optree.tree_leaves(self.state.opt_state)],
+            "train": self.train.state_dict(),
+            "val": self.val.state_dict(),
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Restore a run saved by :meth:`state_dict` (the optimizer state's structure comes
+        from this run's freshly initialized state, its values from ``sd``)."""
+        device = next(iter(self.state.params.values())).device
+        leaves, spec = optree.tree_flatten(self.state.opt_state)
+        if len(leaves) != len(sd["opt_leaves"]):
+            raise ValueError("checkpointed optimizer state does not match the optimizer role")
+        opt_leaves = [v.to(device) if isinstance(v, Tensor) else v for v in sd["opt_leaves"]]
+        self.state = InnerState(
+            params={k: v.to(device) for k, v in sd["params"].items()},
+            buffers={k: v.to(device) for k, v in sd["buffers"].items()},
+            opt_state=optree.tree_unflatten(spec, opt_leaves),
+            step=int(sd["step"]),
+        )
+        self.train.load_state_dict(sd["train"])
+        self.val.load_state_dict(sd["val"])

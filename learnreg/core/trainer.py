@@ -1,0 +1,207 @@
+"""The meta-trainer: one loop for every method, whatever its biases and estimator."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from learnreg.core.bias import Biases
+from learnreg.core.inner import InnerRun, inner_step
+from learnreg.core.outer import OuterOptimizer
+from learnreg.estimators.base import Estimator, MetaContext
+from learnreg.eval.metrics import evaluate_split, gradient_scale, summarize
+
+MetaOptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` is ``$LEARNREG_DEVICE`` when set, else CUDA when available, else CPU."""
+    if str(device) == "auto":
+        if os.environ.get("LEARNREG_DEVICE"):
+            return torch.device(os.environ["LEARNREG_DEVICE"])
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class MetaTrainer:
+    """Meta-trains the meta-parameters of ``biases`` and meta-tests what it learned.
+
+    Args:
+        family: the task family (a :class:`~learnreg.core.task.SingleTask` for one task).
+        biases: the loss, optimizer and init roles.
+        objective: the meta-objective.
+        estimator: how meta-parameters move (e.g. :class:`TruncatedUnroll`).
+        meta_optimizer: builds the torch optimizer over the meta-parameters
+            (default: Adam, lr 1e-3).
+        seed: seeds every inner run (model init, batch order).
+        device: ``auto``, ``cpu``, ``cuda``...
+        meta_grad_clip: global norm to clip meta-gradients to (None: no clipping).
+        max_bad_steps: consecutive non-finite meta-steps tolerated before stopping.
+        logger: a :class:`~learnreg.tracking.Logger` (None: log nothing).
+    """
+
+    def __init__(
+        self,
+        family,
+        biases: Biases,
+        objective,
+        estimator: Estimator,
+        meta_optimizer: MetaOptimizerFactory | None = None,
+        *,
+        seed: int = 0,
+        device: str | torch.device = "auto",
+        meta_grad_clip: float | None = None,
+        max_bad_steps: int = 10,
+        logger=None,
+    ):
+        self.device = resolve_device(device)
+        biases.to(self.device)
+        self.meta_optimizer = meta_optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
+        self.meta_grad_clip, self.max_bad_steps = meta_grad_clip, max_bad_steps
+        self.estimator = estimator
+        self.ctx = MetaContext(family, biases, objective, self._outer(biases, estimator), seed, self.device)
+        self.logger = logger
+        self.meta_step = 0
+        self.adapted: dict[int, Biases] = {}
+
+    @property
+    def biases(self) -> Biases:
+        return self.ctx.biases
+
+    def _outer(self, biases: Biases, estimator) -> OuterOptimizer | None:
+        params = biases.meta_parameters()
+        if estimator is None or not estimator.needs_outer or not params:
+            return None
+        return OuterOptimizer(params, self.meta_optimizer(params), self.meta_grad_clip, self.max_bad_steps)
+
+    def fit(self, meta_steps: int, on_step: Callable[[MetaTrainer], None] | None = None, progress: bool = True) -> MetaTrainer:
+        """Meta-train until ``meta_steps`` meta-steps have been taken in total.
+
+        Args:
+            meta_steps: the total (a resumed trainer continues from ``self.meta_step``).
+            on_step: called after every meta-step (checkpointing hooks here).
+            progress: show a progress bar.
+        """
+        if self.ctx.outer is None and self.estimator.needs_outer:
+            raise ValueError("nothing to meta-train: no role has meta-parameters (is every role fixed?)")
+        bar = tqdm(total=meta_steps, initial=self.meta_step, desc="meta-train", disable=not progress or None, leave=False)
+        while self.meta_step < meta_steps:
+            metrics = self.estimator.step(self.ctx)
+            self.meta_step += 1
+            self._log({f"meta/{k}": v for k, v in metrics.items()}, meta_step=self.meta_step)
+            bar.update(1)
+            if on_step is not None:
+                on_step(self)
+        bar.close()
+        return self
+
+    def evaluate(
+        self,
+        steps: int,
+        seeds: int = 1,
+        baseline: Biases | None = None,
+        adapt: Estimator | None = None,
+        eval_every: int = 0,
+        progress: bool = True,
+        start: int = 0,
+        on_seed: Callable[[int, dict], None] | None = None,
+    ) -> dict:
+        """Meta-test: train fresh models from scratch with the learned biases (frozen, or
+        still adapting online when ``adapt`` is given) and, with the same model seeds and
+        batch order, with the ``baseline`` biases.
+
+        Args:
+            steps: inner steps per meta-test run.
+            seeds: meta-test runs (model seeds; episodes for episodic families).
+            baseline: the biases to compare with (e.g. cross-entropy + the same SGD).
+            adapt: an estimator that keeps updating the meta-parameters during the run
+                (online AdaLFL); each seed starts from the same learned meta-parameters.
+            eval_every: log test metrics every this many inner steps (0: only at the end).
+            start: the first seed to run (to resume a partial meta-test).
+            on_seed: called with ``(seed, result)`` after each seed (checkpointing hook).
+
+        Returns:
+            One ``{"learned": metrics, "baseline": metrics}`` dict per seed (see
+            :func:`aggregate` for means and confidence intervals). With ``adapt``, the
+            adapted biases of each seed are kept in ``self.adapted[seed]``.
+        """
+        per_seed: list[dict] = []
+        for index in tqdm(range(start, seeds), desc="meta-test", disable=not progress or None, leave=False):
+            task = self.ctx.family.meta_test_task(index).to(self.device)
+            result = {"learned": self.meta_test_run(self.ctx.biases, task, index, steps, adapt, "learned", eval_every)}
+            if baseline is not None:
+                result["baseline"] = self.meta_test_run(baseline, task, index, steps, None, "baseline", eval_every)
+            per_seed.append(result)
+            if on_seed is not None:
+                on_seed(index, result)
+        return per_seed
+
+    def meta_test_run(self, biases: Biases, task, index: int, steps: int, adapt, tag: str, eval_every: int = 0) -> dict:
+        """Train one fresh model for ``steps`` inner steps and report its test metrics."""
+        biases = copy.deepcopy(biases).to(self.device) if adapt is not None else biases.to(self.device)
+        ctx = dataclasses.replace(self.ctx, biases=biases, outer=self._outer(biases, adapt) if adapt else None)
+        run = ctx.new_run("meta_test", index, task=task)
+        if adapt is not None:
+            adapt = copy.deepcopy(adapt)
+            adapt.attach(run)
+        curve_every = eval_every or steps
+        while run.state.step < steps:
+            if adapt is not None:
+                metrics = adapt.step(ctx)
+                base_loss = metrics["base_loss"]
+            else:
+                with torch.no_grad():
+                    run.state, loss = inner_step(run.model, run.state, run.next_train(), biases.loss, biases.optimizer)
+                base_loss = float(loss)
+            if run.state.step % curve_every == 0 or run.state.step >= steps:
+                self._log_curve(run, biases, tag, index, base_loss)
+        if adapt is not None:
+            self.adapted[index] = biases
+        return evaluate_split(run.model, run.state, task.test, task.kind)
+
+    def _log_curve(self, run: InnerRun, biases: Biases, tag: str, index: int, base_loss: float) -> None:
+        metrics = {f"test_{k}": v for k, v in evaluate_split(run.model, run.state, run.task.test, run.task.kind).items()}
+        metrics["train_loss"] = base_loss
+        if run.last_batch is not None:
+            metrics["grad_scale"] = gradient_scale(run.model, run.state, run.last_batch, biases.loss, run.task.kind)
+        self._log({f"meta_test/{tag}/{k}": v for k, v in metrics.items()}, inner_step=run.state.step, seed=index)
+
+    def _log(self, metrics: dict, **axes) -> None:
+        if self.logger is not None:
+            self.logger.log(metrics, **axes)
+
+    def state_dict(self) -> dict:
+        """Meta-parameters, outer-optimizer state, estimator state and progress."""
+        return {
+            "meta_step": self.meta_step,
+            "biases": {k: v.detach() for k, v in self.biases.state_dict().items()},
+            "outer": self.ctx.outer.state_dict() if self.ctx.outer is not None else None,
+            "estimator": self.estimator.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.biases.load_state_dict(state["biases"])
+        if self.ctx.outer is not None and state["outer"] is not None:
+            self.ctx.outer.load_state_dict(state["outer"])
+        self.estimator.load_state_dict(state["estimator"], self.ctx)
+        self.meta_step = int(state["meta_step"])
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """Per-role mean, std and 95% CI of every test metric over meta-test seeds."""
+    out: dict = {}
+    for tag in per_seed[0] if per_seed else []:
+        runs = [r[tag] for r in per_seed]
+        stats = {m: summarize([r[m] for r in runs]) for m in runs[0]}
+        out[tag] = {
+            "test": {m: s["mean"] for m, s in stats.items()},
+            "test_std": {m: s["std"] for m, s in stats.items()},
+            "test_ci95": {m: s["ci95"] for m, s in stats.items()},
+            "per_seed": runs,
+        }
+    return out

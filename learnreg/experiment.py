@@ -1,0 +1,107 @@
+"""Build a meta-trainer, its baseline and its online adaptation from a resolved config."""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from learnreg import config as configlib
+from learnreg.core.bias import Biases
+from learnreg.core.task import SingleTask, Task, TaskFamily
+from learnreg.core.trainer import MetaTrainer
+from learnreg.errors import ConfigError
+from learnreg.estimators.base import Estimator, derive_seed
+
+
+@dataclass
+class Experiment:
+    """What a run needs: the trainer, the baseline biases and the online estimator."""
+
+    cfg: dict
+    trainer: MetaTrainer
+    baseline: Biases
+    adapt: Estimator | None
+
+    @property
+    def family(self) -> TaskFamily:
+        return self.trainer.ctx.family
+
+
+def build_family(cfg: dict) -> TaskFamily:
+    """The task family of a config: a registered family, or one task with its model."""
+    built = configlib.instantiate("task", cfg["task"], model=cfg["model"])
+    if isinstance(built, TaskFamily):
+        return built
+    if not isinstance(built, Task):
+        raise ConfigError(f"task {cfg['task']['_component_']!r} built a {type(built).__name__}, not a Task or TaskFamily")
+    if cfg["model"] is None:
+        raise ConfigError("the config has no `model` section; e.g. `model: {_component_: mlp, hidden: [100]}`.")
+    configlib.check_component("model", configlib.normalize_component(cfg["model"], "model"), where="model")
+    built.model_fn = functools.partial(
+        configlib.instantiate, "model", cfg["model"], input_shape=built.input_shape, out_features=built.out_features
+    )
+    return SingleTask(built)
+
+
+def role_context(task: Task, seed: int) -> dict:
+    """Constructor arguments the roles may take from the task."""
+    return {
+        "task": task,
+        "kind": task.kind,
+        "num_classes": task.num_classes,
+        "input_shape": task.input_shape,
+        "in_features": math.prod(task.input_shape),
+        "out_features": task.out_features,
+        "model": task.build_model(derive_seed(seed, "init")),
+    }
+
+
+def default_loss(kind: str) -> dict:
+    return {"_component_": "ce" if kind == "classification" else "mse"}
+
+
+def build_biases(cfg: dict, task: Task, loss=None, optimizer=None, init=None) -> Biases:
+    """Loss, optimizer and init roles from the config, or from the given specs."""
+    ctx = role_context(task, cfg["seed"])
+    return Biases(
+        configlib.instantiate("loss", loss or cfg["loss"] or default_loss(task.kind), **ctx),
+        configlib.instantiate("optimizer", optimizer or cfg["optimizer"], **ctx),
+        configlib.instantiate("init", init or cfg["init"], **ctx),
+    )
+
+
+def build_baseline(cfg: dict, task: Task, learned: Biases) -> Biases:
+    """The comparison: the task's own loss (unless set) and the same fixed optimizer
+    (Adam when the optimizer itself is learned), from the model's random init."""
+    optimizer = cfg["baseline"]["optimizer"]
+    if optimizer is None:
+        optimizer = cfg["optimizer"] if not learned.optimizer.is_learned else {"_component_": "adam", "lr": 1e-3}
+    loss = cfg["baseline"]["loss"] or default_loss(task.kind)
+    return build_biases(cfg, task, loss=loss, optimizer=optimizer, init={"_component_": "random"})
+
+
+def build(cfg: dict, logger=None) -> Experiment:
+    """Everything a resolved config describes, ready to ``fit`` and ``evaluate``."""
+    torch.manual_seed(cfg["seed"])
+    family = build_family(cfg)
+    task = family.representative()
+    biases = build_biases(cfg, task)
+    estimator = configlib.instantiate("estimator", cfg["estimator"])
+    trainer = MetaTrainer(
+        family,
+        biases,
+        configlib.instantiate("objective", cfg["objective"]),
+        estimator,
+        lambda params: configlib.instantiate("meta_optimizer", cfg["meta_optimizer"], params=params),
+        seed=cfg["seed"],
+        device=cfg["device"],
+        meta_grad_clip=cfg["meta_grad_clip"],
+        max_bad_steps=cfg["max_bad_steps"],
+        logger=logger,
+    )
+    adapt = cfg["meta_test"]["adapt"]
+    adapt = configlib.instantiate("estimator", adapt) if adapt is not None else None
+    return Experiment(cfg, trainer, build_baseline(cfg, task, biases), adapt)

@@ -1,0 +1,175 @@
+"""The logger protocol and its backends: jsonl (always on), console and Weights & Biases.
+
+A record is a dict of scalar metrics plus its axes: ``meta_step`` for meta-training,
+``inner_step`` (and ``seed``) for base training during meta-test. W&B gets each axis as
+its own step metric, so meta-step and inner-step curves do not share an x-axis.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Logger(Protocol):
+    def log(self, metrics: dict[str, float], **axes: int) -> None: ...
+
+    def log_artifact(self, path: str | Path, name: str, kind: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlLogger:
+    """One JSON object per line in ``path``; ``truncate(n)`` drops lines after the n-th
+    (so a resumed run's file equals an uninterrupted run's)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = self.path.open("a", encoding="utf-8")
+        self.lines = _count_lines(self.path)
+
+    def log(self, metrics: dict[str, float], **axes: int) -> None:
+        record = {**axes, **{k: _json_number(v) for k, v in metrics.items()}}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        self.lines += 1
+
+    def truncate(self, lines: int) -> None:
+        self.file.close()
+        kept = self.path.read_text(encoding="utf-8").splitlines(keepends=True)[:lines] if self.path.exists() else []
+        self.path.write_text("".join(kept), encoding="utf-8")
+        self.file = self.path.open("a", encoding="utf-8")
+        self.lines = len(kept)
+
+    def log_artifact(self, path, name, kind) -> None:
+        return None
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class ConsoleLogger:
+    """Prints meta-training metrics every ``every`` meta-steps and meta-test results."""
+
+    def __init__(self, every: int = 50, stream=None):
+        self.every, self.stream = every, stream or sys.stderr
+
+    def log(self, metrics: dict[str, float], **axes: int) -> None:
+        step = axes.get("meta_step")
+        if step is not None and step % self.every != 0:
+            return
+        if step is None and "inner_step" in axes:
+            return  # learning curves go to the files, not the terminal
+        where = " ".join(f"{k}={v}" for k, v in axes.items())
+        body = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+        print(f"[{where}] {body}", file=self.stream)
+
+    def log_artifact(self, path, name, kind) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class WandbLogger:
+    """Weights & Biases backend. Offline unless credentials exist (never prompts).
+
+    Args:
+        run_dir: the learnreg run directory (wandb writes under ``run_dir/wandb``; the
+            W&B run id is kept in ``run_dir/wandb_id`` so a resumed run continues it).
+        config: the resolved config, logged as the W&B config.
+        project: W&B project (default ``learnreg-<method>``).
+        group: W&B group (seeds and sweeps of one setting share it).
+        tags: W&B tags.
+    """
+
+    def __init__(self, run_dir: str | Path, config: dict, project: str | None = None, group: str | None = None, tags=()):
+        import wandb
+
+        run_dir = Path(run_dir)
+        id_file = run_dir / "wandb_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        id_file.write_text(run_id)
+        mode = os.environ.get("WANDB_MODE") or ("online" if has_wandb_credentials() else "offline")
+        self.run = wandb.init(
+            project=project or f"learnreg-{config.get('method', 'custom')}",
+            group=group,
+            tags=list(tags),
+            config=config,
+            dir=str(run_dir),
+            id=run_id,
+            resume="allow",
+            mode=mode,
+            reinit="create_new",
+            settings=wandb.Settings(silent=True, console="off"),
+        )
+        for axis, prefixes in {"meta_step": ("meta/*", "search/*"), "inner_step": ("meta_test/*",)}.items():
+            self.run.define_metric(axis)
+            for prefix in prefixes:
+                self.run.define_metric(prefix, step_metric=axis)
+
+    def log(self, metrics: dict[str, float], **axes: int) -> None:
+        seed = axes.pop("seed", None)
+        if seed not in (None, 0):
+            return  # one curve per axis in the W&B UI; every seed is in metrics.jsonl
+        self.run.log({**metrics, **axes})
+
+    def log_artifact(self, path: str | Path, name: str, kind: str) -> None:
+        import wandb
+
+        artifact = wandb.Artifact(name, type=kind)
+        path = Path(path)
+        artifact.add_dir(str(path)) if path.is_dir() else artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MultiLogger:
+    """Fans every call out to several backends."""
+
+    def __init__(self, *loggers: Any):
+        self.loggers = [lg for lg in loggers if lg is not None]
+
+    def log(self, metrics: dict[str, float], **axes: int) -> None:
+        for lg in self.loggers:
+            lg.log(dict(metrics), **dict(axes))
+
+    def log_artifact(self, path, name, kind) -> None:
+        for lg in self.loggers:
+            lg.log_artifact(path, name, kind)
+
+    def close(self) -> None:
+        for lg in self.loggers:
+            lg.close()
+
+    def find(self, cls):
+        return next((lg for lg in self.loggers if isinstance(lg, cls)), None)
+
+
+def has_wandb_credentials() -> bool:
+    """An API key in the environment or in ~/.netrc for api.wandb.ai."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path.home() / ".netrc"
+    return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def _count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with path.open("rb") as f:
+        return sum(1 for _ in f)
+
+
+def _json_number(value: Any) -> Any:
+    value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/Inf; keep them visible as strings
+    return value

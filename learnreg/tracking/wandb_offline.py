@@ -1,0 +1,81 @@
+"""Read an offline W&B run (the ``run-<id>.wandb`` transaction log) without syncing it.
+
+The file is a LevelDB-style log (32 KiB blocks of checksummed chunks) of wandb's own
+protobuf ``Record`` messages. This reads back the config, the logged history rows and the
+artifacts, to check what a run recorded or to inspect one on a machine with no W&B server.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+_BLOCK = 32768
+_HEADER = 7  # magic ":W&B" + 2-byte version + 1 byte
+
+
+def _chunks(data: bytes):
+    pos, pending = _HEADER, b""
+    while pos + 7 <= len(data):
+        if pos % _BLOCK + 7 > _BLOCK:  # the rest of a block too small for a header: padding
+            pos += _BLOCK - pos % _BLOCK
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0:
+            break
+        if kind == 1:  # full
+            yield chunk
+        elif kind == 2:  # first
+            pending = chunk
+        elif kind == 3:  # middle
+            pending += chunk
+        elif kind == 4:  # last
+            yield pending + chunk
+            pending = b""
+
+
+def read_run(path: str | Path) -> dict:
+    """Config, history rows and artifacts of an offline run.
+
+    Args:
+        path: a ``.wandb`` file, an ``offline-run-*`` folder, or a folder containing one
+            (a learnreg run directory).
+
+    Returns:
+        ``{"config": dict, "history": [row dicts], "artifacts": [{"name", "type", "files"}]}``.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.rglob("run-*.wandb"))
+        if not found:
+            raise FileNotFoundError(f"no offline W&B run under {path}")
+        path = found[-1]
+    out: dict = {"config": {}, "history": [], "artifacts": []}
+    for chunk in _chunks(path.read_bytes()):
+        record = pb.Record()
+        record.ParseFromString(chunk)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            out["config"].update(_config(record.run.config))
+        elif kind == "config":
+            out["config"].update(_config(record.config))
+        elif kind == "history":
+            out["history"].append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item})
+        elif kind == "artifact":
+            a = record.artifact
+            out["artifacts"].append({"name": a.name, "type": a.type, "files": [c.path for c in a.manifest.contents]})
+    return out
+
+
+def _config(config) -> dict:
+    values = {}
+    for item in config.update:
+        key = "/".join(item.nested_key) or item.key
+        value = json.loads(item.value_json)
+        values[key] = value.get("value", value) if isinstance(value, dict) and set(value) <= {"value", "desc"} else value
+    return values
