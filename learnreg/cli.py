@@ -59,13 +59,17 @@ def _preset_description(path: Path) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="learnreg", description="Meta-learn losses, optimizers and initializations.")
+    parser = argparse.ArgumentParser(
+        prog="learnreg", description="Meta-learn losses, optimizers and initializations."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="meta-train and meta-test a config; write a run directory")
     p.add_argument("config", help="a YAML file or a preset name (see `learnreg list preset`)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. meta_steps=50 optimizer.lr=0.1")
+    p.add_argument(
+        "overrides", nargs="*", help="key.sub=value overrides, e.g. meta_steps=50 optimizer.lr=0.1"
+    )
     p.add_argument("--out", help="run directory (re-running on it resumes)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_run)
@@ -87,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        print(
+            "interrupted; re-run the same command to resume from the last checkpoint",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -71,10 +71,7 @@ def load(source: str | Path | Mapping, overrides: list[str] | None = None) -> di
     Returns:
         The resolved config as plain dicts and lists.
     """
-    if isinstance(source, Mapping):
-        raw = copy.deepcopy(dict(source))
-    else:
-        raw = read_yaml(Path(source))
+    raw = copy.deepcopy(dict(source)) if isinstance(source, Mapping) else read_yaml(Path(source))
     for item in overrides or []:
         apply_override(raw, item)
     return validate(raw)
@@ -86,13 +83,19 @@ def read_yaml(path: Path) -> dict:
         preset = Path(__file__).resolve().parent.parent / "configs" / path
         if preset.is_file():
             hint = f" (a preset of that name exists: {preset})"
-        raise ConfigError(f"config file {str(path)!r} not found{hint}. Try `learnreg list` for presets.")
+        raise ConfigError(
+            f"config file {str(path)!r} not found{hint}. Try `learnreg list` for presets."
+        )
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: malformed YAML: {exc}. Fix the syntax at the position shown.") from None
+        raise ConfigError(
+            f"{path}: malformed YAML: {exc}. Fix the syntax at the position shown."
+        ) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a YAML mapping of sections, got {type(data).__name__}.")
+        raise ConfigError(
+            f"{path}: a config must be a YAML mapping of sections, got {type(data).__name__}."
+        )
     return data
 
 
@@ -107,8 +110,10 @@ def apply_override(cfg: dict, item: str) -> None:
         raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
     parts = key.strip().split(".")
     node = cfg
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
+        if child is None and depth == 0 and isinstance(SCHEMA.get(part), dict):
+            child = node[part] = copy.deepcopy(SCHEMA[part])  # `optimizer.lr=...` edits the default
         if child is None:
             child = node[part] = {}
         elif isinstance(child, str):  # `loss=neural` then `loss.hidden=32`
@@ -118,7 +123,12 @@ def apply_override(cfg: dict, item: str) -> None:
         node = child
     if parts[-1] == "" or any(p == "" for p in parts):
         raise ConfigError(f"override {item!r}: empty key")
-    if parts[-1] in node and isinstance(node[parts[-1]], dict) and isinstance(value, str) and len(parts) == 1:
+    if (
+        parts[-1] in node
+        and isinstance(node[parts[-1]], dict)
+        and isinstance(value, str)
+        and len(parts) == 1
+    ):
         value = {COMPONENT: value}  # `loss=taylor` replaces the component
     node[parts[-1]] = value
 
@@ -145,13 +155,19 @@ def validate(raw: dict) -> dict:
         _expect(key, cfg[key], int)
     for key in ("steps", "seeds", "eval_every"):
         _expect(f"meta_test.{key}", cfg["meta_test"][key], int)
-    if cfg["meta_grad_clip"] is not None and (not isinstance(cfg["meta_grad_clip"], (int, float)) or cfg["meta_grad_clip"] <= 0):
-        raise ConfigError(f"meta_grad_clip must be a positive number or null, got {cfg['meta_grad_clip']!r}")
+    if cfg["meta_grad_clip"] is not None and (
+        not isinstance(cfg["meta_grad_clip"], (int, float)) or cfg["meta_grad_clip"] <= 0
+    ):
+        raise ConfigError(
+            f"meta_grad_clip must be a positive number or null, got {cfg['meta_grad_clip']!r}"
+        )
     for backend in cfg["logger"]["backends"]:
         if backend not in LOGGER_BACKENDS:
             close = difflib.get_close_matches(str(backend), LOGGER_BACKENDS, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"logger.backends: unknown backend {backend!r}.{hint} Choose from {', '.join(LOGGER_BACKENDS)}.")
+            raise ConfigError(
+                f"logger.backends: unknown backend {backend!r}.{hint} Choose from {', '.join(LOGGER_BACKENDS)}."
+            )
     if cfg["device"] not in ("auto", "cpu", "cuda") and not str(cfg["device"]).startswith("cuda:"):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg['device']!r}")
     for sub in ("loss", "optimizer"):
@@ -159,7 +175,9 @@ def validate(raw: dict) -> dict:
             cfg["baseline"][sub] = normalize_component(cfg["baseline"][sub], f"baseline.{sub}")
             check_component(sub, cfg["baseline"][sub], where=f"baseline.{sub}")
     if cfg["meta_test"]["adapt"] is not None:
-        cfg["meta_test"]["adapt"] = normalize_component(cfg["meta_test"]["adapt"], "meta_test.adapt")
+        cfg["meta_test"]["adapt"] = normalize_component(
+            cfg["meta_test"]["adapt"], "meta_test.adapt"
+        )
         check_component("estimator", cfg["meta_test"]["adapt"], where="meta_test.adapt")
     return cfg
 
@@ -168,7 +186,9 @@ def normalize_component(value: Any, where: str) -> dict:
     if isinstance(value, str):
         return {COMPONENT: value}
     if not isinstance(value, dict) or COMPONENT not in value:
-        raise ConfigError(f"{where} must name a component: `{where}: {{_component_: NAME, ...}}`, got {value!r}")
+        raise ConfigError(
+            f"{where} must name a component: `{where}: {{_component_: NAME, ...}}`, got {value!r}"
+        )
     return value
 
 
@@ -193,7 +213,17 @@ def check_component(kind: str, spec: dict, where: str) -> None:
 
 
 #: Constructor arguments filled from the run context when a config leaves them out.
-CONTEXT_NAMES = ("task", "num_classes", "kind", "input_shape", "in_features", "out_features", "device", "params", "model")
+CONTEXT_NAMES = (
+    "task",
+    "num_classes",
+    "kind",
+    "input_shape",
+    "in_features",
+    "out_features",
+    "device",
+    "params",
+    "model",
+)
 
 
 def instantiate(kind: str, spec: dict | str, /, **context: Any) -> Any:
@@ -238,7 +268,9 @@ def _check_keys(where: str, given: dict, allowed: Mapping) -> None:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), [str(k) for k in allowed], n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{where}: unknown key {key!r}.{hint} Valid keys: {', '.join(allowed)}.")
+            raise ConfigError(
+                f"{where}: unknown key {key!r}.{hint} Valid keys: {', '.join(allowed)}."
+            )
 
 
 def _expect(where: str, value: Any, typ: type) -> None:

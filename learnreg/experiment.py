@@ -36,12 +36,22 @@ def build_family(cfg: dict) -> TaskFamily:
     if isinstance(built, TaskFamily):
         return built
     if not isinstance(built, Task):
-        raise ConfigError(f"task {cfg['task']['_component_']!r} built a {type(built).__name__}, not a Task or TaskFamily")
+        raise ConfigError(
+            f"task {cfg['task']['_component_']!r} built a {type(built).__name__}, not a Task or TaskFamily"
+        )
     if cfg["model"] is None:
-        raise ConfigError("the config has no `model` section; e.g. `model: {_component_: mlp, hidden: [100]}`.")
-    configlib.check_component("model", configlib.normalize_component(cfg["model"], "model"), where="model")
+        raise ConfigError(
+            "the config has no `model` section; e.g. `model: {_component_: mlp, hidden: [100]}`."
+        )
+    configlib.check_component(
+        "model", configlib.normalize_component(cfg["model"], "model"), where="model"
+    )
     built.model_fn = functools.partial(
-        configlib.instantiate, "model", cfg["model"], input_shape=built.input_shape, out_features=built.out_features
+        configlib.instantiate,
+        "model",
+        cfg["model"],
+        input_shape=built.input_shape,
+        out_features=built.out_features,
     )
     return SingleTask(built)
 
@@ -78,7 +88,11 @@ def build_baseline(cfg: dict, task: Task, learned: Biases) -> Biases:
     (Adam when the optimizer itself is learned), from the model's random init."""
     optimizer = cfg["baseline"]["optimizer"]
     if optimizer is None:
-        optimizer = cfg["optimizer"] if not learned.optimizer.is_learned else {"_component_": "adam", "lr": 1e-3}
+        optimizer = (
+            cfg["optimizer"]
+            if not learned.optimizer.is_learned
+            else {"_component_": "adam", "lr": 1e-3}
+        )
     loss = cfg["baseline"]["loss"] or default_loss(task.kind)
     return build_biases(cfg, task, loss=loss, optimizer=optimizer, init={"_component_": "random"})
 
@@ -95,7 +109,9 @@ def build(cfg: dict, logger=None) -> Experiment:
         biases,
         configlib.instantiate("objective", cfg["objective"]),
         estimator,
-        lambda params: configlib.instantiate("meta_optimizer", cfg["meta_optimizer"], params=params),
+        lambda params: configlib.instantiate(
+            "meta_optimizer", cfg["meta_optimizer"], params=params
+        ),
         seed=cfg["seed"],
         device=cfg["device"],
         meta_grad_clip=cfg["meta_grad_clip"],

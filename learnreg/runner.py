@@ -34,7 +34,12 @@ from learnreg.tracking.lock import RunLock
 from learnreg.tracking.loggers import ConsoleLogger, JsonlLogger, MultiLogger, WandbLogger
 
 
-def run(config: str | Path | Mapping, overrides: list[str] | None = None, out: str | Path | None = None, progress: bool = True) -> dict:
+def run(
+    config: str | Path | Mapping,
+    overrides: list[str] | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
     """Meta-train and meta-test the method a config describes; write a run directory.
 
     Args:
@@ -51,7 +56,9 @@ def run(config: str | Path | Mapping, overrides: list[str] | None = None, out: s
     with RunLock(out):
         previous = out / "config.yaml"
         if previous.exists() and configlib.read_yaml(previous) != cfg:
-            raise ConfigError(f"{out} holds a run with a different config; choose a new --out to start another run")
+            raise ConfigError(
+                f"{out} holds a run with a different config; choose a new --out to start another run"
+            )
         if (out / "summary.json").exists():
             return json.loads((out / "summary.json").read_text())
         atomic_write_bytes(previous, configlib.dump(cfg).encode())
@@ -73,12 +80,19 @@ class Run:
         self.logger = MultiLogger(
             self.jsonl,
             ConsoleLogger(cfg["logger"]["every"]) if "console" in backends else None,
-            WandbLogger(out, cfg, cfg["logger"]["project"], cfg["logger"]["group"], cfg["logger"]["tags"])
+            WandbLogger(
+                out, cfg, cfg["logger"]["project"], cfg["logger"]["group"], cfg["logger"]["tags"]
+            )
             if "wandb" in backends
             else None,
         )
         self.exp: Experiment = build(cfg, self.logger)
-        self.progress_state = {"phase": "fit", "meta_test": [], "meta_train_seconds": 0.0, "meta_test_seconds": 0.0}
+        self.progress_state = {
+            "phase": "fit",
+            "meta_test": [],
+            "meta_train_seconds": 0.0,
+            "meta_test_seconds": 0.0,
+        }
         self.checkpoint_path = out / "checkpoints" / "last.pt"
 
     def execute(self) -> dict:
@@ -125,11 +139,22 @@ class Run:
             clock[0] = now
             adapted = trainer.adapted.pop(index, None)
             for role, module in adapted.learned_roles().items() if adapted is not None else ():
-                save_bias(module, self.out / "learned" / f"{role}_online_seed{index}", self._meta(online_seed=index))
+                save_bias(
+                    module,
+                    self.out / "learned" / f"{role}_online_seed{index}",
+                    self._meta(online_seed=index),
+                )
             self._save(0.0)
 
         trainer.evaluate(
-            mt["steps"], mt["seeds"], self.exp.baseline, self.exp.adapt, mt["eval_every"], self.progress, len(done), on_seed
+            mt["steps"],
+            mt["seeds"],
+            self.exp.baseline,
+            self.exp.adapt,
+            mt["eval_every"],
+            self.progress,
+            len(done),
+            on_seed,
         )
 
     def _save(self, fit_seconds: float) -> None:
@@ -137,7 +162,12 @@ class Run:
         state["meta_train_seconds"] += fit_seconds
         save_checkpoint(
             self.checkpoint_path,
-            {"trainer": self.exp.trainer.state_dict(), "run": state, "rng": rng_state(), "log_lines": self.jsonl.lines},
+            {
+                "trainer": self.exp.trainer.state_dict(),
+                "run": state,
+                "rng": rng_state(),
+                "log_lines": self.jsonl.lines,
+            },
         )
 
     def _resume(self) -> None:
@@ -153,10 +183,17 @@ class Run:
         for role, module in self.exp.trainer.biases.learned_roles().items():
             save_bias(module, self.out / "learned" / role, self._meta())
         if (self.out / "learned").exists():
-            self.logger.log_artifact(self.out / "learned", f"{self.cfg['method']}-learned", "learned-biases")
+            self.logger.log_artifact(
+                self.out / "learned", f"{self.cfg['method']}-learned", "learned-biases"
+            )
 
     def _meta(self, **extra) -> dict:
-        return {"method": self.cfg["method"], "task": self.exp.family.name, "meta_step": self.exp.trainer.meta_step, **extra}
+        return {
+            "method": self.cfg["method"],
+            "task": self.exp.family.name,
+            "meta_step": self.exp.trainer.meta_step,
+            **extra,
+        }
 
     def _summary(self) -> dict:
         stats = aggregate(self.progress_state["meta_test"])
@@ -187,10 +224,18 @@ class Run:
 
 def format_summary(summary: dict) -> str:
     """Learned vs baseline test metrics, one line each."""
-    lines = [f"{summary['method']} on {summary['task']} ({summary['meta_test_seeds']} meta-test seeds):"]
+    lines = [
+        f"{summary['method']} on {summary['task']} ({summary['meta_test_seeds']} meta-test seeds):"
+    ]
     for name, block in (("learned ", summary), ("baseline", summary.get("baseline") or {})):
         if block.get("test"):
-            parts = [f"{m} {v:.4f} ± {block['test_std'].get(m, 0.0):.4f}" for m, v in block["test"].items() if m != "accuracy"]
+            parts = [
+                f"{m} {v:.4f} ± {block['test_std'].get(m, 0.0):.4f}"
+                for m, v in block["test"].items()
+                if m != "accuracy"
+            ]
             lines.append(f"  {name}  test " + ", ".join(parts))
-    lines.append(f"  meta-train {summary['meta_train_seconds']:.1f}s, meta-test {summary['meta_test_seconds']:.1f}s")
+    lines.append(
+        f"  meta-train {summary['meta_train_seconds']:.1f}s, meta-test {summary['meta_test_seconds']:.1f}s"
+    )
     return "\n".join(lines)

@@ -32,7 +32,9 @@ class Bias(nn.Module):
             if "init_args" not in self.__dict__:
                 bound = inspect.signature(init).bind(self, *args, **kw)
                 bound.apply_defaults()
-                object.__setattr__(self, "init_args", _plain({k: v for k, v in list(bound.arguments.items())[1:]}))
+                object.__setattr__(
+                    self, "init_args", _plain({k: v for k, v in list(bound.arguments.items())[1:]})
+                )
             init(self, *args, **kw)
 
         cls.__init__ = recording_init

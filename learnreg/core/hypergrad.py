@@ -17,7 +17,6 @@ window-1 step of online AdaLFL and ML3), which :func:`applies` checks.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 from torch.func import functional_call
 
 from learnreg.core.inner import Batch, InnerState
@@ -28,7 +27,9 @@ def applies(state: InnerState) -> bool:
     return not any(p.requires_grad for p in state.params.values())
 
 
-def one_step(model, state: InnerState, batch: Batch, loss, optimizer, meta_objective, scale: float = 1.0):
+def one_step(
+    model, state: InnerState, batch: Batch, loss, optimizer, meta_objective, scale: float = 1.0
+):
     """Take one inner step and accumulate ``scale · ∂ℓ/∂(meta-parameters)`` into ``.grad``.
 
     Args:
@@ -53,7 +54,9 @@ def one_step(model, state: InnerState, batch: Batch, loss, optimizer, meta_objec
     g_leaf = [g.detach().requires_grad_() for g in grads]
     base = {k: t.detach() for k, t in zip(names, theta)}
     updates, opt_state = optimizer(dict(zip(names, g_leaf)), state.opt_state, base)
-    new_state = InnerState({k: base[k] + updates[k] for k in names}, state.buffers, opt_state, state.step + 1)
+    new_state = InnerState(
+        {k: base[k] + updates[k] for k in names}, state.buffers, opt_state, state.step + 1
+    )
     meta_loss = meta_objective(new_state)
     opt_meta = [p for p in optimizer.parameters() if p.requires_grad]
     targets = g_leaf + opt_meta

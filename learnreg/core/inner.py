@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+import optree
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
-import optree
 
 Params = dict[str, Tensor]
 Batch = tuple[Tensor, Tensor]
@@ -48,7 +48,9 @@ class InnerState:
         return replace(
             self,
             params={k: v.detach() for k, v in self.params.items()},
-            opt_state=optree.tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, self.opt_state),
+            opt_state=optree.tree_map(
+                lambda t: t.detach() if isinstance(t, Tensor) else t, self.opt_state
+            ),
         )
 
 
@@ -71,7 +73,9 @@ def init_state(model: nn.Module, init, optimizer, task=None) -> InnerState:
     return InnerState(params, buffers, optimizer.init(params), 0)
 
 
-def inner_step(model: nn.Module, state: InnerState, batch: Batch, loss: LossFn, optimizer) -> tuple[InnerState, Tensor]:
+def inner_step(
+    model: nn.Module, state: InnerState, batch: Batch, loss: LossFn, optimizer
+) -> tuple[InnerState, Tensor]:
     """One base-model update: gradient of the loss role, then the optimizer role.
 
     Differentiable with respect to ``state`` and every meta-parameter the roles hold,
@@ -153,7 +157,10 @@ class InnerRun:
             "step": self.state.step,
             "params": {k: v.detach() for k, v in self.state.params.items()},
             "buffers": dict(self.state.buffers),
-            "opt_leaves": [t.detach() if isinstance(t, Tensor) else t for t in optree.tree_leaves(self.state.opt_state)],
+            "opt_leaves": [
+                t.detach() if isinstance(t, Tensor) else t
+                for t in optree.tree_leaves(self.state.opt_state)
+            ],
             "train": self.train.state_dict(),
             "val": self.val.state_dict(),
         }

@@ -51,7 +51,11 @@ class TaskLoss(Objective):
 
     def forward(self, model: nn.Module, state: InnerState, batch: Batch, task) -> Tensor:
         x, y = batch
-        kind = task.kind if self.loss == "auto" else ("classification" if self.loss == "ce" else "regression")
+        kind = (
+            task.kind
+            if self.loss == "auto"
+            else ("classification" if self.loss == "ce" else "regression")
+        )
         return task_loss(forward(model, state, x), y, kind)
 
 

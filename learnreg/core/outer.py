@@ -50,9 +50,17 @@ class OuterOptimizer:
             NumericalError: after ``max_bad_steps`` consecutive refused steps.
         """
         grads = [p.grad for p in self.params if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item() if grads else 0.0
+        norm = (
+            torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g) for g in grads])
+            ).item()
+            if grads
+            else 0.0
+        )
         if not (math.isfinite(meta_loss) and math.isfinite(norm)):
-            return self._refuse(f"non-finite meta-loss {meta_loss} or meta-gradient norm {norm}", norm)
+            return self._refuse(
+                f"non-finite meta-loss {meta_loss} or meta-gradient norm {norm}", norm
+            )
         if self.clip_grad_norm is not None and norm > self.clip_grad_norm:
             for g in grads:
                 g.mul_(self.clip_grad_norm / (norm + 1e-12))
@@ -92,8 +100,14 @@ class OuterOptimizer:
 def _register_meta_optimizers() -> None:
     from learnreg.registry import register
 
-    for name, cls in {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}.items():
-        register("meta_optimizer", name, f"torch.optim.{cls.__name__} over the meta-parameters")(cls)
+    for name, cls in {
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+        "sgd": torch.optim.SGD,
+    }.items():
+        register("meta_optimizer", name, f"torch.optim.{cls.__name__} over the meta-parameters")(
+            cls
+        )
 
 
 _register_meta_optimizers()

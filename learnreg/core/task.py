@@ -66,7 +66,9 @@ class Task:
         return self.num_classes
 
     def to(self, device) -> Task:
-        return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
+        return replace(
+            self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device)
+        )
 
     def build_model(self, seed: int) -> nn.Module:
         """A freshly initialised model; the global RNG is left untouched."""
@@ -76,7 +78,9 @@ class Task:
             torch.manual_seed(seed)
             return self.model_fn()
 
-    def stream(self, split: str = "train", seed: int = 0, batch_size: int | None = None) -> BatchStream:
+    def stream(
+        self, split: str = "train", seed: int = 0, batch_size: int | None = None
+    ) -> BatchStream:
         return BatchStream(getattr(self, split), batch_size or self.batch_size, seed)
 
 

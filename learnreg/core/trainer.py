@@ -64,7 +64,9 @@ class MetaTrainer:
         self.meta_optimizer = meta_optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
         self.meta_grad_clip, self.max_bad_steps = meta_grad_clip, max_bad_steps
         self.estimator = estimator
-        self.ctx = MetaContext(family, biases, objective, self._outer(biases, estimator), seed, self.device)
+        self.ctx = MetaContext(
+            family, biases, objective, self._outer(biases, estimator), seed, self.device
+        )
         self.logger = logger
         self.meta_step = 0
         self.adapted: dict[int, Biases] = {}
@@ -77,9 +79,16 @@ class MetaTrainer:
         params = biases.meta_parameters()
         if estimator is None or not estimator.needs_outer or not params:
             return None
-        return OuterOptimizer(params, self.meta_optimizer(params), self.meta_grad_clip, self.max_bad_steps)
+        return OuterOptimizer(
+            params, self.meta_optimizer(params), self.meta_grad_clip, self.max_bad_steps
+        )
 
-    def fit(self, meta_steps: int, on_step: Callable[[MetaTrainer], None] | None = None, progress: bool = True) -> MetaTrainer:
+    def fit(
+        self,
+        meta_steps: int,
+        on_step: Callable[[MetaTrainer], None] | None = None,
+        progress: bool = True,
+    ) -> MetaTrainer:
         """Meta-train until ``meta_steps`` meta-steps have been taken in total.
 
         Args:
@@ -88,8 +97,16 @@ class MetaTrainer:
             progress: show a progress bar.
         """
         if self.ctx.outer is None and self.estimator.needs_outer:
-            raise ValueError("nothing to meta-train: no role has meta-parameters (is every role fixed?)")
-        bar = tqdm(total=meta_steps, initial=self.meta_step, desc="meta-train", disable=not progress or None, leave=False)
+            raise ValueError(
+                "nothing to meta-train: no role has meta-parameters (is every role fixed?)"
+            )
+        bar = tqdm(
+            total=meta_steps,
+            initial=self.meta_step,
+            desc="meta-train",
+            disable=not progress or None,
+            leave=False,
+        )
         while self.meta_step < meta_steps:
             metrics = self.estimator.step(self.ctx)
             self.meta_step += 1
@@ -131,20 +148,34 @@ class MetaTrainer:
             adapted biases of each seed are kept in ``self.adapted[seed]``.
         """
         per_seed: list[dict] = []
-        for index in tqdm(range(start, seeds), desc="meta-test", disable=not progress or None, leave=False):
+        for index in tqdm(
+            range(start, seeds), desc="meta-test", disable=not progress or None, leave=False
+        ):
             task = self.ctx.family.meta_test_task(index).to(self.device)
-            result = {"learned": self.meta_test_run(self.ctx.biases, task, index, steps, adapt, "learned", eval_every)}
+            result = {
+                "learned": self.meta_test_run(
+                    self.ctx.biases, task, index, steps, adapt, "learned", eval_every
+                )
+            }
             if baseline is not None:
-                result["baseline"] = self.meta_test_run(baseline, task, index, steps, None, "baseline", eval_every)
+                result["baseline"] = self.meta_test_run(
+                    baseline, task, index, steps, None, "baseline", eval_every
+                )
             per_seed.append(result)
             if on_seed is not None:
                 on_seed(index, result)
         return per_seed
 
-    def meta_test_run(self, biases: Biases, task, index: int, steps: int, adapt, tag: str, eval_every: int = 0) -> dict:
+    def meta_test_run(
+        self, biases: Biases, task, index: int, steps: int, adapt, tag: str, eval_every: int = 0
+    ) -> dict:
         """Train one fresh model for ``steps`` inner steps and report its test metrics."""
-        biases = copy.deepcopy(biases).to(self.device) if adapt is not None else biases.to(self.device)
-        ctx = dataclasses.replace(self.ctx, biases=biases, outer=self._outer(biases, adapt) if adapt else None)
+        biases = (
+            copy.deepcopy(biases).to(self.device) if adapt is not None else biases.to(self.device)
+        )
+        ctx = dataclasses.replace(
+            self.ctx, biases=biases, outer=self._outer(biases, adapt) if adapt else None
+        )
         run = ctx.new_run("meta_test", index, task=task)
         if adapt is not None:
             adapt = copy.deepcopy(adapt)
@@ -156,7 +187,9 @@ class MetaTrainer:
                 base_loss = metrics["base_loss"]
             else:
                 with torch.no_grad():
-                    run.state, loss = inner_step(run.model, run.state, run.next_train(), biases.loss, biases.optimizer)
+                    run.state, loss = inner_step(
+                        run.model, run.state, run.next_train(), biases.loss, biases.optimizer
+                    )
                 base_loss = float(loss)
             if run.state.step % curve_every == 0 or run.state.step >= steps:
                 self._log_curve(run, biases, tag, index, base_loss)
@@ -164,12 +197,23 @@ class MetaTrainer:
             self.adapted[index] = biases
         return evaluate_split(run.model, run.state, task.test, task.kind)
 
-    def _log_curve(self, run: InnerRun, biases: Biases, tag: str, index: int, base_loss: float) -> None:
-        metrics = {f"test_{k}": v for k, v in evaluate_split(run.model, run.state, run.task.test, run.task.kind).items()}
+    def _log_curve(
+        self, run: InnerRun, biases: Biases, tag: str, index: int, base_loss: float
+    ) -> None:
+        metrics = {
+            f"test_{k}": v
+            for k, v in evaluate_split(run.model, run.state, run.task.test, run.task.kind).items()
+        }
         metrics["train_loss"] = base_loss
         if run.last_batch is not None:
-            metrics["grad_scale"] = gradient_scale(run.model, run.state, run.last_batch, biases.loss, run.task.kind)
-        self._log({f"meta_test/{tag}/{k}": v for k, v in metrics.items()}, inner_step=run.state.step, seed=index)
+            metrics["grad_scale"] = gradient_scale(
+                run.model, run.state, run.last_batch, biases.loss, run.task.kind
+            )
+        self._log(
+            {f"meta_test/{tag}/{k}": v for k, v in metrics.items()},
+            inner_step=run.state.step,
+            seed=index,
+        )
 
     def _log(self, metrics: dict, **axes) -> None:
         if self.logger is not None:

@@ -5,4 +5,12 @@ from learnreg.data.splits import standardize, three_way_split
 from learnreg.data.tabular import sklearn_task
 from learnreg.data.vision import data_root, read_idx
 
-__all__ = ["tabular", "vision", "standardize", "three_way_split", "sklearn_task", "data_root", "read_idx"]
+__all__ = [
+    "tabular",
+    "vision",
+    "standardize",
+    "three_way_split",
+    "sklearn_task",
+    "data_root",
+    "read_idx",
+]

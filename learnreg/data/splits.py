@@ -29,13 +29,17 @@ def three_way_split(
         ``((x_train, y_train), (x_val, y_val), (x_test, y_test))``; no row appears twice.
     """
     if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) <= 0:
-        raise DataError(f"split fractions must be three positive numbers summing to 1, got {fractions}")
+        raise DataError(
+            f"split fractions must be three positive numbers summing to 1, got {fractions}"
+        )
     train_f, val_f, test_f = fractions
     idx = np.arange(len(x))
     strat = y if stratify else None
     rest, test = train_test_split(idx, test_size=test_f, random_state=seed, stratify=strat)
     strat = y[rest] if stratify else None
-    train, val = train_test_split(rest, test_size=val_f / (train_f + val_f), random_state=seed, stratify=strat)
+    train, val = train_test_split(
+        rest, test_size=val_f / (train_f + val_f), random_state=seed, stratify=strat
+    )
     return (x[train], y[train]), (x[val], y[val]), (x[test], y[test])
 
 
@@ -65,7 +69,9 @@ def check_split(name: str, split: Split, kind: str, num_classes: int) -> None:
         )
     if kind == "classification":
         if split.y.dtype not in (torch.int64, torch.int32) or split.y.dim() != 1:
-            raise DataError(f"{name}: classification targets must be a 1-D integer tensor, got {split.y.dtype} {tuple(split.y.shape)}")
+            raise DataError(
+                f"{name}: classification targets must be a 1-D integer tensor, got {split.y.dtype} {tuple(split.y.shape)}"
+            )
         if len(split.y) and (split.y.min() < 0 or split.y.max() >= num_classes):
             raise DataError(
                 f"{name}: labels must lie in [0, {num_classes}), found [{int(split.y.min())}, {int(split.y.max())}]. "

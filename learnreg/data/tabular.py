@@ -41,7 +41,9 @@ def sklearn_task(
     x = np.asarray(data.data, dtype=np.float64)
     y = np.asarray(data.target)
     classification = kind == "classification"
-    (xtr, ytr), (xva, yva), (xte, yte) = three_way_split(x, y, tuple(fractions), split_seed, classification)
+    (xtr, ytr), (xva, yva), (xte, yte) = three_way_split(
+        x, y, tuple(fractions), split_seed, classification
+    )
     if standardize_inputs:
         xtr, xva, xte = standardize(xtr, xva, xte)
     if not classification:
@@ -71,14 +73,20 @@ def _make(name: str, doc: str):
         standardize_inputs: bool = True,
         standardize_target: bool = True,
     ) -> Task:
-        return sklearn_task(name, batch_size, fractions, split_seed, standardize_inputs, standardize_target)
+        return sklearn_task(
+            name, batch_size, fractions, split_seed, standardize_inputs, standardize_target
+        )
 
     build.__doc__ = doc
     build.__name__ = name
     return register("task", name)(build)
 
 
-diabetes = _make("diabetes", "scikit-learn Diabetes regression (442 rows, 10 features), standardized.")
+diabetes = _make(
+    "diabetes", "scikit-learn Diabetes regression (442 rows, 10 features), standardized."
+)
 digits = _make("digits", "scikit-learn digits, 8x8 images as 64 features, 10 classes (1,797 rows).")
 wine = _make("wine", "scikit-learn wine, 13 features, 3 classes (178 rows).")
-breast_cancer = _make("breast_cancer", "scikit-learn breast cancer, 30 features, 2 classes (569 rows).")
+breast_cancer = _make(
+    "breast_cancer", "scikit-learn breast cancer, 30 features, 2 classes (569 rows)."
+)

@@ -29,7 +29,10 @@ IDX_FILES = {
     "test_x": "t10k-images-idx3-ubyte",
     "test_y": "t10k-labels-idx1-ubyte",
 }
-SYSTEM_FOLDERS = {"FashionMNIST": ["/usr/share/datasets/fashion-mnist"], "MNIST": ["/usr/share/datasets/mnist"]}
+SYSTEM_FOLDERS = {
+    "FashionMNIST": ["/usr/share/datasets/fashion-mnist"],
+    "MNIST": ["/usr/share/datasets/mnist"],
+}
 HOW_TO_GET = {
     "FashionMNIST": "install Debian's package (`apt-get install dataset-fashion-mnist`), "
     "or set `task.download=true` when online",
@@ -60,15 +63,21 @@ def read_idx(path: str | Path) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise DataError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
-    return data.reshape(dims)
+        raise DataError(
+            f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}"
+        )
+    return data.reshape(dims).copy()  # writable, detached from the file buffer
 
 
 def find_idx_folder(name: str, path: str | None) -> Path | None:
     """The first folder holding the four IDX files (plain or .gz) for dataset ``name``."""
     root = data_root()
     candidates = [Path(path)] if path else []
-    candidates += [root / name / "raw", root / name.lower(), root / "fashion-mnist" if name == "FashionMNIST" else root / "mnist"]
+    candidates += [
+        root / name / "raw",
+        root / name.lower(),
+        root / "fashion-mnist" if name == "FashionMNIST" else root / "mnist",
+    ]
     candidates += [Path(p) for p in SYSTEM_FOLDERS.get(name, [])]
     for folder in candidates:
         if all(_idx_file(folder, f) is not None for f in IDX_FILES.values()):
@@ -161,7 +170,17 @@ def fashion_mnist(
 ) -> Task:
     """Fashion-MNIST (28x28 grey, 10 classes) from an IDX folder or torchvision root."""
     arrays = _load_idx_dataset("FashionMNIST", path, download or _env_download())
-    return image_task("fashion_mnist", *arrays, 10, batch_size, val_size, train_size, test_size, flatten, split_seed)
+    return image_task(
+        "fashion_mnist",
+        *arrays,
+        10,
+        batch_size,
+        val_size,
+        train_size,
+        test_size,
+        flatten,
+        split_seed,
+    )
 
 
 @register("task", "mnist")
@@ -177,7 +196,9 @@ def mnist(
 ) -> Task:
     """MNIST (28x28 grey digits, 10 classes) from an IDX folder or torchvision root."""
     arrays = _load_idx_dataset("MNIST", path, download or _env_download())
-    return image_task("mnist", *arrays, 10, batch_size, val_size, train_size, test_size, flatten, split_seed)
+    return image_task(
+        "mnist", *arrays, 10, batch_size, val_size, train_size, test_size, flatten, split_seed
+    )
 
 
 def _torchvision_arrays(name: str, download: bool):
@@ -187,9 +208,20 @@ def _torchvision_arrays(name: str, download: bool):
     cls = getattr(torchvision.datasets, name)
     try:
         if name == "SVHN":
-            tr, te = cls(str(root / "SVHN"), split="train", download=download), cls(str(root / "SVHN"), split="test", download=download)
-            return tr.data.transpose(0, 2, 3, 1), tr.labels, te.data.transpose(0, 2, 3, 1), te.labels
-        tr, te = cls(str(root), train=True, download=download), cls(str(root), train=False, download=download)
+            tr, te = (
+                cls(str(root / "SVHN"), split="train", download=download),
+                cls(str(root / "SVHN"), split="test", download=download),
+            )
+            return (
+                tr.data.transpose(0, 2, 3, 1),
+                tr.labels,
+                te.data.transpose(0, 2, 3, 1),
+                te.labels,
+            )
+        tr, te = (
+            cls(str(root), train=True, download=download),
+            cls(str(root), train=False, download=download),
+        )
         return tr.data, np.asarray(tr.targets), te.data, np.asarray(te.targets)
     except RuntimeError as exc:
         raise DataError(
@@ -209,7 +241,9 @@ def cifar10(
 ) -> Task:
     """CIFAR-10 (32x32 colour, 10 classes) via torchvision from $LEARNREG_DATA."""
     arrays = _torchvision_arrays("CIFAR10", download or _env_download())
-    return image_task("cifar10", *arrays, 10, batch_size, val_size, train_size, test_size, False, split_seed)
+    return image_task(
+        "cifar10", *arrays, 10, batch_size, val_size, train_size, test_size, False, split_seed
+    )
 
 
 @register("task", "svhn")
@@ -223,7 +257,9 @@ def svhn(
 ) -> Task:
     """SVHN (32x32 colour house numbers, 10 classes) via torchvision from $LEARNREG_DATA."""
     arrays = _torchvision_arrays("SVHN", download or _env_download())
-    return image_task("svhn", *arrays, 10, batch_size, val_size, train_size, test_size, False, split_seed)
+    return image_task(
+        "svhn", *arrays, 10, batch_size, val_size, train_size, test_size, False, split_seed
+    )
 
 
 def _env_download() -> bool:

@@ -47,7 +47,9 @@ class TruncatedUnroll(Estimator):
         fast_path: bool = True,
     ):
         if window < 1 or (horizon is not None and horizon < window) or meta_batch < 1:
-            raise ValueError(f"need window >= 1, horizon >= window (or None), meta_batch >= 1; got {window}, {horizon}, {meta_batch}")
+            raise ValueError(
+                f"need window >= 1, horizon >= window (or None), meta_batch >= 1; got {window}, {horizon}, {meta_batch}"
+            )
         self.window, self.horizon, self.meta_batch = window, horizon, meta_batch
         self.objective_batch, self.average, self.fast_path = objective_batch, average, fast_path
         self.runs: list[InnerRun] = []
@@ -88,13 +90,15 @@ class TruncatedUnroll(Estimator):
 
         state, total = run.state, 0.0
         for i in range(self.window):
-            state, base_loss = inner_step(model, state, run.next_train(), biases.loss, biases.optimizer)
+            state, base_loss = inner_step(
+                model, state, run.next_train(), biases.loss, biases.optimizer
+            )
             if self.average or i == self.window - 1:
                 total = total + objective(state)
         meta_loss = total / self.window if self.average else total
         (scale * meta_loss).backward()
         run.state = state.detach()
-        return float(meta_loss), float(base_loss)
+        return float(meta_loss.detach()), float(base_loss)
 
     def attach(self, run: InnerRun) -> None:
         """Adapt online along ``run`` only: it is never reset or replaced (the meta-test

@@ -12,7 +12,9 @@ from learnreg.core.inner import InnerState, forward
 
 
 @torch.no_grad()
-def evaluate_split(model: nn.Module, state: InnerState, split, kind: str, batch_size: int = 2048) -> dict[str, float]:
+def evaluate_split(
+    model: nn.Module, state: InnerState, split, kind: str, batch_size: int = 2048
+) -> dict[str, float]:
     """Metrics of ``state`` on every example of ``split``, in evaluation batches.
 
     Returns:
@@ -51,7 +53,9 @@ def gradient_scale(model: nn.Module, state: InnerState, batch, loss, kind: str) 
     x, y = batch
 
     def norm(fn) -> float:
-        grads = torch.func.grad(lambda p: fn(forward(model, InnerState(p, state.buffers, None), x), y))(state.params)
+        grads = torch.func.grad(
+            lambda p: fn(forward(model, InnerState(p, state.buffers, None), x), y)
+        )(state.params)
         return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads.values()])).item()
 
     with torch.no_grad():

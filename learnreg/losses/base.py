@@ -27,7 +27,9 @@ def check_pair(pred: Tensor, target: Tensor, kind: str, num_classes: int | None 
                 f"classification loss expects logits (N, C) and labels (N,), got {tuple(pred.shape)} and {tuple(target.shape)}"
             )
         if num_classes is not None and pred.shape[1] != num_classes:
-            raise ValueError(f"loss built for {num_classes} classes got logits with {pred.shape[1]} columns")
+            raise ValueError(
+                f"loss built for {num_classes} classes got logits with {pred.shape[1]} columns"
+            )
     elif pred.shape != target.shape:
         raise ValueError(
             f"regression loss expects prediction and target of the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"

@@ -79,7 +79,9 @@ class NeuralLoss(LossRole):
 
     def pairs(self, pred: Tensor, target: Tensor) -> Tensor:
         """The network's inputs, shape (N, C, 2)."""
-        check_pair(pred, target, self.kind, self.num_classes if self.kind == "classification" else None)
+        check_pair(
+            pred, target, self.kind, self.num_classes if self.kind == "classification" else None
+        )
         if self.kind == "classification":
             p, onehot = probs_and_onehot(pred, target)
             return torch.stack([p, onehot], -1)

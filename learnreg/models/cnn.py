@@ -15,7 +15,9 @@ def _as_image(input_shape) -> tuple[int, int, int]:
         return (1, *input_shape)
     side = int(round(input_shape[0] ** 0.5))
     if side * side != input_shape[0]:
-        raise ValueError(f"a CNN needs image inputs (C, H, W); got flat features of shape {tuple(input_shape)}")
+        raise ValueError(
+            f"a CNN needs image inputs (C, H, W); got flat features of shape {tuple(input_shape)}"
+        )
     return (1, side, side)
 
 
@@ -39,7 +41,13 @@ class LeNet5(nn.Sequential):
         activation: activation name.
     """
 
-    def __init__(self, input_shape, out_features: int, channels: tuple[int, int] | list[int] = (6, 16), activation: str = "relu"):
+    def __init__(
+        self,
+        input_shape,
+        out_features: int,
+        channels: tuple[int, int] | list[int] = (6, 16),
+        activation: str = "relu",
+    ):
         c, h, w = _as_image(input_shape)
         c1, c2 = channels
         size = lambda s: ((s - 4) // 2 - 4) // 2  # noqa: E731  (two conv5 + pool2)
@@ -76,7 +84,13 @@ class SmallCNN(nn.Sequential):
         activation: activation name.
     """
 
-    def __init__(self, input_shape, out_features: int, channels: tuple[int, int] | list[int] = (16, 32), activation: str = "relu"):
+    def __init__(
+        self,
+        input_shape,
+        out_features: int,
+        channels: tuple[int, int] | list[int] = (16, 32),
+        activation: str = "relu",
+    ):
         c, h, w = _as_image(input_shape)
         c1, c2 = channels
         super().__init__(
@@ -106,7 +120,16 @@ class AllCNNC(nn.Sequential):
     def __init__(self, input_shape, out_features: int, width: int = 96, batch_norm: bool = True):
         c, h, w = _as_image(input_shape)
         w2 = 2 * width
-        spec = [(c, width, 3, 1), (width, width, 3, 1), (width, width, 3, 2), (width, w2, 3, 1), (w2, w2, 3, 1), (w2, w2, 3, 2), (w2, w2, 3, 1), (w2, w2, 1, 1)]
+        spec = [
+            (c, width, 3, 1),
+            (width, width, 3, 1),
+            (width, width, 3, 2),
+            (width, w2, 3, 1),
+            (w2, w2, 3, 1),
+            (w2, w2, 3, 2),
+            (w2, w2, 3, 1),
+            (w2, w2, 1, 1),
+        ]
         layers: list[nn.Module] = [_Unflatten((c, h, w))]
         for cin, cout, k, s in spec:
             layers.append(nn.Conv2d(cin, cout, k, stride=s, padding=k // 2))

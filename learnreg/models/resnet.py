@@ -43,7 +43,12 @@ class ResNet(nn.Module):
     def __init__(self, input_shape, out_features: int, depth: int = 1, width: int = 16):
         super().__init__()
         c, h, w = _as_image(input_shape)
-        layers: list[nn.Module] = [_Unflatten((c, h, w)), nn.Conv2d(c, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+        layers: list[nn.Module] = [
+            _Unflatten((c, h, w)),
+            nn.Conv2d(c, width, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+        ]
         cin = width
         for stage in range(3):
             cout = width * 2**stage

@@ -29,7 +29,9 @@ class OptimizerRole(Bias):
     def init(self, params: Params) -> Any:
         raise NotImplementedError
 
-    def forward(self, grads: Params, state: Any, params: Params, inplace: bool = False) -> tuple[Params, Any]:
+    def forward(
+        self, grads: Params, state: Any, params: Params, inplace: bool = False
+    ) -> tuple[Params, Any]:
         raise NotImplementedError
 
     def as_transform(self) -> torchopt.base.GradientTransformation:

@@ -19,8 +19,16 @@ class SGD(TorchoptOptimizer):
         weight_decay: L2 coefficient added to the gradient.
     """
 
-    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
-        super().__init__(torchopt.sgd(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay))
+    def __init__(
+        self,
+        lr: float = 0.01,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__(
+            torchopt.sgd(lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+        )
         self.lr = lr
 
 
@@ -35,6 +43,12 @@ class Adam(TorchoptOptimizer):
         weight_decay: L2 coefficient.
     """
 
-    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] | list[float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        betas: tuple[float, float] | list[float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
         super().__init__(torchopt.adam(lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.lr = lr

@@ -25,8 +25,12 @@ VERSION = 1
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write ``state`` to ``path`` atomically (a reader sees the old or the new file)."""
-    cpu = optree.tree_map(lambda t: t.detach().cpu() if isinstance(t, torch.Tensor) else t, state, none_is_leaf=True)
-    atomic_torch_save({"format": FORMAT, "version": VERSION, "learnreg": learnreg.__version__, "state": cpu}, path)
+    cpu = optree.tree_map(
+        lambda t: t.detach().cpu() if isinstance(t, torch.Tensor) else t, state, none_is_leaf=True
+    )
+    atomic_torch_save(
+        {"format": FORMAT, "version": VERSION, "learnreg": learnreg.__version__, "state": cpu}, path
+    )
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:

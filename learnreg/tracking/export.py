@@ -79,25 +79,35 @@ def load_bias(path: str | Path, role: str | None = None, device: str = "cpu") ->
     meta_path, tensor_path = _paths(path)
     for p in (meta_path, tensor_path):
         if not p.is_file():
-            raise CheckpointError(f"{p} not found: an exported bias is a .json and a .safetensors file side by side")
+            raise CheckpointError(
+                f"{p} not found: an exported bias is a .json and a .safetensors file side by side"
+            )
     try:
         doc = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{meta_path} is not valid JSON ({exc}); re-export the bias") from None
+        raise CheckpointError(
+            f"{meta_path} is not valid JSON ({exc}); re-export the bias"
+        ) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path} is not a learnreg bias description")
     if doc.get("version") != VERSION:
-        raise CheckpointError(f"{meta_path} has format version {doc.get('version')}; this learnreg reads version {VERSION}")
+        raise CheckpointError(
+            f"{meta_path} has format version {doc.get('version')}; this learnreg reads version {VERSION}"
+        )
     if role is not None and doc.get("role") != role:
         raise CheckpointError(f"{meta_path} holds a {doc.get('role')!r} bias, not a {role!r}")
     try:
         module = registry.lookup(doc["role"], doc["component"])(**doc["args"])
     except (ConfigError, TypeError) as exc:
-        raise CheckpointError(f"{meta_path}: cannot rebuild {doc.get('component')!r}: {exc}") from None
+        raise CheckpointError(
+            f"{meta_path}: cannot rebuild {doc.get('component')!r}: {exc}"
+        ) from None
     try:
         tensors = safetensors.torch.load_file(str(tensor_path), device=device)
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{tensor_path} is corrupt or truncated ({exc}); re-export the bias") from None
+        raise CheckpointError(
+            f"{tensor_path} is corrupt or truncated ({exc}); re-export the bias"
+        ) from None
     try:
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,7 +42,11 @@ class JsonlLogger:
 
     def truncate(self, lines: int) -> None:
         self.file.close()
-        kept = self.path.read_text(encoding="utf-8").splitlines(keepends=True)[:lines] if self.path.exists() else []
+        kept = (
+            self.path.read_text(encoding="utf-8").splitlines(keepends=True)[:lines]
+            if self.path.exists()
+            else []
+        )
         self.path.write_text("".join(kept), encoding="utf-8")
         self.file = self.path.open("a", encoding="utf-8")
         self.lines = len(kept)
@@ -66,7 +71,9 @@ class ConsoleLogger:
         if step is None and "inner_step" in axes:
             return  # learning curves go to the files, not the terminal
         where = " ".join(f"{k}={v}" for k, v in axes.items())
-        body = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+        body = " ".join(
+            f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))
+        )
         print(f"[{where}] {body}", file=self.stream)
 
     def log_artifact(self, path, name, kind) -> None:
@@ -88,12 +95,19 @@ class WandbLogger:
         tags: W&B tags.
     """
 
-    def __init__(self, run_dir: str | Path, config: dict, project: str | None = None, group: str | None = None, tags=()):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        config: dict,
+        project: str | None = None,
+        group: str | None = None,
+        tags=(),
+    ):
         import wandb
 
         run_dir = Path(run_dir)
         id_file = run_dir / "wandb_id"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)
         mode = os.environ.get("WANDB_MODE") or ("online" if has_wandb_credentials() else "offline")
         self.run = wandb.init(
@@ -108,7 +122,10 @@ class WandbLogger:
             reinit="create_new",
             settings=wandb.Settings(silent=True, console="off"),
         )
-        for axis, prefixes in {"meta_step": ("meta/*", "search/*"), "inner_step": ("meta_test/*",)}.items():
+        for axis, prefixes in {
+            "meta_step": ("meta/*", "search/*"),
+            "inner_step": ("meta_test/*",),
+        }.items():
             self.run.define_metric(axis)
             for prefix in prefixes:
                 self.run.define_metric(prefix, step_metric=axis)

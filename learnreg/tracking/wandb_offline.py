@@ -65,10 +65,17 @@ def read_run(path: str | Path) -> dict:
         elif kind == "config":
             out["config"].update(_config(record.config))
         elif kind == "history":
-            out["history"].append({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item})
+            out["history"].append(
+                {
+                    "/".join(i.nested_key) or i.key: json.loads(i.value_json)
+                    for i in record.history.item
+                }
+            )
         elif kind == "artifact":
             a = record.artifact
-            out["artifacts"].append({"name": a.name, "type": a.type, "files": [c.path for c in a.manifest.contents]})
+            out["artifacts"].append(
+                {"name": a.name, "type": a.type, "files": [c.path for c in a.manifest.contents]}
+            )
     return out
 
 
@@ -77,5 +84,9 @@ def _config(config) -> dict:
     for item in config.update:
         key = "/".join(item.nested_key) or item.key
         value = json.loads(item.value_json)
-        values[key] = value.get("value", value) if isinstance(value, dict) and set(value) <= {"value", "desc"} else value
+        values[key] = (
+            value.get("value", value)
+            if isinstance(value, dict) and set(value) <= {"value", "desc"}
+            else value
+        )
     return values

@@ -1,0 +1,170 @@
+"""Run directories: contents, resume equivalence, locks, the W&B offline record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import learnreg
+from learnreg import losses
+from learnreg.core.trainer import MetaTrainer
+from learnreg.errors import ConfigError, RunLockedError
+from learnreg.tracking import RunLock
+from learnreg.tracking.wandb_offline import read_run
+
+CONFIG = {
+    "method": "ml3",
+    "task": {"_component_": "digits", "batch_size": 32},
+    "model": {"_component_": "mlp", "hidden": [16]},
+    "loss": {"_component_": "neural", "hidden": [8, 8]},
+    "optimizer": {"_component_": "sgd", "lr": 0.05},
+    "estimator": {"_component_": "truncated_unroll", "window": 1, "horizon": 1},
+    "meta_steps": 12,
+    "checkpoint_every": 4,
+    "meta_test": {"steps": 40, "seeds": 2, "eval_every": 20},
+    "logger": {"backends": []},
+}
+
+
+def _strip(summary):
+    return {k: v for k, v in summary.items() if not k.endswith("_seconds")}
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_directory_contents(tmp_path):
+    summary = learnreg.run(CONFIG, out=tmp_path, progress=False)
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoints/last.pt",
+        "learned/loss.json",
+        "learned/loss.safetensors",
+    ):
+        assert (tmp_path / name).exists(), name
+    for key in (
+        "method",
+        "task",
+        "seed",
+        "test",
+        "baseline",
+        "meta_train_seconds",
+        "meta_test_seconds",
+    ):
+        assert key in summary
+    assert (
+        set(summary["test"]) == {"loss", "error", "accuracy"}
+        and "error" in summary["baseline"]["test"]
+    )
+    assert 0 <= summary["test"]["error"] <= 1 and summary["meta_test_seeds"] == 2
+    meta = [r for r in _records(tmp_path) if "meta_step" in r]
+    assert [r["meta_step"] for r in meta] == list(range(1, 13))
+    loss = losses.load(tmp_path / "learned" / "loss")
+    assert type(loss).__name__ == "NeuralLoss"
+    # A finished run returns its summary instead of running again.
+    assert learnreg.run(CONFIG, out=tmp_path, progress=False) == json.loads(
+        (tmp_path / "summary.json").read_text()
+    )
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_at", [("fit", 10), ("meta_test", 1)])
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, stop_at):
+    reference = learnreg.run(CONFIG, out=tmp_path / "ref", progress=False)
+
+    phase, when = stop_at
+    original_fit_step = learnreg.estimators.TruncatedUnroll.step
+    original_eval = MetaTrainer.meta_test_run
+    calls = {"n": 0}
+
+    def failing_step(self, ctx):
+        calls["n"] += 1
+        if calls["n"] == when:
+            raise _Interrupt
+        return original_fit_step(self, ctx)
+
+    def failing_eval(self, biases, task, index, *args, **kw):
+        if index == when:
+            raise _Interrupt
+        return original_eval(self, biases, task, index, *args, **kw)
+
+    if phase == "fit":
+        monkeypatch.setattr(learnreg.estimators.TruncatedUnroll, "step", failing_step)
+    else:
+        monkeypatch.setattr(MetaTrainer, "meta_test_run", failing_eval)
+    with pytest.raises(_Interrupt):
+        learnreg.run(CONFIG, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "summary.json").exists()
+    monkeypatch.undo()
+
+    resumed = learnreg.run(CONFIG, out=tmp_path / "run", progress=False)
+    assert _strip(resumed) == _strip(reference)
+    assert _records(tmp_path / "run") == _records(tmp_path / "ref")
+    ref_bytes = (tmp_path / "ref" / "learned" / "loss.safetensors").read_bytes()
+    assert (tmp_path / "run" / "learned" / "loss.safetensors").read_bytes() == ref_bytes
+
+
+def test_a_different_config_in_the_same_directory_is_refused(tmp_path):
+    learnreg.run(
+        {**CONFIG, "meta_steps": 2, "meta_test": {"steps": 5, "seeds": 1}},
+        out=tmp_path,
+        progress=False,
+    )
+    with pytest.raises(ConfigError, match="different config"):
+        learnreg.run(
+            {**CONFIG, "meta_steps": 3, "meta_test": {"steps": 5, "seeds": 1}},
+            out=tmp_path,
+            progress=False,
+        )
+
+
+def test_two_writers_cannot_share_a_run_directory(tmp_path):
+    with RunLock(tmp_path), pytest.raises(RunLockedError, match="another process"):
+        learnreg.run(CONFIG, out=tmp_path, progress=False)
+
+
+def test_online_adaptation_exports_the_adapted_loss(tmp_path):
+    cfg = {
+        **CONFIG,
+        "method": "adalfl",
+        "meta_steps": 3,
+        "meta_test": {
+            "steps": 10,
+            "seeds": 1,
+            "adapt": {"_component_": "truncated_unroll", "window": 1, "horizon": None},
+        },
+    }
+    learnreg.run(cfg, out=tmp_path, progress=False)
+    before = losses.load(tmp_path / "learned" / "loss")
+    after = losses.load(tmp_path / "learned" / "loss_online_seed0")
+    assert any((a != b).any() for a, b in zip(before.parameters(), after.parameters()))
+
+
+def test_wandb_offline_run_records_config_metrics_and_artifacts(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = {
+        **CONFIG,
+        "meta_steps": 5,
+        "meta_test": {"steps": 20, "seeds": 1, "eval_every": 10},
+        "logger": {"backends": ["wandb"]},
+    }
+    learnreg.run(cfg, out=tmp_path, progress=False)
+    record = read_run(tmp_path)
+    assert record["config"]["method"] == "ml3" and record["config"]["meta_steps"] == 5
+    logged = [row for row in record["history"] if "meta/meta_loss" in row]
+    jsonl = [r for r in _records(tmp_path) if "meta_step" in r]
+    assert [row["meta_step"] for row in logged] == [1, 2, 3, 4, 5]
+    assert [row["meta/meta_loss"] for row in logged] == pytest.approx(
+        [r["meta/meta_loss"] for r in jsonl]
+    )
+    curves = [row for row in record["history"] if "meta_test/learned/test_error" in row]
+    assert [row["inner_step"] for row in curves] == [10, 20]
+    artifact = next(a for a in record["artifacts"] if a["type"] == "learned-biases")
+    assert {"loss.json", "loss.safetensors"} <= set(artifact["files"])
