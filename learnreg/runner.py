@@ -7,6 +7,7 @@ Layout of a run directory::
     summary.json       final test metrics, learned vs baseline, and timings
     checkpoints/       last.pt (atomic; a re-run resumes from it)
     learned/           exported biases (safetensors + JSON), one pair per learned role
+    final/             the meta-test models' final parameters and buffers, per role and seed
     plots/             figures (``learnreg plot``)
 
 Re-running on the same directory with the same config resumes from ``checkpoints/last.pt``
@@ -29,7 +30,7 @@ from learnreg.errors import ConfigError, NumericalError
 from learnreg.experiment import Experiment, build
 from learnreg.tracking.atomic import atomic_write_bytes
 from learnreg.tracking.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from learnreg.tracking.export import save_bias
+from learnreg.tracking.export import save_bias, save_state
 from learnreg.tracking.lock import RunLock
 from learnreg.tracking.loggers import ConsoleLogger, JsonlLogger, MultiLogger, WandbLogger
 
@@ -132,18 +133,20 @@ class Run:
         done = self.progress_state["meta_test"]
         clock = [time.perf_counter()]
 
-        def on_seed(index: int, result: dict) -> None:
+        def on_seed(index: int, result: dict, runs: dict) -> None:
             done.append(result)
             now = time.perf_counter()
             self.progress_state["meta_test_seconds"] += now - clock[0]
             clock[0] = now
-            adapted = trainer.adapted.pop(index, None)
-            for role, module in adapted.learned_roles().items() if adapted is not None else ():
-                save_bias(
-                    module,
-                    self.out / "learned" / f"{role}_online_seed{index}",
-                    self._meta(online_seed=index),
-                )
+            for tag, (run, biases) in runs.items():
+                save_state(run.state, self.out / "final" / f"{tag}_seed{index}.safetensors")
+                if tag == "learned" and self.exp.adapt is not None:
+                    for role, module in biases.learned_roles().items():
+                        save_bias(
+                            module,
+                            self.out / "learned" / f"{role}_online_seed{index}",
+                            self._meta(online_seed=index),
+                        )
             self._save(0.0)
 
         trainer.evaluate(

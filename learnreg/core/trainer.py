@@ -69,7 +69,6 @@ class MetaTrainer:
         )
         self.logger = logger
         self.meta_step = 0
-        self.adapted: dict[int, Biases] = {}
 
     @property
     def biases(self) -> Biases:
@@ -140,36 +139,46 @@ class MetaTrainer:
                 (online AdaLFL); each seed starts from the same learned meta-parameters.
             eval_every: log test metrics every this many inner steps (0: only at the end).
             start: the first seed to run (to resume a partial meta-test).
-            on_seed: called with ``(seed, result)`` after each seed (checkpointing hook).
+            on_seed: called after each seed with ``(seed, result, runs)``, ``runs`` mapping
+                ``learned``/``baseline`` to the finished ``(InnerRun, biases)`` (checkpoint
+                and export hooks go here).
 
         Returns:
             One ``{"learned": metrics, "baseline": metrics}`` dict per seed (see
-            :func:`aggregate` for means and confidence intervals). With ``adapt``, the
-            adapted biases of each seed are kept in ``self.adapted[seed]``.
+            :func:`aggregate` for means and confidence intervals).
         """
         per_seed: list[dict] = []
         for index in tqdm(
             range(start, seeds), desc="meta-test", disable=not progress or None, leave=False
         ):
             task = self.ctx.family.meta_test_task(index).to(self.device)
-            result = {
+            runs = {
                 "learned": self.meta_test_run(
                     self.ctx.biases, task, index, steps, adapt, "learned", eval_every
                 )
             }
             if baseline is not None:
-                result["baseline"] = self.meta_test_run(
+                runs["baseline"] = self.meta_test_run(
                     baseline, task, index, steps, None, "baseline", eval_every
                 )
+            result = {
+                tag: evaluate_split(run.model, run.state, task.test, task.kind)
+                for tag, (run, _) in runs.items()
+            }
             per_seed.append(result)
             if on_seed is not None:
-                on_seed(index, result)
+                on_seed(index, result, runs)
         return per_seed
 
     def meta_test_run(
         self, biases: Biases, task, index: int, steps: int, adapt, tag: str, eval_every: int = 0
-    ) -> dict:
-        """Train one fresh model for ``steps`` inner steps and report its test metrics."""
+    ):
+        """Train one fresh model for ``steps`` inner steps.
+
+        Returns:
+            ``(run, biases)``: the finished :class:`InnerRun` and the biases it ended
+            with (a copy that kept learning when ``adapt`` is given).
+        """
         biases = (
             copy.deepcopy(biases).to(self.device) if adapt is not None else biases.to(self.device)
         )
@@ -183,8 +192,7 @@ class MetaTrainer:
         curve_every = eval_every or steps
         while run.state.step < steps:
             if adapt is not None:
-                metrics = adapt.step(ctx)
-                base_loss = metrics["base_loss"]
+                base_loss = adapt.step(ctx)["base_loss"]
             else:
                 with torch.no_grad():
                     run.state, loss = inner_step(
@@ -193,9 +201,7 @@ class MetaTrainer:
                 base_loss = float(loss)
             if run.state.step % curve_every == 0 or run.state.step >= steps:
                 self._log_curve(run, biases, tag, index, base_loss)
-        if adapt is not None:
-            self.adapted[index] = biases
-        return evaluate_split(run.model, run.state, task.test, task.kind)
+        return run, biases
 
     def _log_curve(
         self, run: InnerRun, biases: Biases, tag: str, index: int, base_loss: float

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import safetensors.torch
+import torch
 from torch import nn
 
 from learnreg import registry
@@ -113,3 +114,28 @@ def load_bias(path: str | Path, role: str | None = None, device: str = "cpu") ->
     except RuntimeError as exc:
         raise CheckpointError(f"{tensor_path} does not match {doc['component']!r}: {exc}") from None
     return module.to(device)
+
+
+def save_state(state, path: str | Path) -> None:
+    """Write an inner state's parameters and buffers (``param.``/``buffer.`` prefixed)."""
+    tensors = {f"param.{k}": v.detach().cpu().contiguous() for k, v in state.params.items()}
+    tensors.update({f"buffer.{k}": v.detach().cpu().contiguous() for k, v in state.buffers.items()})
+    atomic_write_bytes(Path(path), safetensors.torch.save(tensors))
+
+
+def load_state(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict, dict]:
+    """Read ``(params, buffers)`` written by :func:`save_state`.
+
+    Raises:
+        CheckpointError: missing or corrupt file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found")
+    try:
+        tensors = safetensors.torch.load_file(str(path), device=str(device))
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path} is corrupt or truncated ({exc})") from None
+    params = {k[len("param.") :]: v for k, v in tensors.items() if k.startswith("param.")}
+    buffers = {k[len("buffer.") :]: v for k, v in tensors.items() if k.startswith("buffer.")}
+    return params, buffers
