@@ -246,7 +246,7 @@ def instantiate(kind: str, spec: dict | str, /, **context: Any) -> Any:
         return target(**kwargs)
     except ConfigError:
         raise
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"cannot build {kind} {spec[COMPONENT]!r}: {exc}") from None
 
 

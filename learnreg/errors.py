@@ -23,3 +23,7 @@ class RunLockedError(LearnregError):
 
 class NumericalError(LearnregError, FloatingPointError):
     """Training diverged: too many consecutive non-finite meta-losses or gradients."""
+
+
+class ShapeError(LearnregError, ValueError):
+    """Predictions, targets or inputs have shapes that do not fit together."""

@@ -32,7 +32,13 @@ from learnreg.tracking.atomic import atomic_write_bytes
 from learnreg.tracking.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from learnreg.tracking.export import save_bias, save_state
 from learnreg.tracking.lock import RunLock
-from learnreg.tracking.loggers import ConsoleLogger, JsonlLogger, MultiLogger, WandbLogger
+from learnreg.tracking.loggers import (
+    ConsoleLogger,
+    JsonlLogger,
+    MultiLogger,
+    WandbLogger,
+    strict_json,
+)
 
 
 def run(
@@ -105,7 +111,9 @@ class Run:
             summary = self._summary()
         finally:
             self.logger.close()
-        atomic_write_bytes(self.out / "summary.json", json.dumps(summary, indent=2).encode())
+        atomic_write_bytes(
+            self.out / "summary.json", json.dumps(strict_json(summary), indent=2).encode()
+        )
         self._print(summary)
         return summary
 
@@ -174,7 +182,8 @@ class Run:
         )
 
     def _resume(self) -> None:
-        if not self.checkpoint_path.exists():
+        if not self.checkpoint_path.exists():  # killed before the first checkpoint: start over
+            self.jsonl.truncate(0)
             return
         state = load_checkpoint(self.checkpoint_path, self.exp.trainer.device)
         self.exp.trainer.load_state_dict(state["trainer"])
@@ -211,6 +220,7 @@ class Run:
             "test": learned.get("test", {}),
             "test_std": learned.get("test_std", {}),
             "test_ci95": learned.get("test_ci95", {}),
+            "diverged": learned.get("diverged", 0),
             "baseline": {k: v for k, v in stats.get("baseline", {}).items() if k != "per_seed"},
             "per_seed": self.progress_state["meta_test"],
             "meta_train_seconds": self.progress_state["meta_train_seconds"],
@@ -238,6 +248,11 @@ def format_summary(summary: dict) -> str:
                 if m != "accuracy"
             ]
             lines.append(f"  {name}  test " + ", ".join(parts))
+    for name, block in (("learned", summary), ("baseline", summary.get("baseline") or {})):
+        if block.get("diverged"):
+            lines.append(
+                f"  WARNING: {block['diverged']} {name} run(s) diverged (per_seed.diverged_at)"
+            )
     lines.append(
         f"  meta-train {summary['meta_train_seconds']:.1f}s, meta-test {summary['meta_test_seconds']:.1f}s"
     )

@@ -16,6 +16,7 @@ from learnreg.core.objectives import TaskLoss
 from learnreg.core.outer import OuterOptimizer
 from learnreg.core.task import SingleTask
 from learnreg.core.trainer import MetaTrainer
+from learnreg.errors import ConfigError
 from learnreg.estimators import MetaContext, TruncatedUnroll
 from learnreg.inits import RandomInit
 from learnreg.losses import NeuralLoss
@@ -165,5 +166,5 @@ def test_horizon_resets_runs_and_meta_batch_averages():
 
 
 def test_invalid_window_and_horizon_are_rejected():
-    with pytest.raises(ValueError, match="horizon >= window"):
+    with pytest.raises(ConfigError, match="horizon >= window"):
         TruncatedUnroll(window=5, horizon=2)

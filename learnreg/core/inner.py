@@ -22,6 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from learnreg.errors import CheckpointError
+
 Params = dict[str, Tensor]
 Batch = tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -143,6 +145,7 @@ class InnerRun:
         self.train = task.stream("train", seed)
         self.val = task.stream("val", seed + 1)
         self.last_batch: Batch | None = None
+        self.diverged_at: int | None = None  # inner step at which the base loss became non-finite
 
     def next_train(self) -> Batch:
         self.last_batch = self.train.next()
@@ -171,7 +174,9 @@ class InnerRun:
         device = next(iter(self.state.params.values())).device
         leaves, spec = optree.tree_flatten(self.state.opt_state)
         if len(leaves) != len(sd["opt_leaves"]):
-            raise ValueError("checkpointed optimizer state does not match the optimizer role")
+            raise CheckpointError(
+                "the checkpointed optimizer state does not match the optimizer role; was the optimizer changed?"
+            )
         opt_leaves = [v.to(device) if isinstance(v, Tensor) else v for v in sd["opt_leaves"]]
         self.state = InnerState(
             params={k: v.to(device) for k, v in sd["params"].items()},

@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from learnreg.errors import ConfigError, DataError, ShapeError
+
 Kind = Literal["classification", "regression"]
 
 
@@ -26,7 +28,9 @@ class Split:
 
     def __post_init__(self):
         if len(self.x) != len(self.y):
-            raise ValueError(f"split has {len(self.x)} inputs but {len(self.y)} targets")
+            raise ShapeError(
+                f"split has {len(self.x)} inputs but {len(self.y)} targets; they must align row by row"
+            )
 
     def __len__(self) -> int:
         return len(self.x)
@@ -73,7 +77,7 @@ class Task:
     def build_model(self, seed: int) -> nn.Module:
         """A freshly initialised model; the global RNG is left untouched."""
         if self.model_fn is None:
-            raise ValueError(f"task {self.name!r} has no model; set the run's `model` section")
+            raise ConfigError(f"task {self.name!r} has no model; set the run's `model` section")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.model_fn()
@@ -93,7 +97,7 @@ class BatchStream:
 
     def __init__(self, split: Split, batch_size: int, seed: int = 0):
         if len(split) == 0:
-            raise ValueError("cannot stream batches from an empty split")
+            raise DataError("cannot stream batches from an empty split; check the split sizes")
         self.split = split
         self.batch_size = min(batch_size, len(split))
         self.generator = torch.Generator().manual_seed(seed)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -13,6 +15,7 @@ from tqdm.auto import tqdm
 from learnreg.core.bias import Biases
 from learnreg.core.inner import InnerRun, inner_step
 from learnreg.core.outer import OuterOptimizer
+from learnreg.errors import ConfigError
 from learnreg.estimators.base import Estimator, MetaContext
 from learnreg.eval.metrics import evaluate_split, gradient_scale, summarize
 
@@ -96,7 +99,7 @@ class MetaTrainer:
             progress: show a progress bar.
         """
         if self.ctx.outer is None and self.estimator.needs_outer:
-            raise ValueError(
+            raise ConfigError(
                 "nothing to meta-train: no role has meta-parameters (is every role fixed?)"
             )
         bar = tqdm(
@@ -161,10 +164,7 @@ class MetaTrainer:
                 runs["baseline"] = self.meta_test_run(
                     baseline, task, index, steps, None, "baseline", eval_every
                 )
-            result = {
-                tag: evaluate_split(run.model, run.state, task.test, task.kind)
-                for tag, (run, _) in runs.items()
-            }
+            result = {tag: self._test_metrics(run) for tag, (run, _) in runs.items()}
             per_seed.append(result)
             if on_seed is not None:
                 on_seed(index, result, runs)
@@ -199,9 +199,23 @@ class MetaTrainer:
                         run.model, run.state, run.next_train(), biases.loss, biases.optimizer
                     )
                 base_loss = float(loss)
+            if not math.isfinite(base_loss):  # report the divergence; never average it away
+                run.diverged_at = run.state.step
+                warnings.warn(
+                    f"meta-test run {tag} seed {index} diverged at inner step {run.state.step}",
+                    stacklevel=2,
+                )
+                break
             if run.state.step % curve_every == 0 or run.state.step >= steps:
                 self._log_curve(run, biases, tag, index, base_loss)
         return run, biases
+
+    @staticmethod
+    def _test_metrics(run: InnerRun) -> dict:
+        metrics = evaluate_split(run.model, run.state, run.task.test, run.task.kind)
+        if run.diverged_at is not None:
+            metrics["diverged_at"] = run.diverged_at
+        return metrics
 
     def _log_curve(
         self, run: InnerRun, biases: Biases, tag: str, index: int, base_loss: float
@@ -243,15 +257,17 @@ class MetaTrainer:
 
 
 def aggregate(per_seed: list[dict]) -> dict:
-    """Per-role mean, std and 95% CI of every test metric over meta-test seeds."""
+    """Per-role mean, std and 95% CI of every test metric over meta-test seeds, and how
+    many runs diverged."""
     out: dict = {}
     for tag in per_seed[0] if per_seed else []:
         runs = [r[tag] for r in per_seed]
-        stats = {m: summarize([r[m] for r in runs]) for m in runs[0]}
+        stats = {m: summarize([r[m] for r in runs]) for m in runs[0] if m != "diverged_at"}
         out[tag] = {
             "test": {m: s["mean"] for m, s in stats.items()},
             "test_std": {m: s["std"] for m, s in stats.items()},
             "test_ci95": {m: s["ci95"] for m, s in stats.items()},
+            "diverged": sum("diverged_at" in r for r in runs),
             "per_seed": runs,
         }
     return out

@@ -13,6 +13,7 @@ from typing import Literal
 
 from learnreg.core import hypergrad
 from learnreg.core.inner import InnerRun, inner_step
+from learnreg.errors import ConfigError
 from learnreg.estimators.base import Estimator, MetaContext
 from learnreg.registry import register
 
@@ -47,13 +48,14 @@ class TruncatedUnroll(Estimator):
         fast_path: bool = True,
     ):
         if window < 1 or (horizon is not None and horizon < window) or meta_batch < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"need window >= 1, horizon >= window (or None), meta_batch >= 1; got {window}, {horizon}, {meta_batch}"
             )
         self.window, self.horizon, self.meta_batch = window, horizon, meta_batch
         self.objective_batch, self.average, self.fast_path = objective_batch, average, fast_path
         self.runs: list[InnerRun] = []
         self.next_index = 0
+        self.attached = False
 
     def step(self, ctx: MetaContext) -> dict[str, float]:
         self._refresh_runs(ctx)
@@ -65,7 +67,7 @@ class TruncatedUnroll(Estimator):
             base.append(base_loss)
         meta_loss = float(sum(losses) / len(losses))
         info = ctx.outer.step(meta_loss)
-        if info["skipped"]:  # the runs' states may be garbage: start them again
+        if info["skipped"] and not self.attached:  # the states may be garbage: start again
             self.runs = []
         return {"meta_loss": meta_loss, "base_loss": float(sum(base) / len(base)), **info}
 
@@ -103,7 +105,7 @@ class TruncatedUnroll(Estimator):
     def attach(self, run: InnerRun) -> None:
         """Adapt online along ``run`` only: it is never reset or replaced (the meta-test
         phase of online AdaLFL)."""
-        self.runs, self.horizon, self.meta_batch = [run], None, 1
+        self.runs, self.horizon, self.meta_batch, self.attached = [run], None, 1, True
 
     def _refresh_runs(self, ctx: MetaContext) -> None:
         if self.horizon is not None:

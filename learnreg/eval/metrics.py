@@ -19,7 +19,7 @@ def evaluate_split(
 
     Returns:
         Classification: ``loss`` (cross-entropy), ``error`` and ``accuracy``.
-        Regression: ``mse`` and ``loss`` (the same value).
+        Regression: ``mse``.
     """
     total, loss_sum, wrong = 0, 0.0, 0.0
     for start in range(0, len(split), batch_size):
@@ -33,7 +33,7 @@ def evaluate_split(
         total += len(x)
     if kind == "classification":
         return {"loss": loss_sum / total, "error": wrong / total, "accuracy": 1 - wrong / total}
-    return {"mse": loss_sum / total, "loss": loss_sum / total}
+    return {"mse": loss_sum / total}
 
 
 def summarize(values: list[float]) -> dict[str, float]:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from learnreg.core.bias import Bias
+from learnreg.errors import ShapeError
 
 
 class LossRole(Bias):
@@ -23,15 +24,15 @@ def check_pair(pred: Tensor, target: Tensor, kind: str, num_classes: int | None 
     """Raise a clear error on a label/shape mismatch instead of broadcasting silently."""
     if kind == "classification":
         if pred.dim() != 2 or target.dim() != 1 or pred.shape[0] != target.shape[0]:
-            raise ValueError(
+            raise ShapeError(
                 f"classification loss expects logits (N, C) and labels (N,), got {tuple(pred.shape)} and {tuple(target.shape)}"
             )
         if num_classes is not None and pred.shape[1] != num_classes:
-            raise ValueError(
+            raise ShapeError(
                 f"loss built for {num_classes} classes got logits with {pred.shape[1]} columns"
             )
     elif pred.shape != target.shape:
-        raise ValueError(
+        raise ShapeError(
             f"regression loss expects prediction and target of the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from learnreg.errors import ConfigError
 from learnreg.models.mlp import activation as make_activation
 from learnreg.registry import register
 
@@ -15,7 +16,7 @@ def _as_image(input_shape) -> tuple[int, int, int]:
         return (1, *input_shape)
     side = int(round(input_shape[0] ** 0.5))
     if side * side != input_shape[0]:
-        raise ValueError(
+        raise ConfigError(
             f"a CNN needs image inputs (C, H, W); got flat features of shape {tuple(input_shape)}"
         )
     return (1, side, side)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 
 from torch import nn
 
+from learnreg.errors import ConfigError
 from learnreg.registry import register
 
 ACTIVATIONS = {
@@ -21,7 +23,11 @@ ACTIVATIONS = {
 
 def activation(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}")
+        close = difflib.get_close_matches(name, ACTIVATIONS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown activation {name!r}.{hint} Choose from {', '.join(ACTIVATIONS)}."
+        )
     return ACTIVATIONS[name]()
 
 

@@ -46,9 +46,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
+        refused = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line.upper()]
+        if refused:  # the file names code to run: never load it
+            raise CheckpointError(
+                f"{path} was refused: it is not plain tensor data ({refused[0]}). Checkpoints "
+                "are loaded without running code; only load files learnreg wrote."
+            ) from None
         raise CheckpointError(
-            f"{path} was refused: it is not plain tensor data ({str(exc).splitlines()[0]}). "
-            "Checkpoints are loaded without running code; only load files learnreg wrote."
+            f"{path} is corrupt or truncated (not a readable checkpoint). Delete it to restart "
+            "from scratch, or start a new run directory."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(
