@@ -51,7 +51,13 @@ SCHEMA: dict[str, Any] = {
     "meta_optimizer": {COMPONENT: "adam", "lr": 1e-3},
     "meta_steps": 100,
     "meta_grad_clip": None,
-    "meta_test": {"steps": 1000, "seeds": 1, "adapt": None, "eval_every": 100},
+    "meta_test": {
+        "steps": 1000,
+        "seeds": 1,
+        "adapt": None,
+        "meta_optimizer": None,
+        "eval_every": 100,
+    },
     "baseline": {"loss": None, "optimizer": None},
     "logger": {"backends": ["console"], "project": None, "group": None, "tags": [], "every": 50},
     "checkpoint_every": 50,
@@ -174,6 +180,10 @@ def validate(raw: dict) -> dict:
         if cfg["baseline"][sub] is not None:
             cfg["baseline"][sub] = normalize_component(cfg["baseline"][sub], f"baseline.{sub}")
             check_component(sub, cfg["baseline"][sub], where=f"baseline.{sub}")
+    if cfg["meta_test"]["meta_optimizer"] is not None:
+        spec = normalize_component(cfg["meta_test"]["meta_optimizer"], "meta_test.meta_optimizer")
+        check_component("meta_optimizer", spec, where="meta_test.meta_optimizer")
+        cfg["meta_test"]["meta_optimizer"] = spec
     if cfg["meta_test"]["adapt"] is not None:
         cfg["meta_test"]["adapt"] = normalize_component(
             cfg["meta_test"]["adapt"], "meta_test.adapt"

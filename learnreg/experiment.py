@@ -97,6 +97,10 @@ def build_baseline(cfg: dict, task: Task, learned: Biases) -> Biases:
     return build_biases(cfg, task, loss=loss, optimizer=optimizer, init={"_component_": "random"})
 
 
+def _meta_optimizer(spec: dict):
+    return lambda params: configlib.instantiate("meta_optimizer", spec, params=params)
+
+
 def build(cfg: dict, logger=None) -> Experiment:
     """Everything a resolved config describes, ready to ``fit`` and ``evaluate``."""
     torch.manual_seed(cfg["seed"])
@@ -109,14 +113,15 @@ def build(cfg: dict, logger=None) -> Experiment:
         biases,
         configlib.instantiate("objective", cfg["objective"]),
         estimator,
-        lambda params: configlib.instantiate(
-            "meta_optimizer", cfg["meta_optimizer"], params=params
-        ),
+        _meta_optimizer(cfg["meta_optimizer"]),
         seed=cfg["seed"],
         device=cfg["device"],
         meta_grad_clip=cfg["meta_grad_clip"],
         max_bad_steps=cfg["max_bad_steps"],
         logger=logger,
+        adapt_meta_optimizer=_meta_optimizer(
+            cfg["meta_test"]["meta_optimizer"] or cfg["meta_optimizer"]
+        ),
     )
     adapt = cfg["meta_test"]["adapt"]
     adapt = configlib.instantiate("estimator", adapt) if adapt is not None else None

@@ -46,6 +46,8 @@ class MetaTrainer:
         meta_grad_clip: global norm to clip meta-gradients to (None: no clipping).
         max_bad_steps: consecutive non-finite meta-steps tolerated before stopping.
         logger: a :class:`~learnreg.tracking.Logger` (None: log nothing).
+        adapt_meta_optimizer: the meta-optimizer of online adaptation during meta-test
+            (default: the same as ``meta_optimizer``).
     """
 
     def __init__(
@@ -61,10 +63,12 @@ class MetaTrainer:
         meta_grad_clip: float | None = None,
         max_bad_steps: int = 10,
         logger=None,
+        adapt_meta_optimizer: MetaOptimizerFactory | None = None,
     ):
         self.device = resolve_device(device)
         biases.to(self.device)
         self.meta_optimizer = meta_optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
+        self.adapt_meta_optimizer = adapt_meta_optimizer or self.meta_optimizer
         self.meta_grad_clip, self.max_bad_steps = meta_grad_clip, max_bad_steps
         self.estimator = estimator
         self.ctx = MetaContext(
@@ -77,13 +81,12 @@ class MetaTrainer:
     def biases(self) -> Biases:
         return self.ctx.biases
 
-    def _outer(self, biases: Biases, estimator) -> OuterOptimizer | None:
+    def _outer(self, biases: Biases, estimator, factory=None) -> OuterOptimizer | None:
         params = biases.meta_parameters()
         if estimator is None or not estimator.needs_outer or not params:
             return None
-        return OuterOptimizer(
-            params, self.meta_optimizer(params), self.meta_grad_clip, self.max_bad_steps
-        )
+        optimizer = (factory or self.meta_optimizer)(params)
+        return OuterOptimizer(params, optimizer, self.meta_grad_clip, self.max_bad_steps)
 
     def fit(
         self,
@@ -183,7 +186,9 @@ class MetaTrainer:
             copy.deepcopy(biases).to(self.device) if adapt is not None else biases.to(self.device)
         )
         ctx = dataclasses.replace(
-            self.ctx, biases=biases, outer=self._outer(biases, adapt) if adapt else None
+            self.ctx,
+            biases=biases,
+            outer=self._outer(biases, adapt, self.adapt_meta_optimizer) if adapt else None,
         )
         run = ctx.new_run("meta_test", index, task=task)
         if adapt is not None:
