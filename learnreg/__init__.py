@@ -13,3 +13,10 @@ def run(config, overrides=None, out=None, progress: bool = True) -> dict:
     from learnreg.runner import run as _run
 
     return _run(config, overrides, out, progress)
+
+
+def plot(run_dir, names=None):
+    """Write a run's figures under ``run_dir/plots`` (see :func:`learnreg.plots.plot`)."""
+    from learnreg.plots import plot as _plot
+
+    return _plot(run_dir, names)

@@ -1,4 +1,4 @@
-"""The ``learnreg`` command line: ``run`` and ``list`` (more commands register here).
+"""The ``learnreg`` command line: ``run``, ``plot`` and ``list``.
 
 User errors (bad configs, missing data, corrupt checkpoints...) print one line naming
 the problem and the fix and exit with status 2; ``--debug`` shows the traceback.
@@ -20,6 +20,14 @@ def cmd_run(args) -> int:
     from learnreg.runner import run
 
     run(resolve_preset(args.config), args.overrides, args.out, progress=not args.no_progress)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from learnreg.plots import plot
+
+    for path in plot(args.run_dir, args.only or None):
+        print(path)
     return 0
 
 
@@ -73,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (re-running on it resumes)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("plot", help="draw a run's figures into RUN_DIR/plots (and its W&B run)")
+    p.add_argument("run_dir", help="a run directory written by `learnreg run`")
+    p.add_argument("--only", nargs="*", help="only these plots (default: every applicable one)")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("list", help="list registered components and presets")
     p.add_argument("kind", nargs="?", help="only this kind (loss, optimizer, task, preset...)")

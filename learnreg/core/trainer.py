@@ -17,6 +17,7 @@ from learnreg.core.inner import InnerRun, inner_step
 from learnreg.core.outer import OuterOptimizer
 from learnreg.errors import ConfigError
 from learnreg.estimators.base import Estimator, MetaContext
+from learnreg.eval.loss_shape import loss_profile, profile_argmin
 from learnreg.eval.metrics import evaluate_split, gradient_scale, summarize
 
 MetaOptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -230,10 +231,15 @@ class MetaTrainer:
             for k, v in evaluate_split(run.model, run.state, run.task.test, run.task.kind).items()
         }
         metrics["train_loss"] = base_loss
-        if run.last_batch is not None:
-            metrics["grad_scale"] = gradient_scale(
-                run.model, run.state, run.last_batch, biases.loss, run.task.kind
-            )
+        # On a fixed training subset, so the ratio is not the noise of one batch.
+        subset = (run.task.train.x[:512], run.task.train.y[:512])
+        metrics["grad_scale"] = gradient_scale(
+            run.model, run.state, subset, biases.loss, run.task.kind
+        )
+        if biases.loss.is_learned:  # how the loss looks now (it may still be adapting)
+            grid, values = loss_profile(biases.loss, run.task.kind, run.task.num_classes)
+            metrics["loss_argmin"] = profile_argmin(grid, values)
+            metrics["loss_profile"] = values
         self._log(
             {f"meta_test/{tag}/{k}": v for k, v in metrics.items()},
             inner_step=run.state.step,

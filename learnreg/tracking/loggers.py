@@ -35,7 +35,7 @@ class JsonlLogger:
         self.lines = _count_lines(self.path)
 
     def log(self, metrics: dict[str, float], **axes: int) -> None:
-        record = {**axes, **{k: _json_number(v) for k, v in metrics.items()}}
+        record = strict_json({**axes, **metrics})
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         self.lines += 1
@@ -109,7 +109,7 @@ class WandbLogger:
         id_file = run_dir / "wandb_id"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)
-        mode = os.environ.get("WANDB_MODE") or ("online" if has_wandb_credentials() else "offline")
+        mode = wandb_mode()
         self.run = wandb.init(
             project=project or f"learnreg-{config.get('method', 'custom')}",
             group=group,
@@ -134,7 +134,8 @@ class WandbLogger:
         seed = axes.pop("seed", None)
         if seed not in (None, 0):
             return  # one curve per axis in the W&B UI; every seed is in metrics.jsonl
-        self.run.log({**metrics, **axes})
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        self.run.log({**scalars, **axes})
 
     def log_artifact(self, path: str | Path, name: str, kind: str) -> None:
         import wandb
@@ -168,6 +169,11 @@ class MultiLogger:
 
     def find(self, cls):
         return next((lg for lg in self.loggers if isinstance(lg, cls)), None)
+
+
+def wandb_mode() -> str:
+    """``$WANDB_MODE`` when set, else online with credentials and offline without."""
+    return os.environ.get("WANDB_MODE") or ("online" if has_wandb_credentials() else "offline")
 
 
 def has_wandb_credentials() -> bool:

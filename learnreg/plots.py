@@ -1,0 +1,188 @@
+"""Figures of a run directory, drawn from its ``metrics.jsonl``: ``learnreg plot RUN_DIR``.
+
+Each plot is a function of the run's records that returns a matplotlib figure, or None
+when the run logged nothing it can draw; :data:`PLOTS` lists them, and
+:func:`register_plot` adds one. :func:`plot` writes every applicable figure as a PNG under
+``RUN_DIR/plots/`` and, when the run was tracked with W&B, logs them to the same W&B run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from learnreg.errors import DataError  # noqa: E402
+
+Records = list[dict]
+PLOTS: dict[str, Callable[[Records], plt.Figure | None]] = {}
+
+
+def register_plot(name: str):
+    """Add a plot function ``fn(records) -> Figure | None`` under ``name``."""
+
+    def wrap(fn):
+        PLOTS[name] = fn
+        return fn
+
+    return wrap
+
+
+def read_records(run_dir: str | Path) -> Records:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise DataError(
+            f"{path} not found: `learnreg plot` needs a run directory written by `learnreg run`"
+        )
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _series(records: Records, key: str, axis: str) -> dict[int, tuple[list, list]]:
+    """``{seed: (x, y)}`` of a metric along an axis (non-numbers skipped)."""
+    out: dict[int, tuple[list, list]] = defaultdict(lambda: ([], []))
+    for r in records:
+        if key in r and axis in r and isinstance(r[key], (int, float)):
+            xs, ys = out[r.get("seed", 0)]
+            xs.append(r[axis])
+            ys.append(r[key])
+    return dict(out)
+
+
+@register_plot("learning_curves")
+def learning_curves(records: Records):
+    """Test metric against inner steps: learned biases vs the baseline, every seed."""
+    metric = next(
+        (
+            m
+            for m in ("test_error", "test_mse")
+            if any(f"meta_test/learned/{m}" in r for r in records)
+        ),
+        None,
+    )
+    if metric is None:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for tag, color in (("learned", "C0"), ("baseline", "C1")):
+        for i, (seed, (xs, ys)) in enumerate(
+            sorted(_series(records, f"meta_test/{tag}/{metric}", "inner_step").items())
+        ):
+            ax.plot(xs, ys, color=color, alpha=0.8, label=tag if i == 0 else None)
+    ax.set(xlabel="inner step", ylabel=metric.replace("_", " "), title="meta-test learning curves")
+    ax.legend()
+    return fig
+
+
+@register_plot("meta_training")
+def meta_training(records: Records):
+    """Meta-loss against meta-steps, with skipped (non-finite) steps marked."""
+    series = _series(records, "meta/meta_loss", "meta_step").get(0)
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(*series, lw=0.8)
+    skipped = [r["meta_step"] for r in records if r.get("meta/skipped") == 1.0]
+    if skipped:
+        ax.scatter(skipped, [0] * len(skipped), marker="x", color="red", label="skipped")
+        ax.legend()
+    ax.set(xlabel="meta step", ylabel="meta-loss", title="meta-training")
+    return fig
+
+
+@register_plot("loss_shape")
+def loss_shape(records: Records):
+    """The learned loss as a function of the target probability (or residual) at each
+    evaluation of the first meta-test run: how it changed while it kept learning."""
+    rows = [r for r in records if "meta_test/learned/loss_profile" in r and r.get("seed", 0) == 0]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cmap = plt.get_cmap("viridis")
+    for i, r in enumerate(rows):
+        values = r["meta_test/learned/loss_profile"]
+        grid = [0.01 + 0.98 * k / (len(values) - 1) for k in range(len(values))]
+        ax.plot(
+            grid,
+            values,
+            color=cmap(i / max(len(rows) - 1, 1)),
+            label=f"step {r['inner_step']}" if i in (0, len(rows) - 1) else None,
+        )
+    ax.set(
+        xlabel="target-class probability (regression: rescaled residual)",
+        ylabel="learned loss",
+        title="learned loss shape",
+    )
+    ax.legend()
+    return fig
+
+
+@register_plot("grad_scale")
+def grad_scale(records: Records):
+    """‖∇ learned loss‖ / ‖∇ task loss‖ against inner steps (implicit learning-rate schedule)."""
+    series = _series(records, "meta_test/learned/grad_scale", "inner_step")
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for seed, (xs, ys) in sorted(series.items()):
+        ax.plot(xs, ys, label=f"seed {seed}")
+    ax.set(
+        xlabel="inner step",
+        ylabel="gradient-scale ratio",
+        yscale="log",
+        title="learned vs task-loss gradient scale",
+    )
+    ax.legend()
+    return fig
+
+
+def plot(run_dir: str | Path, names: list[str] | None = None) -> list[Path]:
+    """Write every applicable plot of ``run_dir`` to ``run_dir/plots/<name>.png``.
+
+    Args:
+        run_dir: a run directory.
+        names: only these plots (default: all in :data:`PLOTS`).
+
+    Returns:
+        The PNG paths written.
+    """
+    run_dir = Path(run_dir)
+    records = read_records(run_dir)
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    written = []
+    for name in names or list(PLOTS):
+        fig = PLOTS[name](records)
+        if fig is None:
+            continue
+        fig.tight_layout()
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    _log_to_wandb(run_dir, written)
+    return written
+
+
+def _log_to_wandb(run_dir: Path, paths: list[Path]) -> None:
+    """Append the figures to the run's own W&B run, when it has one."""
+    if not paths or not (run_dir / "wandb_id").exists():
+        return
+    import wandb
+
+    from learnreg.tracking.loggers import wandb_mode
+
+    run = wandb.init(
+        id=(run_dir / "wandb_id").read_text().strip(),
+        resume="allow",
+        dir=str(run_dir),
+        mode=wandb_mode(),
+        reinit="create_new",
+        settings=wandb.Settings(silent=True, console="off"),
+    )
+    run.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in paths})
+    run.finish()

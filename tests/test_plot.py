@@ -1,0 +1,77 @@
+"""Plots are drawn from what a run logged, written as real PNGs, and reach W&B."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.image
+import pytest
+from test_runner import CONFIG
+
+import learnreg
+from learnreg.errors import DataError
+from learnreg.tracking.wandb_offline import read_run
+
+ADALFL = {
+    **CONFIG,
+    "method": "adalfl",
+    "meta_steps": 4,
+    "meta_test": {
+        "steps": 30,
+        "seeds": 2,
+        "eval_every": 10,
+        "adapt": {"_component_": "truncated_unroll", "window": 1, "horizon": None},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("adalfl")
+    learnreg.run(ADALFL, out=out, progress=False)
+    return out
+
+
+def test_every_plot_is_a_real_png(run_dir):
+    paths = learnreg.plot(run_dir)
+    assert {p.stem for p in paths} == {
+        "learning_curves",
+        "meta_training",
+        "loss_shape",
+        "grad_scale",
+    }
+    for path in paths:
+        image = matplotlib.image.imread(path)
+        assert image.shape[0] >= 300 and image.shape[1] >= 500 and image.shape[2] in (3, 4)
+        assert image[..., :3].std() > 0.01  # something was drawn
+
+
+def test_the_logged_loss_profile_tracks_the_online_loss(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    profiles = [r for r in rows if "meta_test/learned/loss_profile" in r and r["seed"] == 0]
+    assert [r["inner_step"] for r in profiles] == [10, 20, 30]
+    assert len(profiles[0]["meta_test/learned/loss_profile"]) == 41
+    assert (
+        profiles[0]["meta_test/learned/loss_profile"]
+        != profiles[-1]["meta_test/learned/loss_profile"]
+    )
+    assert 0 < profiles[-1]["meta_test/learned/loss_argmin"] <= 1
+
+
+def test_plots_reach_the_runs_wandb_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    learnreg.run({**ADALFL, "logger": {"backends": ["wandb"]}}, out=tmp_path, progress=False)
+    learnreg.plot(tmp_path)
+    rows = [
+        row for row in read_run(tmp_path)["history"] if any(k.startswith("plots/") for k in row)
+    ]
+    images = {k.rsplit("/", 1)[0]: row for row in rows for k in row if k.endswith("/_type")}
+    expected = {"learning_curves", "meta_training", "loss_shape", "grad_scale"}
+    assert set(images) == {f"plots/{name}" for name in expected}
+    for name, row in images.items():
+        assert row[f"{name}/_type"] == "image-file" and row[f"{name}/height"] >= 300
+
+
+def test_plot_of_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(DataError, match="metrics.jsonl not found"):
+        learnreg.plot(tmp_path)
