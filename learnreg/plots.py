@@ -69,7 +69,7 @@ def learning_curves(records: Records):
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for tag, color in (("learned", "C0"), ("baseline", "C1")):
-        for i, (seed, (xs, ys)) in enumerate(
+        for i, (_seed, (xs, ys)) in enumerate(
             sorted(_series(records, f"meta_test/{tag}/{metric}", "inner_step").items())
         ):
             ax.plot(xs, ys, color=color, alpha=0.8, label=tag if i == 0 else None)
