@@ -1,4 +1,4 @@
-"""The ``learnreg`` command line: ``run``, ``plot`` and ``list``.
+"""The ``learnreg`` command line: ``run``, ``sweep``, ``plot`` and ``list``.
 
 User errors (bad configs, missing data, corrupt checkpoints...) print one line naming
 the problem and the fix and exit with status 2; ``--debug`` shows the traceback.
@@ -20,6 +20,21 @@ def cmd_run(args) -> int:
     from learnreg.runner import run
 
     run(resolve_preset(args.config), args.overrides, args.out, progress=not args.no_progress)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from learnreg.sweep import sweep
+
+    sweep(
+        resolve_preset(args.config),
+        args.param,
+        args.out,
+        args.overrides,
+        args.wandb,
+        not args.no_progress,
+    )
+    print((Path(args.out) / "comparison.md").read_text())
     return 0
 
 
@@ -81,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (re-running on it resumes)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="run a grid of a config's values; write one comparison table")
+    p.add_argument("config", help="a YAML file or a preset name")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every point")
+    p.add_argument(
+        "--param", action="append", required=True, help="key=v1,v2,...; repeat for a grid"
+    )
+    p.add_argument("--out", required=True, help="sweep directory (one run directory per point)")
+    p.add_argument("--wandb", action="store_true", help="log every run to W&B in one group")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("plot", help="draw a run's figures into RUN_DIR/plots (and its W&B run)")
     p.add_argument("run_dir", help="a run directory written by `learnreg run`")

@@ -1,0 +1,95 @@
+"""Grids of runs: ``learnreg sweep CONFIG --param key=v1,v2 ... --out DIR``.
+
+Every combination of the parameter values is one ordinary run directory under ``DIR``
+(resumable like any run), all in one W&B group when W&B logging is on, and the results
+land in one comparison table: ``DIR/comparison.md`` and ``DIR/comparison.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+from pathlib import Path
+
+import yaml
+
+from learnreg.errors import ConfigError
+
+
+def parse_param(text: str) -> tuple[str, list]:
+    """``"optimizer.lr=0.1,0.01"`` -> ``("optimizer.lr", [0.1, 0.01])`` (values as YAML)."""
+    key, sep, values = text.partition("=")
+    if not sep or not key or not values:
+        raise ConfigError(f"--param {text!r} must look like key.sub=value1,value2")
+    return key.strip(), [yaml.safe_load(v) for v in values.split(",")]
+
+
+def grid(params: list[str]) -> list[dict]:
+    """Every combination of the parameter values, as ``{key: value}`` dicts."""
+    parsed = [parse_param(p) for p in params]
+    keys = [k for k, _ in parsed]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"a --param key is repeated: {keys}")
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in parsed))]
+
+
+def point_name(point: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in point.items()).replace("/", "_") or "default"
+
+
+def sweep(
+    config: str,
+    params: list[str],
+    out: str | Path,
+    overrides: list[str] | None = None,
+    wandb: bool = False,
+    progress: bool = True,
+) -> list[dict]:
+    """Run the grid and write the comparison table.
+
+    Args:
+        config: a YAML path or preset.
+        params: ``key=v1,v2`` strings; the grid is their product.
+        out: the sweep directory (one run directory per point inside it).
+        overrides: ``key=value`` overrides applied to every point.
+        wandb: log every run to W&B, grouped under the sweep's directory name.
+        progress: show progress bars.
+
+    Returns:
+        One row per point: the parameter values, the learned and baseline test metrics.
+    """
+    from learnreg.runner import run
+
+    out = Path(out)
+    rows = []
+    for point in grid(params):
+        extra = [
+            f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in point.items()
+        ]
+        if wandb:
+            extra += ["logger.backends=[console,wandb]", f"logger.group={out.name}"]
+        summary = run(config, [*(overrides or []), *extra], out / point_name(point), progress)
+        row = dict(point)
+        row.update({f"learned_{m}": v for m, v in summary["test"].items()})
+        row.update(
+            {f"baseline_{m}": v for m, v in summary.get("baseline", {}).get("test", {}).items()}
+        )
+        row["seconds"] = round(summary["meta_train_seconds"] + summary["meta_test_seconds"], 1)
+        rows.append(row)
+    write_table(rows, out)
+    return rows
+
+
+def write_table(rows: list[dict], out: Path) -> None:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    (out / "comparison.csv").write_text(buffer.getvalue())
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    (out / "comparison.md").write_text("\n".join(lines) + "\n")
