@@ -7,7 +7,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test test-fast bench lint format notebooks clean
+.PHONY: install run test test-fast bench lint format clean
 
 install: $(STAMP)
 
@@ -20,12 +20,14 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/learnreg run configs/quickstart.yaml --out runs/quickstart
 
+# Tests and notebooks (executed with nbmake, LEARNREG_FAST=1: small budgets).
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	LEARNREG_FAST=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup --nbmake tests notebooks
 
 test-fast: install
 	$(BIN)/python -m pytest -q -x -m "not slow"
 
+# Lists the benchmarks; each runs with `python -m benchmarks.<name>` (figures: BENCHMARKS.md).
 bench: install
 	$(BIN)/python -m benchmarks
 
