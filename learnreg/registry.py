@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +64,31 @@ def register(kind: str, name: str, description: str | None = None):
         return target
 
     return wrap
+
+
+def partial(fn: Callable[..., Any], name: str, doc: str, /, **fixed: Any) -> Callable[..., Any]:
+    """``fn`` with some keyword arguments fixed, keeping the signature and type hints of
+    the others, so a config naming the result is validated like ``fn`` itself.
+
+    Args:
+        fn: the function to specialize.
+        name: ``__name__`` of the result.
+        doc: its docstring (the first line is its `learnreg list` description).
+        **fixed: the arguments to fix.
+    """
+    signature = inspect.signature(fn)
+    hints = typing.get_type_hints(fn)
+
+    def bound(**kwargs: Any) -> Any:
+        return fn(**fixed, **kwargs)
+
+    bound.__signature__ = signature.replace(
+        parameters=[p for n, p in signature.parameters.items() if n not in fixed]
+    )
+    bound.__annotations__ = {k: v for k, v in hints.items() if k not in fixed}
+    bound.__name__ = bound.__qualname__ = name
+    bound.__doc__ = doc
+    return bound
 
 
 def allow_module(prefix: str) -> None:

@@ -7,7 +7,7 @@ from sklearn import datasets
 
 from learnreg.core.task import Task
 from learnreg.data.splits import check_split, standardize, three_way_split, to_split
-from learnreg.registry import register
+from learnreg.registry import partial, register
 
 _LOADERS = {
     "diabetes": (datasets.load_diabetes, "regression"),
@@ -65,28 +65,17 @@ def sklearn_task(
     return task
 
 
-def _make(name: str, doc: str):
-    def build(
-        batch_size: int = 64,
-        fractions: tuple[float, float, float] | list[float] = (0.6, 0.2, 0.2),
-        split_seed: int = 0,
-        standardize_inputs: bool = True,
-        standardize_target: bool = True,
-    ) -> Task:
-        return sklearn_task(
-            name, batch_size, fractions, split_seed, standardize_inputs, standardize_target
-        )
-
-    build.__doc__ = doc
-    build.__name__ = name
-    return register("task", name)(build)
+def _sklearn(name: str, doc: str):
+    return register("task", name)(partial(sklearn_task, name, doc, name=name))
 
 
-diabetes = _make(
+diabetes = _sklearn(
     "diabetes", "scikit-learn Diabetes regression (442 rows, 10 features), standardized."
 )
-digits = _make("digits", "scikit-learn digits, 8x8 images as 64 features, 10 classes (1,797 rows).")
-wine = _make("wine", "scikit-learn wine, 13 features, 3 classes (178 rows).")
-breast_cancer = _make(
+digits = _sklearn(
+    "digits", "scikit-learn digits, 8x8 images as 64 features, 10 classes (1,797 rows)."
+)
+wine = _sklearn("wine", "scikit-learn wine, 13 features, 3 classes (178 rows).")
+breast_cancer = _sklearn(
     "breast_cancer", "scikit-learn breast cancer, 30 features, 2 classes (569 rows)."
 )

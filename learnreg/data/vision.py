@@ -21,7 +21,7 @@ import torch
 from learnreg.core.task import Split, Task
 from learnreg.data.splits import check_split
 from learnreg.errors import DataError
-from learnreg.registry import register
+from learnreg.registry import partial, register
 
 IDX_FILES = {
     "train_x": "train-images-idx3-ubyte",
@@ -157,50 +157,6 @@ def image_task(
     return task
 
 
-@register("task", "fashion_mnist")
-def fashion_mnist(
-    batch_size: int = 128,
-    val_size: int = 10000,
-    train_size: int | None = None,
-    test_size: int | None = None,
-    flatten: bool = False,
-    split_seed: int = 0,
-    path: str | None = None,
-    download: bool = False,
-) -> Task:
-    """Fashion-MNIST (28x28 grey, 10 classes) from an IDX folder or torchvision root."""
-    arrays = _load_idx_dataset("FashionMNIST", path, download or _env_download())
-    return image_task(
-        "fashion_mnist",
-        *arrays,
-        10,
-        batch_size,
-        val_size,
-        train_size,
-        test_size,
-        flatten,
-        split_seed,
-    )
-
-
-@register("task", "mnist")
-def mnist(
-    batch_size: int = 128,
-    val_size: int = 10000,
-    train_size: int | None = None,
-    test_size: int | None = None,
-    flatten: bool = False,
-    split_seed: int = 0,
-    path: str | None = None,
-    download: bool = False,
-) -> Task:
-    """MNIST (28x28 grey digits, 10 classes) from an IDX folder or torchvision root."""
-    arrays = _load_idx_dataset("MNIST", path, download or _env_download())
-    return image_task(
-        "mnist", *arrays, 10, batch_size, val_size, train_size, test_size, flatten, split_seed
-    )
-
-
 def _torchvision_arrays(name: str, download: bool):
     import torchvision
 
@@ -230,8 +186,38 @@ def _torchvision_arrays(name: str, download: bool):
         ) from None
 
 
-@register("task", "cifar10")
-def cifar10(
+def idx_task(
+    dataset: str,
+    batch_size: int = 128,
+    val_size: int = 10000,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    flatten: bool = False,
+    split_seed: int = 0,
+    path: str | None = None,
+    download: bool = False,
+) -> Task:
+    """A 28x28 grey 10-class dataset (``FashionMNIST`` or ``MNIST``) from an IDX folder.
+
+    Args:
+        dataset: torchvision's name of the dataset.
+        batch_size: inner-loop batch size.
+        val_size: examples carved out of the official training set for validation.
+        train_size, test_size: keep only this many (None: all).
+        flatten: flatten images to vectors (for MLPs).
+        split_seed: seed of the validation carve-out and subsets.
+        path: a folder holding the four IDX files (searched first).
+        download: let torchvision download the files when none are found.
+    """
+    arrays = _load_idx_dataset(dataset, path, download or _env_download())
+    name = _TASK_NAMES[dataset]
+    return image_task(
+        name, *arrays, 10, batch_size, val_size, train_size, test_size, flatten, split_seed
+    )
+
+
+def torchvision_task(
+    dataset: str,
     batch_size: int = 128,
     val_size: int = 5000,
     train_size: int | None = None,
@@ -239,27 +225,53 @@ def cifar10(
     split_seed: int = 0,
     download: bool = False,
 ) -> Task:
-    """CIFAR-10 (32x32 colour, 10 classes) via torchvision from $LEARNREG_DATA."""
-    arrays = _torchvision_arrays("CIFAR10", download or _env_download())
+    """A 32x32 colour 10-class dataset (``CIFAR10`` or ``SVHN``) via torchvision from
+    ``$LEARNREG_DATA``; arguments as in :func:`idx_task`."""
+    arrays = _torchvision_arrays(dataset, download or _env_download())
+    name = _TASK_NAMES[dataset]
     return image_task(
-        "cifar10", *arrays, 10, batch_size, val_size, train_size, test_size, False, split_seed
+        name, *arrays, 10, batch_size, val_size, train_size, test_size, False, split_seed
     )
 
 
-@register("task", "svhn")
-def svhn(
-    batch_size: int = 128,
-    val_size: int = 5000,
-    train_size: int | None = None,
-    test_size: int | None = None,
-    split_seed: int = 0,
-    download: bool = False,
-) -> Task:
-    """SVHN (32x32 colour house numbers, 10 classes) via torchvision from $LEARNREG_DATA."""
-    arrays = _torchvision_arrays("SVHN", download or _env_download())
-    return image_task(
-        "svhn", *arrays, 10, batch_size, val_size, train_size, test_size, False, split_seed
+_TASK_NAMES = {
+    "FashionMNIST": "fashion_mnist",
+    "MNIST": "mnist",
+    "CIFAR10": "cifar10",
+    "SVHN": "svhn",
+}
+fashion_mnist = register("task", "fashion_mnist")(
+    partial(
+        idx_task,
+        "fashion_mnist",
+        "Fashion-MNIST (28x28 grey, 10 classes) from an IDX folder.",
+        dataset="FashionMNIST",
     )
+)
+mnist = register("task", "mnist")(
+    partial(
+        idx_task,
+        "mnist",
+        "MNIST (28x28 grey digits, 10 classes) from an IDX folder.",
+        dataset="MNIST",
+    )
+)
+cifar10 = register("task", "cifar10")(
+    partial(
+        torchvision_task,
+        "cifar10",
+        "CIFAR-10 (32x32 colour, 10 classes) via torchvision.",
+        dataset="CIFAR10",
+    )
+)
+svhn = register("task", "svhn")(
+    partial(
+        torchvision_task,
+        "svhn",
+        "SVHN (32x32 colour house numbers, 10 classes) via torchvision.",
+        dataset="SVHN",
+    )
+)
 
 
 def _env_download() -> bool:
