@@ -33,6 +33,7 @@ COMPONENT_SECTIONS = {
     "objective": "objective",
     "estimator": "estimator",
     "meta_optimizer": "meta_optimizer",
+    "meta_lr_schedule": "meta_lr_schedule",
 }
 
 #: Every top-level key and its default (``None``: optional). Plain sections list their keys.
@@ -49,6 +50,7 @@ SCHEMA: dict[str, Any] = {
     "objective": {COMPONENT: "task_loss"},
     "estimator": {COMPONENT: "truncated_unroll"},
     "meta_optimizer": {COMPONENT: "adam", "lr": 1e-3},
+    "meta_lr_schedule": None,
     "meta_steps": 100,
     "meta_grad_clip": None,
     "meta_test": {"steps": 1000, "seeds": 1, "adapt": None, "eval_every": 100},
@@ -223,6 +225,8 @@ CONTEXT_NAMES = (
     "device",
     "params",
     "model",
+    "optimizer",
+    "total_steps",
 )
 
 

@@ -97,6 +97,16 @@ def build_baseline(cfg: dict, task: Task, learned: Biases) -> Biases:
     return build_biases(cfg, task, loss=loss, optimizer=optimizer, init={"_component_": "random"})
 
 
+def _schedule(cfg: dict):
+    """The meta learning-rate schedule factory, or None for a constant rate."""
+    spec = cfg["meta_lr_schedule"]
+    if spec is None:
+        return None
+    return lambda optimizer: configlib.instantiate(
+        "meta_lr_schedule", spec, optimizer=optimizer, total_steps=cfg["meta_steps"]
+    )
+
+
 def build(cfg: dict, logger=None) -> Experiment:
     """Everything a resolved config describes, ready to ``fit`` and ``evaluate``."""
     torch.manual_seed(cfg["seed"])
@@ -117,6 +127,7 @@ def build(cfg: dict, logger=None) -> Experiment:
         meta_grad_clip=cfg["meta_grad_clip"],
         max_bad_steps=cfg["max_bad_steps"],
         logger=logger,
+        meta_lr_schedule=_schedule(cfg),
     )
     adapt = cfg["meta_test"]["adapt"]
     adapt = configlib.instantiate("estimator", adapt) if adapt is not None else None

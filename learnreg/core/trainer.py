@@ -17,6 +17,7 @@ from learnreg.estimators.base import Estimator, MetaContext
 from learnreg.eval.metrics import evaluate_split, gradient_scale, summarize
 
 MetaOptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+ScheduleFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -43,6 +44,8 @@ class MetaTrainer:
         meta_grad_clip: global norm to clip meta-gradients to (None: no clipping).
         max_bad_steps: consecutive non-finite meta-steps tolerated before stopping.
         logger: a :class:`~learnreg.tracking.Logger` (None: log nothing).
+        meta_lr_schedule: builds a learning-rate schedule over the meta-optimizer, stepped
+            once per meta-step (None: constant meta learning rate).
     """
 
     def __init__(
@@ -58,10 +61,12 @@ class MetaTrainer:
         meta_grad_clip: float | None = None,
         max_bad_steps: int = 10,
         logger=None,
+        meta_lr_schedule: ScheduleFactory | None = None,
     ):
         self.device = resolve_device(device)
         biases.to(self.device)
         self.meta_optimizer = meta_optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
+        self.meta_lr_schedule = meta_lr_schedule
         self.meta_grad_clip, self.max_bad_steps = meta_grad_clip, max_bad_steps
         self.estimator = estimator
         self.ctx = MetaContext(
@@ -74,12 +79,21 @@ class MetaTrainer:
     def biases(self) -> Biases:
         return self.ctx.biases
 
-    def _outer(self, biases: Biases, estimator) -> OuterOptimizer | None:
+    def _outer(self, biases: Biases, estimator, meta_test: bool = False) -> OuterOptimizer | None:
+        """The outer optimizer of meta-training, or of one online meta-test run (which has
+        no schedule and, running on one process, no cross-rank averaging)."""
         params = biases.meta_parameters()
         if estimator is None or not estimator.needs_outer or not params:
             return None
+        optimizer = self.meta_optimizer(params)
+        schedule = self.meta_lr_schedule if not meta_test else None
         return OuterOptimizer(
-            params, self.meta_optimizer(params), self.meta_grad_clip, self.max_bad_steps
+            params,
+            optimizer,
+            self.meta_grad_clip,
+            self.max_bad_steps,
+            scheduler=schedule(optimizer) if schedule is not None else None,
+            sync=False if meta_test else None,
         )
 
     def fit(
@@ -183,7 +197,7 @@ class MetaTrainer:
             copy.deepcopy(biases).to(self.device) if adapt is not None else biases.to(self.device)
         )
         ctx = dataclasses.replace(
-            self.ctx, biases=biases, outer=self._outer(biases, adapt) if adapt else None
+            self.ctx, biases=biases, outer=self._outer(biases, adapt, meta_test=True) if adapt else None
         )
         run = ctx.new_run("meta_test", index, task=task)
         if adapt is not None:
