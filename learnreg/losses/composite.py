@@ -1,7 +1,8 @@
 """NPBML's learned loss: the task's own loss plus a learned term that starts at zero.
 
 ``M(ŷ, y) = task_loss(ŷ, y) + N_φ(ŷ, y)`` with ``N_φ`` the per-class loss network of
-:class:`~learnreg.losses.neural.NeuralLoss` whose output layer is zero-initialized, so the
+:class:`~learnreg.losses.neural.NeuralLoss` (no biases, as in ML3: a constant added to a
+loss has no gradient) whose output layer is zero-initialized, so the
 learned loss begins as cross-entropy (or MSE) exactly and meta-training only has to learn
 the correction. With ``film``, the network's first hidden layer is modulated by a FiLM
 generator fed with that layer's statistics over the batch (the support set), which makes
@@ -49,9 +50,8 @@ class TaskPlusLearned(LossRole):
     ):
         super().__init__()
         self.kind = kind
-        self.learned = NeuralLoss(kind, num_classes, hidden, activation, output="none", bias=True)
+        self.learned = NeuralLoss(kind, num_classes, hidden, activation, output="none")
         nn.init.zeros_(self.learned.net[-1].weight)
-        nn.init.zeros_(self.learned.net[-1].bias)
         width = hidden[0]
         self.film = nn.Linear(2 * width, 2 * width) if film else None
         if self.film is not None:

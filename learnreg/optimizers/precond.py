@@ -44,9 +44,9 @@ Mode = Literal["diagonal", "kronecker", "warp"]
 class Diagonal(nn.Module):
     """Meta-SGD: a learned rate per coordinate, ``u = α ⊙ g`` with ``α = lr`` at first."""
 
-    def __init__(self, shape: list[int], lr: float):
+    def __init__(self, shape: list[int], lr: float, dtype: torch.dtype | None = None):
         super().__init__()
-        self.rates = nn.Parameter(torch.full(shape, float(lr)))
+        self.rates = nn.Parameter(torch.full(shape, float(lr), dtype=dtype))
 
     def forward(self, g: Tensor) -> Tensor:
         return self.rates * g
@@ -55,11 +55,11 @@ class Diagonal(nn.Module):
 class Kronecker(nn.Module):
     """``lr · G ×₁ M₁ ×₂ M₂ …``: a learned matrix per tensor mode (out, in[, filter])."""
 
-    def __init__(self, shape: list[int], lr: float):
+    def __init__(self, shape: list[int], lr: float, dtype: torch.dtype | None = None):
         super().__init__()
         self.shape, self.lr = list(shape), lr
         modes = shape[:2] + ([math.prod(shape[2:])] if len(shape) > 2 else [])
-        self.factors = nn.ParameterList(nn.Parameter(torch.eye(n)) for n in modes)
+        self.factors = nn.ParameterList(nn.Parameter(torch.eye(n, dtype=dtype)) for n in modes)
 
     def forward(self, g: Tensor) -> Tensor:
         if len(self.factors) == 2:
@@ -73,18 +73,21 @@ class Warp(nn.Module):
     """``lr · M_out · warp(G)``: a 3x3 convolution over a conv gradient's filter grid
     (input channels as channels, one image per output channel), identity at first."""
 
-    def __init__(self, shape: list[int], lr: float):
+    def __init__(self, shape: list[int], lr: float, dtype: torch.dtype | None = None):
         super().__init__()
         out_channels, in_channels = shape[:2]
         self.lr = lr
-        kernel = torch.zeros(in_channels, in_channels, 3, 3)
+        kernel = torch.zeros(in_channels, in_channels, 3, 3, dtype=dtype)
         kernel[range(in_channels), range(in_channels), 1, 1] = 1.0
         self.kernel = nn.Parameter(kernel)
-        self.out = nn.Parameter(torch.eye(out_channels))
+        self.out = nn.Parameter(torch.eye(out_channels, dtype=dtype))
 
     def forward(self, g: Tensor) -> Tensor:
-        warped = F.conv2d(g, self.kernel, padding=1)
-        return self.lr * torch.einsum("po,oikl->pikl", self.out, warped)
+        # im2col + matmul rather than conv2d: backends may run a 3x3 convolution as
+        # Winograd, which is not exactly the identity at the identity kernel.
+        patches = F.unfold(g, kernel_size=3, padding=1)  # (out, in·9, k·k)
+        warped = torch.einsum("qc,ock->oqk", self.kernel.flatten(1), patches)
+        return self.lr * torch.einsum("po,oqk->pqk", self.out, warped).reshape(g.shape)
 
 
 def structure(shape: list[int], mode: Mode) -> type[nn.Module]:
@@ -127,8 +130,11 @@ class PreconditionedSGD(OptimizerRole):
         if nesterov and momentum <= 0:
             raise ConfigError("Nesterov momentum needs momentum > 0; set optimizer.momentum")
         shapes = parameter_shapes(model) if model is not None else dict(shapes)
+        dtype = next(model.parameters()).dtype if model is not None else None
         self.names, self.lr, self.mode = list(shapes), lr, mode
-        self.preconditioners = nn.ModuleList(structure(s, mode)(s, lr) for s in shapes.values())
+        self.preconditioners = nn.ModuleList(
+            structure(s, mode)(s, lr, dtype) for s in shapes.values()
+        )
         self.transform = torchopt.sgd(1.0, momentum=momentum, nesterov=nesterov)
         self.record_args(shapes=shapes, lr=lr, momentum=momentum, nesterov=nesterov, mode=mode)
 
