@@ -12,7 +12,7 @@ import copy
 import difflib
 import inspect
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +238,12 @@ def instantiate(kind: str, spec: dict | str, /, **context: Any) -> Any:
         spec: ``{"_component_": name, **kwargs}`` or a bare name.
         **context: values offered to the constructor (only those it accepts are passed).
     """
+    return builder(kind, spec, **context)()
+
+
+def builder(kind: str, spec: dict | str, /, **context: Any) -> Callable[[], Any]:
+    """A validated, resolved constructor call for ``spec``, to build the component many
+    times (a model per task) without re-checking the spec each time."""
     spec = normalize_component(spec, kind)
     check_component(kind, spec, where=kind)
     target = registry.lookup(kind, spec[COMPONENT])
@@ -246,12 +252,16 @@ def instantiate(kind: str, spec: dict | str, /, **context: Any) -> Any:
     for name, value in context.items():
         if name not in kwargs and name in params:
             kwargs[name] = value
-    try:
-        return target(**kwargs)
-    except ConfigError:
-        raise
-    except TypeError as exc:
-        raise ConfigError(f"cannot build {kind} {spec[COMPONENT]!r}: {exc}") from None
+
+    def build() -> Any:
+        try:
+            return target(**kwargs)
+        except ConfigError:
+            raise
+        except TypeError as exc:
+            raise ConfigError(f"cannot build {kind} {spec[COMPONENT]!r}: {exc}") from None
+
+    return build
 
 
 def _signature(target):

@@ -46,11 +46,7 @@ def model_builder(model, input_shape: tuple[int, ...], out_features: int) -> Cal
         return functools.partial(model, input_shape=input_shape, out_features=out_features)
     from learnreg import config as configlib
 
-    spec = configlib.normalize_component(model, "model")
-    configlib.check_component("model", spec, where="model")
-    return functools.partial(
-        configlib.instantiate, "model", spec, input_shape=input_shape, out_features=out_features
-    )
+    return configlib.builder("model", model, input_shape=input_shape, out_features=out_features)
 
 
 class EpisodeFamily(TaskFamily):
