@@ -62,10 +62,13 @@ class Kronecker(nn.Module):
         self.factors = nn.ParameterList(nn.Parameter(torch.eye(n, dtype=dtype)) for n in modes)
 
     def forward(self, g: Tensor) -> Tensor:
+        # one mode product at a time: a single many-operand einsum may form outer products
         if len(self.factors) == 2:
-            u = torch.einsum("po,qi,oi->pq", *self.factors, g)
-        else:
-            u = torch.einsum("po,qi,rk,oik->pqr", *self.factors, g.flatten(2))
+            return self.lr * (self.factors[0] @ g @ self.factors[1].T)
+        out, inp, filt = self.factors
+        u = torch.einsum("po,oik->pik", out, g.flatten(2))
+        u = torch.einsum("qi,pik->pqk", inp, u)
+        u = torch.einsum("rk,pqk->pqr", filt, u)
         return self.lr * u.reshape(g.shape)
 
 
