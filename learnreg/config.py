@@ -53,7 +53,7 @@ SCHEMA: dict[str, Any] = {
     "meta_lr_schedule": None,
     "meta_steps": 100,
     "meta_grad_clip": None,
-    "meta_test": {"steps": 1000, "seeds": 1, "adapt": None, "eval_every": 100},
+    "meta_test": {"steps": 1000, "seeds": 1, "adapt": None, "eval_every": 100, "baseline": True},
     "baseline": {"loss": None, "optimizer": None},
     "logger": {"backends": ["console"], "project": None, "group": None, "tags": [], "every": 50},
     "checkpoint_every": 50,
@@ -157,6 +157,10 @@ def validate(raw: dict) -> dict:
         _expect(key, cfg[key], int)
     for key in ("steps", "seeds", "eval_every"):
         _expect(f"meta_test.{key}", cfg["meta_test"][key], int)
+    if not isinstance(cfg["meta_test"]["baseline"], bool):
+        raise ConfigError(
+            f"meta_test.baseline must be true or false, got {cfg['meta_test']['baseline']!r}"
+        )
     if cfg["meta_grad_clip"] is not None and (
         not isinstance(cfg["meta_grad_clip"], (int, float)) or cfg["meta_grad_clip"] <= 0
     ):

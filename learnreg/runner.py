@@ -183,7 +183,7 @@ class Run:
         trainer.evaluate(
             mt["steps"],
             mt["seeds"],
-            self.exp.baseline,
+            self.exp.baseline if mt["baseline"] else None,
             self.exp.adapt,
             mt["eval_every"],
             self.progress,
