@@ -57,6 +57,7 @@ def table(setting: str, results: list[tuple[str, dict]]) -> str:
     metric = "mse" if setting == "sine" else "accuracy"
     scale = 1.0 if metric == "mse" else 100.0
     unit = "" if metric == "mse" else " %"
+
     def cell(block: dict) -> str:
         return f"{scale * block['test'][metric]:.2f} ± {scale * block['test_ci95'][metric]:.2f}"
 

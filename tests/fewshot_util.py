@@ -58,9 +58,7 @@ def sine_family(shots=4, queries=5, film=False) -> Float64:
     return Float64(SineEpisodes(shots, queries, model=model))
 
 
-def roles(
-    family, init="maml", optimizer="sgd", loss="ce", mode="warp", lr=0.05, seed=0
-) -> Biases:
+def roles(family, init="maml", optimizer="sgd", loss="ce", mode="warp", lr=0.05, seed=0) -> Biases:
     """A combination of few-shot roles for ``family``'s representative episode (float64)."""
     task = family.representative()
     model = task.build_model(seed)
@@ -110,4 +108,6 @@ def episodic_meta_loss(ctx, indices, steps) -> float:
 
 
 def flat_grads(params) -> torch.Tensor:
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+    return torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]
+    )

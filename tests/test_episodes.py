@@ -93,7 +93,9 @@ def test_sine_episodes_share_one_sine_between_support_and_query():
         # y = a·sin x + b·cos x exactly: fit on the support, predict the query
         basis = lambda x: torch.cat([torch.sin(x), torch.cos(x)], 1).double()  # noqa: E731
         coef = torch.linalg.lstsq(basis(task.train.x), task.train.y.double()).solution
-        torch.testing.assert_close(basis(task.test.x) @ coef, task.test.y.double(), atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            basis(task.test.x) @ coef, task.test.y.double(), atol=1e-4, rtol=0
+        )
         amplitude = coef.norm().item()
         assert 0.1 <= amplitude <= 5.0 + 1e-4
         assert task.test.x.abs().max() <= 5.0

@@ -71,7 +71,9 @@ def test_cosine_schedule_follows_its_formula_and_resumes():
     for _ in range(total):
         p.grad = torch.ones(1)
         seen.append(a.step(1.0)["meta_lr"])
-    expected = [0.01 + 0.5 * (lr - 0.01) * (1 + math.cos(math.pi * t / total)) for t in range(total)]
+    expected = [
+        0.01 + 0.5 * (lr - 0.01) * (1 + math.cos(math.pi * t / total)) for t in range(total)
+    ]
     assert seen == pytest.approx(expected)
     b, q = outer()
     for _ in range(4):

@@ -172,7 +172,9 @@ def test_roles_export_and_load_back(tmp_path, mode):
         loaded = load_bias(tmp_path / name, role=name).double()
         for (k, a), (_, b) in zip(role.state_dict().items(), loaded.state_dict().items()):
             torch.testing.assert_close(a, b, msg=k)
-    grads = {k: torch.randn_like(v) for k, v in family.representative().build_model(0).named_parameters()}
+    grads = {
+        k: torch.randn_like(v) for k, v in family.representative().build_model(0).named_parameters()
+    }
     params = {k: torch.zeros_like(v) for k, v in grads.items()}
     opt = load_bias(tmp_path / "optimizer", role="optimizer").double()
     u1, _ = opt(grads, opt.init(params), params)

@@ -197,7 +197,9 @@ class MetaTrainer:
             copy.deepcopy(biases).to(self.device) if adapt is not None else biases.to(self.device)
         )
         ctx = dataclasses.replace(
-            self.ctx, biases=biases, outer=self._outer(biases, adapt, meta_test=True) if adapt else None
+            self.ctx,
+            biases=biases,
+            outer=self._outer(biases, adapt, meta_test=True) if adapt else None,
         )
         run = ctx.new_run("meta_test", index, task=task)
         if adapt is not None:

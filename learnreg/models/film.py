@@ -80,9 +80,7 @@ def film_model(input_shape, out_features: int, base: dict | str = "conv4") -> nn
     """
     from learnreg import config as configlib
 
-    model = configlib.instantiate(
-        "model", base, input_shape=input_shape, out_features=out_features
-    )
+    model = configlib.instantiate("model", base, input_shape=input_shape, out_features=out_features)
     return add_film(model)
 
 

@@ -5,4 +5,12 @@ from learnreg.optimizers.base import OptimizerRole, TorchoptOptimizer
 from learnreg.optimizers.fixed import SGD, Adam
 from learnreg.optimizers.precond import PreconditionedSGD
 
-__all__ = ["fixed", "precond", "OptimizerRole", "TorchoptOptimizer", "SGD", "Adam", "PreconditionedSGD"]
+__all__ = [
+    "fixed",
+    "precond",
+    "OptimizerRole",
+    "TorchoptOptimizer",
+    "SGD",
+    "Adam",
+    "PreconditionedSGD",
+]
