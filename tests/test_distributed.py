@@ -116,3 +116,13 @@ def test_torchrun_two_processes_learn_what_one_process_learns(tmp_path):
         for k in a:
             torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
     assert two["test"]["mse"] == pytest.approx(single["test"]["mse"], rel=1e-4)
+
+
+def test_meta_batch_must_split_evenly_over_processes(monkeypatch):
+    from learnreg.core import distributed
+    from learnreg.errors import ConfigError
+
+    monkeypatch.setattr(distributed, "rank_and_world", lambda: (1, 3))
+    assert distributed.shard(6) == 2
+    with pytest.raises(ConfigError, match="meta_batch=4 does not split evenly over 3"):
+        distributed.shard(4)

@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from learnreg.errors import ConfigError
+
 
 def is_active() -> bool:
     """True inside an initialized process group of more than one process."""
@@ -89,12 +91,12 @@ def shard(count: int, what: str = "meta_batch") -> int:
     """This rank's share of ``count`` tasks.
 
     Raises:
-        ValueError: when ``count`` does not split evenly, since unequal shares would
+        ConfigError: when ``count`` does not split evenly, since unequal shares would
             weight the ranks' averaged meta-gradients unequally.
     """
-    rank, world = rank_and_world()
+    _, world = rank_and_world()
     if count % world:
-        raise ValueError(
+        raise ConfigError(
             f"{what}={count} does not split evenly over {world} processes; "
             f"use a multiple of {world} (or run with --nproc_per_node dividing it)"
         )

@@ -44,9 +44,8 @@ class BatchStatNorm(nn.Module):
         mean = z.mean(dims, keepdim=True)
         var = z.var(dims, keepdim=True, unbiased=False)
         shape = (1, -1) + (1,) * (z.dim() - 2)
-        return (z - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(
-            shape
-        )
+        normalized = (z - mean) * torch.rsqrt(var + self.eps)
+        return normalized * self.weight.view(shape) + self.bias.view(shape)
 
 
 @register("model", "conv4")
