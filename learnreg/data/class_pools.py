@@ -65,8 +65,8 @@ class ClassPool:
     y: Tensor
     classes: dict[str, list[int]]
     scale: float = 1.0
-    mean: Tensor = field(default_factory=lambda: torch.zeros(1))
-    std: Tensor = field(default_factory=lambda: torch.ones(1))
+    mean: Tensor = field(init=False, repr=False)
+    std: Tensor = field(init=False, repr=False)
 
     def __post_init__(self):
         order = torch.argsort(self.y, stable=True)
