@@ -193,3 +193,19 @@ def test_meta_sgd_is_the_diagonal_preconditioner_with_learned_rates():
     torch.testing.assert_close(updates["weight"], -opt.preconditioners[0].rates.detach())
     torch.testing.assert_close(updates["bias"], torch.full((2,), -0.1, dtype=torch.float64))
     assert isinstance(SGD(0.1), SGD)
+
+
+def test_roles_built_for_another_model_say_so():
+    from learnreg.errors import ConfigError
+    from learnreg.inits import FiLMInit, LearnedInit
+    from learnreg.models import MLP
+
+    conv, mlp = Conv4((1, 8, 8), 3, hidden=4, blocks=2), MLP((4,), 3, hidden=(5,))
+    with pytest.raises(ConfigError, match="build the role from the same model spec"):
+        LearnedInit(conv)(mlp)
+    opt = PreconditionedSGD(conv)
+    grads = {k: torch.zeros_like(v) for k, v in mlp.named_parameters()}
+    with pytest.raises(ConfigError, match="same model spec"):
+        opt(grads, opt.init(grads), grads)
+    with pytest.raises(ConfigError, match="model with FiLM layers"):
+        FiLMInit(conv)
