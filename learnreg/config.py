@@ -12,7 +12,7 @@ import copy
 import difflib
 import inspect
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ COMPONENT_SECTIONS = {
     "objective": "objective",
     "estimator": "estimator",
     "meta_optimizer": "meta_optimizer",
+    "meta_lr_schedule": "meta_lr_schedule",
 }
 
 #: Every top-level key and its default (``None``: optional). Plain sections list their keys.
@@ -49,6 +50,7 @@ SCHEMA: dict[str, Any] = {
     "objective": {COMPONENT: "task_loss"},
     "estimator": {COMPONENT: "truncated_unroll"},
     "meta_optimizer": {COMPONENT: "adam", "lr": 1e-3},
+    "meta_lr_schedule": None,
     "meta_steps": 100,
     "meta_grad_clip": None,
     "meta_test": {
@@ -57,6 +59,7 @@ SCHEMA: dict[str, Any] = {
         "adapt": None,
         "meta_optimizer": None,
         "eval_every": 100,
+        "baseline": True,
     },
     "baseline": {"loss": None, "optimizer": None},
     "logger": {"backends": ["console"], "project": None, "group": None, "tags": [], "every": 50},
@@ -161,6 +164,10 @@ def validate(raw: dict) -> dict:
         _expect(key, cfg[key], int)
     for key in ("steps", "seeds", "eval_every"):
         _expect(f"meta_test.{key}", cfg["meta_test"][key], int)
+    if not isinstance(cfg["meta_test"]["baseline"], bool):
+        raise ConfigError(
+            f"meta_test.baseline must be true or false, got {cfg['meta_test']['baseline']!r}"
+        )
     if cfg["meta_grad_clip"] is not None and (
         not isinstance(cfg["meta_grad_clip"], (int, float)) or cfg["meta_grad_clip"] <= 0
     ):
@@ -233,6 +240,8 @@ CONTEXT_NAMES = (
     "device",
     "params",
     "model",
+    "optimizer",
+    "total_steps",
 )
 
 
@@ -244,6 +253,12 @@ def instantiate(kind: str, spec: dict | str, /, **context: Any) -> Any:
         spec: ``{"_component_": name, **kwargs}`` or a bare name.
         **context: values offered to the constructor (only those it accepts are passed).
     """
+    return builder(kind, spec, **context)()
+
+
+def builder(kind: str, spec: dict | str, /, **context: Any) -> Callable[[], Any]:
+    """A validated, resolved constructor call for ``spec``, to build the component many
+    times (a model per task) without re-checking the spec each time."""
     spec = normalize_component(spec, kind)
     check_component(kind, spec, where=kind)
     target = registry.lookup(kind, spec[COMPONENT])
@@ -252,12 +267,16 @@ def instantiate(kind: str, spec: dict | str, /, **context: Any) -> Any:
     for name, value in context.items():
         if name not in kwargs and name in params:
             kwargs[name] = value
-    try:
-        return target(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"cannot build {kind} {spec[COMPONENT]!r}: {exc}") from None
+
+    def build() -> Any:
+        try:
+            return target(**kwargs)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"cannot build {kind} {spec[COMPONENT]!r}: {exc}") from None
+
+    return build
 
 
 def _signature(target):

@@ -101,6 +101,16 @@ def _meta_optimizer(spec: dict):
     return lambda params: configlib.instantiate("meta_optimizer", spec, params=params)
 
 
+def _schedule(cfg: dict):
+    """The meta learning-rate schedule factory, or None for a constant rate."""
+    spec = cfg["meta_lr_schedule"]
+    if spec is None:
+        return None
+    return lambda optimizer: configlib.instantiate(
+        "meta_lr_schedule", spec, optimizer=optimizer, total_steps=cfg["meta_steps"]
+    )
+
+
 def build(cfg: dict, logger=None) -> Experiment:
     """Everything a resolved config describes, ready to ``fit`` and ``evaluate``."""
     torch.manual_seed(cfg["seed"])
@@ -122,6 +132,7 @@ def build(cfg: dict, logger=None) -> Experiment:
         adapt_meta_optimizer=_meta_optimizer(
             cfg["meta_test"]["meta_optimizer"] or cfg["meta_optimizer"]
         ),
+        meta_lr_schedule=_schedule(cfg),
     )
     adapt = cfg["meta_test"]["adapt"]
     adapt = configlib.instantiate("estimator", adapt) if adapt is not None else None

@@ -27,6 +27,7 @@ KINDS = (
     "objective",
     "estimator",
     "meta_optimizer",
+    "meta_lr_schedule",
     "logger",
     "evaluator",
     "searcher",

@@ -12,6 +12,10 @@ Layout of a run directory::
 
 Re-running on the same directory with the same config resumes from ``checkpoints/last.pt``
 and ends at the same result as an uninterrupted run; a finished run returns its summary.
+
+Under ``torchrun`` every process meta-trains its share of the tasks
+(:mod:`learnreg.core.distributed`); rank 0 alone owns the run directory (lock, logs,
+checkpoints, export) and runs the meta-test, the other ranks return once meta-training ends.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 import torch
 
 from learnreg import config as configlib
+from learnreg.core import distributed
 from learnreg.core.trainer import aggregate
 from learnreg.errors import ConfigError, NumericalError
 from learnreg.experiment import Experiment, build
@@ -59,6 +64,13 @@ def run(
         The summary (also written to ``summary.json``).
     """
     cfg = configlib.load(config, overrides)
+    if distributed.init_from_env(cfg["device"]):
+        if out is None:
+            raise ConfigError(
+                "a multi-process run needs `--out DIR` (the same run directory on every rank)"
+            )
+        if not distributed.is_main():
+            return follow(cfg, Path(out))
     out = Path(out) if out is not None else default_run_dir(cfg)
     with RunLock(out):
         previous = out / "config.yaml"
@@ -70,6 +82,25 @@ def run(
             return json.loads((out / "summary.json").read_text())
         atomic_write_bytes(previous, configlib.dump(cfg).encode())
         return Run(cfg, out, progress).execute()
+
+
+def follow(cfg: dict, out: Path) -> dict:
+    """A non-zero rank's part of a multi-process run: meta-train its tasks in lockstep with
+    rank 0 (resuming from rank 0's checkpoint when there is one), write nothing.
+
+    ``out`` must be the same directory on every rank (pass ``--out``)."""
+    checkpoint = out / "checkpoints" / "last.pt"
+    if (out / "summary.json").exists():
+        return {}
+    state = load_checkpoint(checkpoint) if checkpoint.exists() else None
+    if state is not None and state["run"]["phase"] != "fit":
+        return {}
+    exp = build(cfg)
+    if state is not None:
+        exp.trainer.load_state_dict(state["trainer"])
+        set_rng_state(state["rng"])
+    exp.trainer.fit(cfg["meta_steps"], progress=False)
+    return {}
 
 
 def default_run_dir(cfg: dict) -> Path:
@@ -160,7 +191,7 @@ class Run:
         trainer.evaluate(
             mt["steps"],
             mt["seeds"],
-            self.exp.baseline,
+            self.exp.baseline if mt["baseline"] else None,
             self.exp.adapt,
             mt["eval_every"],
             self.progress,

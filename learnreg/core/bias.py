@@ -39,6 +39,12 @@ class Bias(nn.Module):
 
         cls.__init__ = recording_init
 
+    def record_args(self, **args: Any) -> None:
+        """Replace the recorded constructor arguments. A role built from a live object (a
+        model) records what rebuilds it instead, such as parameter shapes, so that its
+        export stays plain JSON."""
+        object.__setattr__(self, "init_args", _plain(args))
+
     @property
     def is_learned(self) -> bool:
         return any(p.requires_grad for p in self.parameters())

@@ -79,7 +79,9 @@ class Task:
         if self.model_fn is None:
             raise ConfigError(f"task {self.name!r} has no model; set the run's `model` section")
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # the CPU generator only (models are built on the CPU): torch.manual_seed also
+            # queues a CUDA seeding call, which costs milliseconds per model
+            torch.random.default_generator.manual_seed(seed)
             return self.model_fn()
 
     def stream(

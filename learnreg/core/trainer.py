@@ -21,6 +21,7 @@ from learnreg.eval.loss_shape import loss_profile, profile_argmin
 from learnreg.eval.metrics import evaluate_split, gradient_scale, summarize
 
 MetaOptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+ScheduleFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -49,6 +50,8 @@ class MetaTrainer:
         logger: a :class:`~learnreg.tracking.Logger` (None: log nothing).
         adapt_meta_optimizer: the meta-optimizer of online adaptation during meta-test
             (default: the same as ``meta_optimizer``).
+        meta_lr_schedule: builds a learning-rate schedule over the meta-optimizer, stepped
+            once per meta-step (None: constant meta learning rate).
     """
 
     def __init__(
@@ -65,11 +68,13 @@ class MetaTrainer:
         max_bad_steps: int = 10,
         logger=None,
         adapt_meta_optimizer: MetaOptimizerFactory | None = None,
+        meta_lr_schedule: ScheduleFactory | None = None,
     ):
         self.device = resolve_device(device)
         biases.to(self.device)
         self.meta_optimizer = meta_optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
         self.adapt_meta_optimizer = adapt_meta_optimizer or self.meta_optimizer
+        self.meta_lr_schedule = meta_lr_schedule
         self.meta_grad_clip, self.max_bad_steps = meta_grad_clip, max_bad_steps
         self.estimator = estimator
         self.ctx = MetaContext(
@@ -82,12 +87,23 @@ class MetaTrainer:
     def biases(self) -> Biases:
         return self.ctx.biases
 
-    def _outer(self, biases: Biases, estimator, factory=None) -> OuterOptimizer | None:
+    def _outer(self, biases: Biases, estimator, meta_test: bool = False) -> OuterOptimizer | None:
+        """The outer optimizer of meta-training, or of one online meta-test run (which has
+        its own meta-optimizer, no schedule and, running on one process, no cross-rank
+        averaging)."""
         params = biases.meta_parameters()
         if estimator is None or not estimator.needs_outer or not params:
             return None
-        optimizer = (factory or self.meta_optimizer)(params)
-        return OuterOptimizer(params, optimizer, self.meta_grad_clip, self.max_bad_steps)
+        optimizer = (self.adapt_meta_optimizer if meta_test else self.meta_optimizer)(params)
+        schedule = self.meta_lr_schedule if not meta_test else None
+        return OuterOptimizer(
+            params,
+            optimizer,
+            self.meta_grad_clip,
+            self.max_bad_steps,
+            scheduler=schedule(optimizer) if schedule is not None else None,
+            sync=False if meta_test else None,
+        )
 
     def fit(
         self,
@@ -189,7 +205,7 @@ class MetaTrainer:
         ctx = dataclasses.replace(
             self.ctx,
             biases=biases,
-            outer=self._outer(biases, adapt, self.adapt_meta_optimizer) if adapt else None,
+            outer=self._outer(biases, adapt, meta_test=True) if adapt else None,
         )
         run = ctx.new_run("meta_test", index, task=task)
         if adapt is not None:

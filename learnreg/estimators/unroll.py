@@ -5,15 +5,18 @@ References:
     Raymond et al., "Meta-Learning Adaptive Loss Functions" (online, window 1, no reset).
     Andrychowicz et al., "Learning to learn by gradient descent by gradient descent"
     (window T inside a horizon N); Metz et al., 2019, on truncation bias.
+    Finn et al., "Model-Agnostic Meta-Learning" (arXiv 1703.03400): the episodic regime,
+    ``window = horizon = K`` with every run starting from the init role's parameters.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from learnreg.core import hypergrad
+from learnreg.core import distributed, hypergrad
 from learnreg.core.inner import InnerRun, inner_step
 from learnreg.errors import ConfigError
+from learnreg.estimators import batched
 from learnreg.estimators.base import Estimator, MetaContext
 from learnreg.registry import register
 
@@ -23,12 +26,22 @@ class TruncatedUnroll(Estimator):
     """Keep inner runs alive; every meta-step, unroll ``window`` differentiable inner steps,
     backpropagate the meta-objective into the meta-parameters, step, detach and go on.
 
+    With ``window = horizon = K`` every meta-step starts fresh runs (few-shot episodes)
+    whose parameters come from the init role, so the meta-gradient reaches a learned
+    initialization (MAML); with a persistent run it cannot, since the init was used
+    outside the window.
+
+    Under ``torchrun`` the meta-batch is split across processes: rank ``r`` of ``W``
+    unrolls runs ``r·B/W … (r+1)·B/W − 1`` of each meta-step's block of ``B`` new runs,
+    and the outer optimizer averages the meta-gradients over ranks.
+
     Args:
         window: inner steps per meta-step (the truncation length).
         horizon: inner steps after which a run is replaced by a fresh one (None: never,
             the online regime). ML3 is ``window=1, horizon=1``; online AdaLFL
-            ``window=1, horizon=None``; learned optimizers ``window=T, horizon=N``.
-        meta_batch: inner runs (tasks) averaged per meta-step.
+            ``window=1, horizon=None``; learned optimizers ``window=T, horizon=N``;
+            MAML and NPBML ``window=horizon=K``.
+        meta_batch: inner runs (tasks) averaged per meta-step, over all processes.
         objective_batch: ``val`` (a held-out validation batch) or ``train`` (the last
             inner training batch, as ML3's and AdaLFL's reference code do).
         average: average the objective over every step of the window (the L2L
@@ -36,6 +49,8 @@ class TruncatedUnroll(Estimator):
         fast_path: use the exact one-step meta-gradient of :mod:`learnreg.core.hypergrad`
             when it applies (window 1, objective at the end); False forces the generic
             double backward (same result, slower).
+        vmap: unroll the meta-batch as one vectorized run (:mod:`.batched`) when the
+            runs have equal shapes (same meta-gradient, fewer and larger kernels).
     """
 
     def __init__(
@@ -46,6 +61,7 @@ class TruncatedUnroll(Estimator):
         objective_batch: Literal["val", "train"] = "val",
         average: bool = False,
         fast_path: bool = True,
+        vmap: bool = False,
     ):
         if window < 1 or (horizon is not None and horizon < window) or meta_batch < 1:
             raise ConfigError(
@@ -53,18 +69,32 @@ class TruncatedUnroll(Estimator):
             )
         self.window, self.horizon, self.meta_batch = window, horizon, meta_batch
         self.objective_batch, self.average, self.fast_path = objective_batch, average, fast_path
+        self.vmap = vmap
+        self.attached = False
         self.runs: list[InnerRun] = []
         self.next_index = 0
-        self.attached = False
 
     def step(self, ctx: MetaContext) -> dict[str, float]:
+        ctx.outer.zero_grad()  # first, so a distributed run's ranks agree before new runs init
         self._refresh_runs(ctx)
-        ctx.outer.zero_grad()
-        losses, base = [], []
-        for run in self.runs:
-            meta_loss, base_loss = self.unroll(ctx, run, scale=1.0 / len(self.runs))
-            losses.append(meta_loss)
-            base.append(base_loss)
+        scale = 1.0 / len(self.runs)
+        if self.vmap and len(self.runs) > 1 and batched.stackable(self.runs):
+            losses, base = batched.unroll_batched(
+                self.runs,
+                ctx.biases.loss,
+                ctx.biases.optimizer,
+                ctx.objective,
+                self.window,
+                self.objective_batch,
+                self.average,
+                scale,
+            )
+        else:
+            losses, base = [], []
+            for run in self.runs:
+                meta_loss, base_loss = self.unroll(ctx, run, scale=scale)
+                losses.append(meta_loss)
+                base.append(base_loss)
         meta_loss = float(sum(losses) / len(losses))
         info = ctx.outer.step(meta_loss)
         if info["skipped"] and not self.attached:  # the states may be garbage: start again
@@ -108,14 +138,26 @@ class TruncatedUnroll(Estimator):
         self.runs, self.horizon, self.meta_batch, self.attached = [run], None, 1, True
 
     def _refresh_runs(self, ctx: MetaContext) -> None:
+        """Drop runs past their horizon and start new ones. Runs of one meta-batch live and
+        end together on every rank, so each rank takes its slice of one block of indices."""
+        if self.attached:
+            return
         if self.horizon is not None:
             self.runs = [r for r in self.runs if r.state.step + self.window <= self.horizon]
-        while len(self.runs) < self.meta_batch:
-            self.runs.append(ctx.new_run("meta_train", self.next_index))
-            self.next_index += 1
+        missing = distributed.shard(self.meta_batch) - len(self.runs)
+        if missing > 0:
+            rank, world = distributed.rank_and_world()
+            first = self.next_index + rank * missing
+            self.runs += [ctx.new_run("meta_train", first + j) for j in range(missing)]
+            self.next_index += missing * world
 
     def state_dict(self) -> dict:
-        return {"next_index": self.next_index, "runs": [r.state_dict() for r in self.runs]}
+        """Progress and live runs. With several processes each rank holds different runs
+        and rank 0 writes the checkpoint, so live runs are not saved: a resumed
+        multi-process run starts fresh ones (nothing is lost in the episodic regime,
+        whose runs end with every meta-step)."""
+        runs = [r.state_dict() for r in self.runs] if not distributed.is_active() else []
+        return {"next_index": self.next_index, "runs": runs}
 
     def load_state_dict(self, state: dict, ctx: MetaContext) -> None:
         self.next_index = int(state["next_index"])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from learnreg.losses import fixed, neural
+from learnreg.losses import composite, fixed, neural
 from learnreg.losses.base import LossRole
+from learnreg.losses.composite import TaskPlusLearned
 from learnreg.losses.fixed import MSE, CrossEntropy, LabelSmoothing, SparseLSR
 from learnreg.losses.neural import NeuralLoss, SmoothLeakyReLU
 
@@ -25,6 +26,7 @@ def load(path: str | Path, device: str = "cpu") -> LossRole:
 
 
 __all__ = [
+    "composite",
     "fixed",
     "neural",
     "LossRole",
@@ -33,6 +35,7 @@ __all__ = [
     "LabelSmoothing",
     "SparseLSR",
     "NeuralLoss",
+    "TaskPlusLearned",
     "SmoothLeakyReLU",
     "save",
     "load",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from learnreg.core.bias import Bias
@@ -38,8 +37,12 @@ def check_pair(pred: Tensor, target: Tensor, kind: str, num_classes: int | None 
 
 
 def probs_and_onehot(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """Softmax probabilities and one-hot targets, both (N, C) in the logits' dtype."""
-    return logits.softmax(-1), F.one_hot(target, logits.shape[-1]).to(logits.dtype)
+    """Softmax probabilities and one-hot targets, both (N, C) in the logits' dtype.
+
+    The one-hot is a scatter rather than ``F.one_hot``, which validates labels with a
+    data-dependent check that ``torch.func.vmap`` cannot batch."""
+    onehot = torch.zeros_like(logits).scatter(-1, target.unsqueeze(-1), 1.0)
+    return logits.softmax(-1), onehot
 
 
 def log_one_minus_target_prob(logits: Tensor, target: Tensor) -> Tensor:

@@ -1,0 +1,103 @@
+"""Multi-process meta-training: tasks split across ranks, meta-gradients all-reduced.
+
+DistributedDataParallel cannot carry second-order gradients (its hooks fire during the
+inner ``torch.func.grad`` and cannot see through the unroll), so learnreg does what DDP
+does by hand, once per meta-step: every rank unrolls its own share of the tasks, averages
+the meta-gradient over its tasks, and :class:`~learnreg.core.outer.OuterOptimizer`
+averages the meta-parameters' ``.grad`` over ranks (one flat ``all_reduce``) before the
+outer step. Meta-parameters are broadcast from rank 0 when the outer optimizer is built,
+so all ranks start and stay identical.
+
+Under ``torchrun`` the process group is created from the environment (``RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``): ``gloo`` on CPU, ``nccl`` on CUDA.
+Outside ``torchrun`` every function here is a no-op for a world of one process.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from learnreg.errors import ConfigError
+
+
+def is_active() -> bool:
+    """True inside an initialized process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` without a process group."""
+    if not is_active():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_main() -> bool:
+    """Whether this process writes files and logs (rank 0)."""
+    return rank_and_world()[0] == 0
+
+
+def init_from_env(device: str = "auto") -> bool:
+    """Join the process group ``torchrun`` describes in the environment (once).
+
+    Args:
+        device: the run's device setting; ``cuda`` (or ``auto`` with CUDA present) selects
+            the NCCL backend and pins this process to ``cuda:LOCAL_RANK``.
+
+    Returns:
+        Whether the process is part of a multi-process group.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available() and str(device) in ("auto", "cuda")
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return is_active()
+
+
+def all_reduce_mean_(tensors: list[Tensor]) -> None:
+    """Average ``tensors`` over ranks, in place, with one collective on a flat buffer."""
+    if not is_active() or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def broadcast_(tensors: list[Tensor], src: int = 0) -> None:
+    """Overwrite ``tensors`` on every rank with rank ``src``'s values."""
+    if not is_active() or not tensors:
+        return
+    with torch.no_grad():
+        flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+        dist.broadcast(flat, src)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
+def shard(count: int, what: str = "meta_batch") -> int:
+    """This rank's share of ``count`` tasks.
+
+    Raises:
+        ConfigError: when ``count`` does not split evenly, since unequal shares would
+            weight the ranks' averaged meta-gradients unequally.
+    """
+    _, world = rank_and_world()
+    if count % world:
+        raise ConfigError(
+            f"{what}={count} does not split evenly over {world} processes; "
+            f"use a multiple of {world} (or run with --nproc_per_node dividing it)"
+        )
+    return count // world

@@ -1,0 +1,123 @@
+"""A meta-batch of inner runs unrolled as one vectorized run (``torch.func.vmap``).
+
+Few-shot episodes of one family have equal shapes: the same model, support and query
+sizes. Their inner loops are then one batched computation: parameters, optimizer states
+and batches are stacked along a new leading dimension and :func:`inner_step` runs under
+``vmap`` with the meta-parameters of the roles shared (captured, not mapped). Autograd
+flows through ``vmap``, so one ``backward`` gives the same meta-gradient as the Python
+loop over runs (see ``tests/test_batched_unroll.py``) with a few large kernels instead of
+many small ones.
+
+Models must not update buffers in place (``BatchNorm`` with running statistics): vmap
+cannot batch an in-place update of an unbatched buffer. The few-shot backbone normalizes
+with batch statistics only (:class:`learnreg.models.conv4.BatchStatNorm`).
+"""
+
+from __future__ import annotations
+
+import optree
+import torch
+from torch import Tensor, nn
+
+from learnreg.core.inner import InnerRun, InnerState, inner_step
+from learnreg.errors import ConfigError
+
+
+def stackable(runs: list[InnerRun]) -> bool:
+    """Whether the runs' parameters, optimizer states and data have equal shapes."""
+
+    def signature(run: InnerRun):
+        leaves = optree.tree_leaves(run.state.opt_state)
+        return (
+            [(k, tuple(v.shape), v.dtype) for k, v in run.state.params.items()],
+            [(k, tuple(v.shape)) for k, v in run.state.buffers.items()],
+            [tuple(t.shape) if isinstance(t, Tensor) else t for t in leaves],
+            tuple(run.task.train.x.shape[1:]),
+            tuple(run.task.val.x.shape[1:]),
+            run.train.batch_size,
+            run.val.batch_size,
+            run.state.step,
+        )
+
+    first = signature(runs[0])
+    return all(signature(run) == first for run in runs[1:])
+
+
+def check_vmappable(model: nn.Module) -> None:
+    """Reject models whose forward pass writes to a buffer (BatchNorm running statistics)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            raise ConfigError(
+                f"model layer {name!r} tracks BatchNorm running statistics, which vmap cannot "
+                "batch; use track_running_stats=False (or the conv4 backbone), or set "
+                "estimator.vmap=false"
+            )
+
+
+def unroll_batched(
+    runs: list[InnerRun],
+    loss,
+    optimizer,
+    objective,
+    window: int,
+    objective_batch: str,
+    average: bool,
+    scale: float,
+) -> tuple[list[float], list[float]]:
+    """Advance every run by ``window`` steps in one vmapped computation and accumulate
+    ``scale · Σ_runs ∂(meta-loss)`` into the meta-parameters' ``.grad``.
+
+    Each run draws its batches from its own streams in the same order as the sequential
+    unroll, so both paths see identical data.
+
+    Args:
+        runs: inner runs with equal shapes (:func:`stackable`).
+        loss, optimizer: the loss and optimizer roles.
+        objective: the meta-objective, ``objective(model, state, batch, task)``.
+        window, objective_batch, average: as in
+            :class:`~learnreg.estimators.unroll.TruncatedUnroll`.
+        scale: multiplies every run's meta-loss (``1 / meta_batch``).
+
+    Returns:
+        Per-run meta-losses and last base losses. The runs continue from their new,
+        detached states.
+    """
+    model, task = runs[0].model, runs[0].task
+    check_vmappable(model)
+    train, val = [], []
+    for run in runs:
+        steps = [run.next_train() for _ in range(window)]
+        train.append(steps)
+        scored = [i for i in range(window) if average or i == window - 1]
+        val.append([run.val.next() if objective_batch == "val" else steps[i] for i in scored])
+    stack = lambda *xs: torch.stack(xs)  # noqa: E731
+    batches = optree.tree_map(stack, *train)
+    targets = optree.tree_map(stack, *val)
+    states = [run.state for run in runs]
+    params = optree.tree_map(stack, *[s.params for s in states])
+    buffers = optree.tree_map(stack, *[s.buffers for s in states])
+    opt_state = optree.tree_map(stack, *[s.opt_state for s in states])
+    step0 = states[0].step
+
+    def one_run(params, buffers, opt_state, batches, targets):
+        state, total, scored = InnerState(params, buffers, opt_state, step0), 0.0, 0
+        for i in range(window):
+            state, base_loss = inner_step(model, state, batches[i], loss, optimizer)
+            if average or i == window - 1:
+                total = total + objective(model, state, targets[scored], task)
+                scored += 1
+        meta_loss = total / window if average else total
+        return meta_loss, base_loss, state.params, state.opt_state
+
+    meta_loss, base_loss, new_params, new_opt = torch.func.vmap(one_run)(
+        params, buffers, opt_state, batches, targets
+    )
+    (scale * meta_loss.sum()).backward()
+    for i, run in enumerate(runs):
+        run.state = InnerState(
+            {k: v[i] for k, v in new_params.items()},
+            {k: v[i] for k, v in buffers.items()},
+            optree.tree_map(lambda t, i=i: t[i], new_opt),
+            step0 + window,
+        ).detach()
+    return meta_loss.detach().tolist(), base_loss.detach().tolist()
