@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from learnreg.losses import fixed, neural
+from learnreg.losses import fixed, neural, symbolic, taylor
 from learnreg.losses.base import LossRole
 from learnreg.losses.fixed import MSE, CrossEntropy, LabelSmoothing, SparseLSR
 from learnreg.losses.neural import NeuralLoss, SmoothLeakyReLU
+from learnreg.losses.symbolic import SymbolicLoss
+from learnreg.losses.taylor import TaylorLoss
 
 
 def save(loss: LossRole, path: str | Path, metadata: dict | None = None) -> Path:
@@ -27,6 +29,8 @@ def load(path: str | Path, device: str = "cpu") -> LossRole:
 __all__ = [
     "fixed",
     "neural",
+    "symbolic",
+    "taylor",
     "LossRole",
     "MSE",
     "CrossEntropy",
@@ -34,6 +38,8 @@ __all__ = [
     "SparseLSR",
     "NeuralLoss",
     "SmoothLeakyReLU",
+    "SymbolicLoss",
+    "TaylorLoss",
     "save",
     "load",
 ]
