@@ -253,7 +253,9 @@ class SymbolicLoss(LossRole):
     ):
         super().__init__()
         self.kind, self.num_classes, self.learnable = kind, num_classes, learnable
-        self.set_expression(expression or DEFAULT_EXPRESSIONS[kind], seed=seed)
+        self.set_expression(
+            DEFAULT_EXPRESSIONS[kind] if expression is None else expression, seed=seed
+        )
 
     def set_expression(
         self, expression: str, weights: Sequence[float] | Tensor | None = None, seed: int = 0

@@ -21,6 +21,7 @@ import copy
 import functools
 import random
 
+import torch
 from deap import base, gp, tools
 
 from learnreg.errors import CheckpointError, ConfigError
@@ -37,12 +38,23 @@ from learnreg.losses.symbolic import PRIMITIVES, SymbolicLoss
 from learnreg.registry import register
 
 
+def _on_tensors(fn):
+    """``fn`` with Python numbers (DEAP's constant terminals) turned into tensors."""
+
+    def apply(*args):
+        like = next((a for a in args if torch.is_tensor(a)), None)
+        dtype = like.dtype if like is not None else torch.get_default_dtype()
+        return fn(*(a if torch.is_tensor(a) else torch.tensor(a, dtype=dtype) for a in args))
+
+    return apply
+
+
 def primitive_set() -> gp.PrimitiveSet:
     """EvoMAL's primitive set, evaluable by ``deap.gp.compile`` on torch tensors."""
     pset = gp.PrimitiveSet("loss", 2)
     pset.renameArguments(ARG0="y", ARG1="fx")
     for prim in PRIMITIVES.values():  # arithmetic first: repair draws from the first four
-        pset.addPrimitive(prim.torch_fn, prim.arity, name=prim.name)
+        pset.addPrimitive(_on_tensors(prim.torch_fn), prim.arity, name=prim.name)
     pset.addTerminal(1.0)
     pset.addTerminal(-1.0)
     return pset
@@ -72,7 +84,7 @@ def tree_from_string(expression: str) -> Tree:
 
 def repair(tree: Tree) -> Tree:
     """Ensure ``tree`` holds both ``y`` and ``fx`` (EvoMAL's constraint), in place."""
-    names = {node.name for node in tree if isinstance(node, gp.Terminal)}
+    names = {node.format() for node in tree if isinstance(node, gp.Terminal)}
     if {"y", "fx"} <= names:
         return tree
     op = random.choice(ARITHMETIC)
