@@ -10,7 +10,9 @@ shipped to each worker once and reused across generations.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
+import os
 import weakref
 from typing import Literal
 
@@ -164,6 +166,29 @@ def _check_picklable(problem: FitnessProblem, backend: str) -> None:
 # ---- Ray -----------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _loopback_only(ray):
+    """While a private local instance starts, keep it on 127.0.0.1: on Linux Ray replaces
+    a loopback node address by the machine's network address (so that other nodes could
+    join) unless its cluster mode is off, which it reads from this variable (in the
+    processes it starts) and constant (in this one). Both are restored afterwards."""
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    saved_env = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    saved_constant = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if saved_constant is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved_env is None:
+            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        else:
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = saved_env
+        if saved_constant is not None:
+            constants.ENABLE_RAY_CLUSTER = saved_constant
+
+
 def _evaluate_chunk(problem: FitnessProblem, losses: list, batched: bool) -> list[Evaluation]:
     return evaluate_group(problem, losses, batched)
 
@@ -213,12 +238,13 @@ class RayEvaluator(Evaluator):
             if self.address is not None:
                 ray.init(address=self.address, **options)
             else:
-                ray.init(
-                    num_cpus=self.num_cpus,
-                    include_dashboard=False,
-                    _node_ip_address="127.0.0.1",
-                    **options,
-                )
+                with _loopback_only(ray):
+                    ray.init(
+                        num_cpus=self.num_cpus,
+                        include_dashboard=False,
+                        _node_ip_address="127.0.0.1",
+                        **options,
+                    )
                 self.started = True
         return ray
 
