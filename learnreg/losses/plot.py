@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -30,8 +31,10 @@ def loss_grid(
         predictions = torch.linspace(1e-3, 1.0 - 1e-3, points)
     else:
         targets = predictions = torch.linspace(-2.0, 2.0, points)
-    t, p = torch.meshgrid(targets, predictions, indexing="ij")
-    return targets, predictions, loss.elementwise(t, p).float()
+    device = next(loss.parameters(), torch.empty(0)).device
+    t, p = (g.to(device) for g in torch.meshgrid(targets, predictions, indexing="ij"))
+    values = loss.elementwise(t, p).float().cpu().numpy()
+    return targets.numpy(), predictions.numpy(), values
 
 
 def plot_loss(loss, path: str | Path, kind: str | None = None, title: str | None = None) -> Path:
@@ -57,7 +60,7 @@ def plot_loss(loss, path: str | Path, kind: str | None = None, title: str | None
         curves.set_xlabel("prediction f(x) (probability)")
     else:
         for target in (-1.0, 0.0, 1.0):
-            row = int(torch.argmin((targets - target).abs()))
+            row = int(np.argmin(np.abs(targets - target)))
             curves.plot(predictions, values[row], label=f"y = {target:g}")
         curves.set_xlabel("prediction f(x)")
     curves.set_ylabel("loss per element")

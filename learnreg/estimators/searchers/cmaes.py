@@ -98,6 +98,9 @@ class CMAES(Searcher):
                 state[name] = value.item()
             else:
                 state[name] = value
+        # cmaes pickles C as its upper triangle, which drops the rounding-level asymmetry
+        # the updates leave; the full matrix makes a resumed search bit-identical.
+        state["C"] = torch.from_numpy(self.cma._C.copy())
         kind, keys, pos, has_gauss, gauss = self.cma._rng.get_state()
         rng = {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos)}
         rng.update(has_gauss=int(has_gauss), gauss=float(gauss), kind=str(kind))
@@ -106,8 +109,10 @@ class CMAES(Searcher):
     def load_state_dict(self, state: dict) -> None:
         try:
             attrs = {k: v.numpy() if torch.is_tensor(v) else v for k, v in state["cma"].items()}
+            full_c = attrs.pop("C")
             cma = CMA.__new__(CMA)
             cma.__setstate__(attrs)
+            cma._C = full_c
             rng = state["rng"]
             keys = rng["keys"].numpy().astype(np.uint32)
             cma._rng.set_state((rng["kind"], keys, rng["pos"], rng["has_gauss"], rng["gauss"]))
