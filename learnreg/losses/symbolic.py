@@ -243,6 +243,8 @@ class SymbolicLoss(LossRole):
         seed: seeds the weights' initial noise.
     """
 
+    value_args = ("seed",)  # only sets initial weights; trees with one expression vmap together
+
     def __init__(
         self,
         kind: Literal["classification", "regression"] = "classification",

@@ -91,6 +91,10 @@ class TaylorLoss(LossRole):
         theta: initial ``(c_x, c_y, a1, ..., a6)``; default zeros (CMA-ES's start).
     """
 
+    #: constructor arguments that only set parameter values (a population of TaylorLosses
+    #: differing in them is evaluated as one vmapped module).
+    value_args = ("theta",)
+
     def __init__(
         self,
         kind: Literal["classification", "regression"] = "classification",

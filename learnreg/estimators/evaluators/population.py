@@ -140,14 +140,19 @@ class PopulationOptimizer(nn.Module):
 
 def same_structure(losses: list[nn.Module]) -> bool:
     """Whether the losses differ only in their parameter values (one module can then be
-    vmapped over their stacked parameters)."""
+    vmapped over their stacked parameters): same class, same constructor arguments
+    (except those a class lists in ``value_args``, which only set initial parameter
+    values), same parameter shapes and equal buffers."""
     first = losses[0]
     shapes = [(n, p.shape) for n, p in first.named_parameters()]
     buffers = dict(first.named_buffers())
+    ignored = set(getattr(type(first), "value_args", ()))
+
+    def args(loss):
+        return {k: v for k, v in loss.__dict__.get("init_args", {}).items() if k not in ignored}
+
     for loss in losses[1:]:
-        if type(loss) is not type(first) or getattr(loss, "init_args", None) != getattr(
-            first, "init_args", None
-        ):
+        if type(loss) is not type(first) or args(loss) != args(first):
             return False
         if [(n, p.shape) for n, p in loss.named_parameters()] != shapes:
             return False
@@ -170,17 +175,16 @@ class PopulationLoss(nn.Module):
         super().__init__()
         self.losses = nn.ModuleList(losses)
         self.shared = same_structure(losses)
+        if self.shared:  # the Parameter objects, gathered once (stacked per call for autograd)
+            named = [dict(loss.named_parameters()) for loss in losses]
+            self.members = {n: [params[n] for params in named] for n in named[0]}
 
     def values(self, pred: Tensor, target: Tensor) -> Tensor:
         """Each candidate's loss, shape ``(P,)``; ``pred`` is ``(P, N, ...)``."""
         if not self.shared:
             return torch.stack([loss(p, target) for loss, p in zip(self.losses, pred)])
         first = self.losses[0]
-        names = [n for n, _ in first.named_parameters()]
-        stacked = {
-            n: torch.stack([dict(loss.named_parameters())[n] for loss in self.losses])
-            for n in names
-        }
+        stacked = {n: torch.stack(params) for n, params in self.members.items()}
         buffers = dict(first.named_buffers())
         return vmap(lambda p, out: functional_call(first, (p, buffers), (out, target)))(
             stacked, pred
