@@ -101,6 +101,10 @@ def plain_pytorch(problem: FitnessProblem, losses: list) -> list[float]:
     return out
 
 
+def fitness(evaluator, problem: FitnessProblem, losses: list) -> list[float]:
+    return [e.fitness for e in evaluator.evaluate(problem, losses)]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--population", type=int, default=16)
@@ -127,9 +131,9 @@ def main(argv: list[str] | None = None) -> None:
             [task], [1], SGD(0.01, momentum=0.9), RandomInit(), TaskError(), steps=args.steps
         )
         modes = {
-            "plain": lambda: plain_pytorch(problem, losses),
-            "sequential": lambda: [e.fitness for e in SerialEvaluator().evaluate(problem, losses)],
-            "vmap": lambda: [e.fitness for e in VmapEvaluator().evaluate(problem, losses)],
+            "plain": functools.partial(plain_pytorch, problem, losses),
+            "sequential": functools.partial(fitness, SerialEvaluator(), problem, losses),
+            "vmap": functools.partial(fitness, VmapEvaluator(), problem, losses),
         }
         times = {m: [] for m in modes}
         results = {}

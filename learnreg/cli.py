@@ -1,4 +1,4 @@
-"""The ``learnreg`` command line: ``run`` and ``list`` (more commands register here).
+"""The ``learnreg`` command line: ``run``, ``describe`` and ``list`` (more commands register here).
 
 User errors (bad configs, missing data, corrupt checkpoints...) print one line naming
 the problem and the fix and exit with status 2; ``--debug`` shows the traceback.
@@ -39,6 +39,18 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_describe(args) -> int:
+    from learnreg.tracking.export import load_bias
+
+    path = Path(args.path)
+    if path.is_dir():  # a run directory, or its learned/ folder
+        learned = path / "learned" if (path / "learned").is_dir() else path
+        path = learned / args.role
+    module = load_bias(path, device="cpu")
+    print(module.describe() if hasattr(module, "describe") else repr(module))
+    return 0
+
+
 def resolve_preset(name: str) -> str:
     """A config path, or a preset name relative to ``configs/`` (``adalfl/digits_mlp``)."""
     if Path(name).is_file():
@@ -73,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (re-running on it resumes)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("describe", help="print an exported bias (a learned loss as a formula)")
+    p.add_argument("path", help="a run directory, its learned/ folder, or an exported bias")
+    p.add_argument("--role", default="loss", help="the role to describe in a run directory")
+    p.set_defaults(func=cmd_describe)
 
     p = sub.add_parser("list", help="list registered components and presets")
     p.add_argument("kind", nargs="?", help="only this kind (loss, optimizer, task, preset...)")

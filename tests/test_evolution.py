@@ -185,3 +185,45 @@ def test_population_tables_reach_wandb(tmp_path, monkeypatch):
     assert [row["meta_step"] for row in tables] == [1, 2]
     assert tables[0]["search/population/nrows"] == 6 and tables[0]["search/population/ncols"] == 6
     assert [row["search/evaluated"] for row in rows if "search/evaluated" in row]
+
+
+PRESETS = [
+    "taylorglo/digits_mlp",
+    "taylorglo/fmnist_cnn",
+    "evomal/diabetes_mlp",
+    "evomal/digits_mlp",
+    "evomal/fmnist_cnn",
+    "gplfl/diabetes_mlp",
+    "gplfl/digits_mlp",
+    "gplfl/fmnist_cnn",
+]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_build(preset):
+    from pathlib import Path
+
+    from conftest import FASHION_MNIST
+
+    from learnreg import config as configlib
+    from learnreg.experiment import build
+
+    if "fmnist" in preset and not Path(FASHION_MNIST).is_dir():
+        pytest.skip("Fashion-MNIST (Debian's dataset-fashion-mnist) is not installed")
+    overrides = ["task.train_size=500", "task.val_size=200"] if "fmnist" in preset else []
+    cfg = configlib.load(f"configs/{preset}.yaml", overrides + ["device=cpu"])
+    trainer = build(cfg).trainer
+    estimator = trainer.estimator
+    assert isinstance(estimator, Evolution) and not estimator.needs_outer
+    assert (estimator.local_search is not None) == preset.startswith("evomal")
+    assert trainer.biases.loss.is_learned == (not preset.startswith("gplfl"))
+
+
+def test_describe_prints_a_learned_formula(tmp_path, capsys):
+    from learnreg.cli import main
+
+    loss = SymbolicLoss(num_classes=3, expression="mul(-1.0, mul(y, log(fx)))", learnable=False)
+    losses.save(loss, tmp_path / "learned" / "loss")
+    assert main(["describe", str(tmp_path)]) == 0
+    assert "-y*log(f(x))" in capsys.readouterr().out
+    assert main(["describe", str(tmp_path / "missing")]) == 2

@@ -32,6 +32,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from learnreg.errors import ConfigError
-from learnreg.losses.base import LossRole, check_pair, probs_and_onehot
+from learnreg.losses.elementwise import ElementwiseLoss
 from learnreg.registry import register
 
 EPS = 1e-7
@@ -216,7 +217,12 @@ def _constant(node: Node, ops: str, like):
         return (
             sympy.Integer(int(node.value)) if node.value.is_integer() else sympy.Float(node.value)
         )
-    return torch.tensor(node.value, dtype=like.dtype, device=like.device)
+    return _tensor_constant(node.value, like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=256)
+def _tensor_constant(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.tensor(value, dtype=dtype, device=device)  # shared; never written to
 
 
 def canonical(expression: str, kind: str = "classification") -> str:
@@ -227,7 +233,7 @@ def canonical(expression: str, kind: str = "classification") -> str:
 
 
 @register("loss", "symbolic")
-class SymbolicLoss(LossRole):
+class SymbolicLoss(ElementwiseLoss):
     """A loss given by an expression tree over (y, f(x)) with a weight on every node.
 
     Classification: ``y`` one-hot, ``f(x)`` softmax probabilities; the loss is the batch
@@ -292,17 +298,10 @@ class SymbolicLoss(LossRole):
         """The weighted tree at every (target, prediction) element, broadcast to their shape."""
         weights = self.weights.to(prediction.dtype).unbind()
         value = evaluate(self.nodes, target, prediction, weights)
-        return torch.broadcast_to(value, torch.broadcast_shapes(target.shape, prediction.shape))
-
-    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        check_pair(
-            pred, target, self.kind, self.num_classes if self.kind == "classification" else None
-        )
-        if self.kind == "classification":
-            fx, y = probs_and_onehot(pred, target)
-        else:
-            fx, y = pred, target
-        return self.elementwise(y, fx).sum(-1).mean()
+        shape = prediction.shape if target.shape == prediction.shape else None
+        if shape is None:  # plots pass grids; the training path has equal shapes
+            shape = torch.broadcast_shapes(target.shape, prediction.shape)
+        return value if value.shape == shape else value.expand(shape)
 
     def formula(self, digits: int = 2, simplify: bool = True) -> sympy.Expr:
         """The loss as a sympy expression in ``y`` and ``f(x)``, weights rounded to ``digits``.

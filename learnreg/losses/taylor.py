@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from learnreg.losses.base import LossRole, check_pair, probs_and_onehot
+from learnreg.losses.elementwise import ElementwiseLoss
 from learnreg.registry import register
 
 #: The meta-parameters in the order of ``TaylorLoss.theta``.
@@ -77,7 +77,7 @@ def satisfies_invariant(theta: Tensor | Sequence[float], num_classes: int) -> bo
 
 
 @register("loss", "taylor")
-class TaylorLoss(LossRole):
+class TaylorLoss(ElementwiseLoss):
     """TaylorGLO's loss: a third-order Taylor polynomial with 8 meta-parameters.
 
     Classification: ``x`` one-hot target, ``y`` softmax probability; the loss is
@@ -114,16 +114,6 @@ class TaylorLoss(LossRole):
         """Each (class or output) element's contribution ``-f(x, y)`` to the loss."""
         return -taylor_polynomial(self.theta.to(prediction.dtype), target, prediction)
 
-    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        check_pair(
-            pred, target, self.kind, self.num_classes if self.kind == "classification" else None
-        )
-        if self.kind == "classification":
-            y, x = probs_and_onehot(pred, target)
-        else:
-            y, x = pred, target
-        return self.elementwise(x, y).sum(-1).mean()
-
     def satisfies_invariant(self) -> bool:
         """Whether the current coefficients pass the trainability invariant (classification)."""
         return satisfies_invariant(self.theta.detach(), self.num_classes)
@@ -137,6 +127,10 @@ class TaylorLoss(LossRole):
             for a, t in zip((values[f"a{i}"] for i in range(1, 7)), terms)
             if a != 0
         ).lstrip("+ ")
-        centre = f"u = y - {values['c_y']:.4g}, v = x - {values['c_x']:.4g}"
+        centre = f"u = {_shifted('y', values['c_y'])}, v = {_shifted('x', values['c_x'])}"
         reduce = "class sum" if self.kind == "classification" else "output sum"
         return f"loss = -mean_batch {reduce} f, f = {body or '0'}; {centre}"
+
+
+def _shifted(name: str, centre: float) -> str:
+    return f"{name} - {centre:.4g}" if centre >= 0 else f"{name} + {-centre:.4g}"

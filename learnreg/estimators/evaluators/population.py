@@ -29,6 +29,7 @@ from torch.func import functional_call, vmap
 from learnreg.core.inner import InnerState
 from learnreg.core.outer import OuterOptimizer
 from learnreg.errors import NumericalError
+from learnreg.losses.elementwise import ElementwiseLoss
 from learnreg.optimizers.fixed import SGD, Adam
 
 PREFIX = "base."
@@ -175,12 +176,21 @@ class PopulationLoss(nn.Module):
         super().__init__()
         self.losses = nn.ModuleList(losses)
         self.shared = same_structure(losses)
+        first = losses[0]
+        self.elementwise = isinstance(first, ElementwiseLoss) and all(
+            isinstance(loss, ElementwiseLoss) and loss.kind == first.kind for loss in losses
+        )
         if self.shared:  # the Parameter objects, gathered once (stacked per call for autograd)
             named = [dict(loss.named_parameters()) for loss in losses]
             self.members = {n: [params[n] for params in named] for n in named[0]}
 
     def values(self, pred: Tensor, target: Tensor) -> Tensor:
         """Each candidate's loss, shape ``(P,)``; ``pred`` is ``(P, N, ...)``."""
+        if not self.shared and self.elementwise:  # one softmax / one-hot for everyone
+            targets, preds = self.losses[0].elements(pred, target)
+            return torch.stack(
+                [loss.reduce(loss.elementwise(targets, p)) for loss, p in zip(self.losses, preds)]
+            )
         if not self.shared:
             return torch.stack([loss(p, target) for loss, p in zip(self.losses, pred)])
         first = self.losses[0]
