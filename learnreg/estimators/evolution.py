@@ -115,16 +115,35 @@ class Evolution(Estimator):
         )
 
     def step(self, ctx: MetaContext) -> dict[str, float]:
+        """One generation: ask, look up, filter, evaluate, tell; returns ``search/`` metrics."""
         self._bind(ctx)
         self.generation += 1
         genomes = self.searcher.ask()
-        keys = [self.searcher.key(g) if self.use_cache else None for g in genomes]
-        candidates = [Candidate(g, k) for g, k in zip(genomes, keys)]
+        candidates = [
+            Candidate(g, self.searcher.key(g) if self.use_cache else None) for g in genomes
+        ]
+        fresh = self._look_up(candidates)
+        fresh, losses = self._filter(fresh, ctx)
+        self._evaluate(fresh, losses)
+        self._remember(candidates)
+        fitness = [c.fitness if math.isfinite(c.fitness) else None for c in candidates]
+        self.searcher.tell(genomes, fitness)
+        self._update_best(candidates, ctx)
+        metrics = self._metrics(candidates)
+        self.history.append({"generation": self.generation, **metrics})
+        self._log_table(candidates, ctx)
+        return metrics
+
+    def _look_up(self, candidates: list[Candidate]) -> list[Candidate]:
+        """Fill in cached fitness; returns the candidates still to be judged."""
         for c in candidates:
             if c.key is not None and c.key in self.cache:
                 c.fitness, c.reason = self.cache[c.key]
                 c.status = "cached"
-        fresh = [c for c in candidates if c.status == "pending"]
+        return [c for c in candidates if c.status == "pending"]
+
+    def _filter(self, fresh: list[Candidate], ctx: MetaContext):
+        """Build the candidates' losses and run the filters; returns the survivors."""
         losses = [self.searcher.build(c.genome, self.template, ctx.seed) for c in fresh]
         for filt in self.filters:
             verdicts = filt(losses, ctx)
@@ -133,31 +152,30 @@ class Evolution(Estimator):
                     c.status, c.reason = "rejected", verdict
             losses = [loss for loss, v in zip(losses, verdicts) if v is None]
             fresh = [c for c, v in zip(fresh, verdicts) if v is None]
+        return fresh, losses
+
+    def _evaluate(self, fresh: list[Candidate], losses: list) -> None:
         for c, loss, result in zip(fresh, losses, self.evaluator.evaluate(self.problem, losses)):
             c.fitness, c.reason = result.fitness, result.reason or ""
             c.status = "evaluated" if result.reason is None else "discarded"
             c.state = result.state or {k: v.detach().cpu() for k, v in loss.state_dict().items()}
+
+    def _remember(self, candidates: list[Candidate]) -> None:
+        """Log rejected and discarded candidates with their reasons; fill the cache."""
         for c in candidates:
             if c.status in ("rejected", "discarded"):
                 level = logging.WARNING if c.status == "discarded" else logging.INFO
+                described = self.searcher.describe(c.genome)
                 log.log(
                     level,
                     "generation %d: %s %s: %s",
                     self.generation,
                     c.status,
-                    self.searcher.describe(c.genome),
+                    described,
                     c.reason,
                 )
             if c.key is not None and c.status != "cached":
                 self.cache[c.key] = [c.fitness, c.reason]
-        self.searcher.tell(
-            genomes, [c.fitness if math.isfinite(c.fitness) else None for c in candidates]
-        )
-        self._update_best(candidates, ctx)
-        metrics = self._metrics(candidates)
-        self.history.append({"generation": self.generation, **metrics})
-        self._log_table(candidates, ctx)
-        return metrics
 
     def _update_best(self, candidates: list[Candidate], ctx: MetaContext) -> None:
         scored = [c for c in candidates if c.state is not None and math.isfinite(c.fitness)]
