@@ -227,3 +227,28 @@ def test_describe_prints_a_learned_formula(tmp_path, capsys):
     assert main(["describe", str(tmp_path)]) == 0
     assert "-y*log(f(x))" in capsys.readouterr().out
     assert main(["describe", str(tmp_path / "missing")]) == 2
+
+
+@pytest.mark.parametrize(
+    "estimator, message",
+    [
+        ({"filters": ["taylor_invariants"]}, "unknown filter 'taylor_invariants'"),
+        ({"searcher": {"_component_": "cmaes", "popsize": 4}}, "no argument 'popsize'"),
+        ({"searcher": "genetic"}, "unknown searcher 'genetic'"),
+        ({"evaluator": {"_component_": "vmap", "max_batch": 0}}, "max_batch must be >= 1"),
+        ({"local_search": {"steps": 5, "objective": "task_error"}}, "differentiable objective"),
+        ({"local_search": {"stepz": 5}}, "valid keys: steps"),
+        ({"fitness_steps": 0}, "fitness_steps"),
+    ],
+)
+def test_bad_search_settings_are_clear_errors(estimator, message):
+    import re
+
+    with pytest.raises(learnreg.errors.ConfigError, match=re.escape(message)):
+        Evolution(**estimator)
+
+
+def test_the_invariant_filter_refuses_other_losses():
+    trainer = make_trainer(SymbolicLoss(), {**GP, "filters": ["taylor_invariant"]})
+    with pytest.raises(learnreg.errors.ConfigError, match="taylor_invariant filter applies"):
+        trainer.fit(1, progress=False)
