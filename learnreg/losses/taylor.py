@@ -122,11 +122,14 @@ class TaylorLoss(ElementwiseLoss):
         """The polynomial with its coefficients, e.g. for ``learned/loss.json``."""
         values = dict(zip(PARAMETER_NAMES, self.theta.detach().tolist()))
         terms = ("u", "u^2", "u^3", "v*u", "v*u^2", "v^2*u")
-        body = " ".join(
+        parts = [
             f"{'-' if a < 0 else '+'} {abs(a):.4g}*{t}"
             for a, t in zip((values[f"a{i}"] for i in range(1, 7)), terms)
             if a != 0
-        ).lstrip("+ ")
+        ]
+        if parts:  # the leading sign attaches to the first coefficient: "-2*u", "3*u"
+            parts[0] = parts[0][2:] if parts[0][0] == "+" else "-" + parts[0][2:]
+        body = " ".join(parts)
         centre = f"u = {_shifted('y', values['c_y'])}, v = {_shifted('x', values['c_x'])}"
         reduce = "class sum" if self.kind == "classification" else "output sum"
         return f"loss = -mean_batch {reduce} f, f = {body or '0'}; {centre}"
