@@ -34,16 +34,28 @@ from learnreg.losses import SymbolicLoss, TaylorLoss
 from learnreg.models import MLP
 from learnreg.optimizers import SGD
 
-TREES = [
-    "mul(-1.0, mul(y, log(fx)))",
-    "square(sub(fx, y))",
-    "abs(sub(fx, y))",
-    "mul(-1.0, mul(y, aq(fx, sub(fx, 1.0))))",
-    "sub(square(sub(fx, y)), mul(y, fx))",
-    "mul(y, sub(sqrt(fx), log(fx)))",
-    "tanh(square(sub(y, fx)))",
-    "aq(square(sub(fx, y)), add(y, 1.0))",
-]
+TREES = {  # losses a GP population could hold, all trainable
+    "classification": [
+        "mul(-1.0, mul(y, log(fx)))",
+        "square(sub(fx, y))",
+        "abs(sub(fx, y))",
+        "mul(-1.0, mul(y, aq(fx, sub(fx, 1.0))))",
+        "sub(square(sub(fx, y)), mul(y, fx))",
+        "mul(y, sub(sqrt(fx), log(fx)))",
+        "tanh(square(sub(y, fx)))",
+        "aq(square(sub(fx, y)), add(y, 1.0))",
+    ],
+    "regression": [
+        "square(sub(fx, y))",
+        "abs(sub(fx, y))",
+        "sqrt(add(square(sub(fx, y)), 1.0))",
+        "mul(square(sub(fx, y)), add(abs(y), 1.0))",
+        "add(square(sub(fx, y)), abs(sub(fx, y)))",
+        "log(add(square(sub(fx, y)), 1.0))",
+        "aq(square(sub(fx, y)), tanh(y))",
+        "max(abs(sub(fx, y)), square(sub(fx, y)))",
+    ],
+}
 
 
 def taylor(kind: str, count: int) -> list:
@@ -61,7 +73,8 @@ def taylor(kind: str, count: int) -> list:
 
 def symbolic(kind: str, count: int) -> list:
     num = 10 if kind == "classification" else 1
-    return [SymbolicLoss(kind, num, TREES[i % len(TREES)], seed=i) for i in range(count)]
+    trees = TREES[kind]
+    return [SymbolicLoss(kind, num, trees[i % len(trees)], seed=i) for i in range(count)]
 
 
 SETTINGS = [
