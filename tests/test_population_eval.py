@@ -149,3 +149,15 @@ def test_ray_backend_on_a_local_instance_equals_serial():
     assert fitness(remote) == pytest.approx(fitness(serial), abs=1e-5)
     for a, b in zip(remote, serial):
         torch.testing.assert_close(a.state["weights"], b.state["weights"], rtol=1e-4, atol=1e-4)
+
+
+def test_a_candidate_whose_local_search_diverges_is_discarded_alone():
+    task = digits(double=True)
+    losses = [SymbolicLoss(expression=t, seed=i).double() for i, t in enumerate(TREES[:3])]
+    with torch.no_grad():
+        losses[1].weights[0] = float("nan")  # every meta-gradient of this one is NaN
+    prob = problem(task, steps=10, local_search=LocalSearch(steps=12, lr=1e-2))
+    together = evaluate_group(prob, copy.deepcopy(losses), batched=True)
+    assert math.isnan(together[1].fitness) and "local search diverged" in together[1].reason
+    alone = evaluate_group(prob, copy.deepcopy([losses[0], losses[2]]), batched=True)
+    assert [together[0].fitness, together[2].fitness] == pytest.approx(fitness(alone), abs=1e-10)
