@@ -1,4 +1,4 @@
-"""The ``learnreg`` command line: ``run``, ``sweep``, ``plot`` and ``list``.
+"""The ``learnreg`` command line: ``run``, ``sweep``, ``plot``, ``describe`` and ``list``.
 
 User errors (bad configs, missing data, corrupt checkpoints...) print one line naming
 the problem and the fix and exit with status 2; ``--debug`` shows the traceback.
@@ -62,6 +62,18 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_describe(args) -> int:
+    from learnreg.tracking.export import load_bias
+
+    path = Path(args.path)
+    if path.is_dir():  # a run directory, or its learned/ folder
+        learned = path / "learned" if (path / "learned").is_dir() else path
+        path = learned / args.role
+    module = load_bias(path, device="cpu")
+    print(module.describe() if hasattr(module, "describe") else repr(module))
+    return 0
+
+
 def resolve_preset(name: str) -> str:
     """A config path, or a preset name relative to ``configs/`` (``adalfl/digits_mlp``)."""
     if Path(name).is_file():
@@ -112,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run directory written by `learnreg run`")
     p.add_argument("--only", nargs="*", help="only these plots (default: every applicable one)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("describe", help="print an exported bias (a learned loss as a formula)")
+    p.add_argument("path", help="a run directory, its learned/ folder, or an exported bias")
+    p.add_argument("--role", default="loss", help="the role to describe in a run directory")
+    p.set_defaults(func=cmd_describe)
 
     p = sub.add_parser("list", help="list registered components and presets")
     p.add_argument("kind", nargs="?", help="only this kind (loss, optimizer, task, preset...)")

@@ -225,6 +225,9 @@ class Run:
     def _export(self) -> None:
         for role, module in self.exp.trainer.biases.learned_roles().items():
             save_bias(module, self.out / "learned" / role, self._meta())
+        export = getattr(self.exp.trainer.estimator, "export", None)
+        if export is not None:  # estimator-specific outputs (a search's formula and plots)
+            export(self.out / "learned", self.exp.trainer.ctx)
         if (self.out / "learned").exists():
             self.logger.log_artifact(
                 self.out / "learned", f"{self.cfg['method']}-learned", "learned-biases"

@@ -29,7 +29,11 @@ def test_outer_optimizer_skips_non_finite_steps_and_gives_up_after_n():
     w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
     outer = OuterOptimizer([w], torch.optim.SGD([w], lr=0.1), max_bad_steps=4)
     w.grad = torch.tensor([1.0, 1.0])
-    assert outer.step(0.5) == {"meta_loss": 0.5, "grad_norm": pytest.approx(math.sqrt(2)), "skipped": 0.0}
+    assert outer.step(0.5) == {
+        "meta_loss": 0.5,
+        "grad_norm": pytest.approx(math.sqrt(2)),
+        "skipped": 0.0,
+    }
     good = w.detach().clone()
     for bad in range(1, 3):
         w.grad = torch.tensor([float("nan"), 1.0])

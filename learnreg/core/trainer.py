@@ -78,7 +78,7 @@ class MetaTrainer:
         self.meta_grad_clip, self.max_bad_steps = meta_grad_clip, max_bad_steps
         self.estimator = estimator
         self.ctx = MetaContext(
-            family, biases, objective, self._outer(biases, estimator), seed, self.device
+            family, biases, objective, self._outer(biases, estimator), seed, self.device, logger
         )
         self.logger = logger
         self.meta_step = 0
@@ -132,7 +132,9 @@ class MetaTrainer:
         while self.meta_step < meta_steps:
             metrics = self.estimator.step(self.ctx)
             self.meta_step += 1
-            self._log({f"meta/{k}": v for k, v in metrics.items()}, meta_step=self.meta_step)
+            # Estimators may namespace their own metrics ("search/best_fitness").
+            metrics = {k if "/" in k else f"meta/{k}": v for k, v in metrics.items()}
+            self._log(metrics, meta_step=self.meta_step)
             bar.update(1)
             if on_step is not None:
                 on_step(self)

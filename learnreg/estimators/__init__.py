@@ -1,6 +1,29 @@
 """Estimators: how meta-parameters move (truncated unrolls, evolutionary search)."""
 
 from learnreg.estimators.base import Estimator, MetaContext, derive_seed
+from learnreg.estimators.evaluators.backends import (
+    Evaluator,
+    ProcessPoolEvaluator,
+    RayEvaluator,
+    SerialEvaluator,
+    VmapEvaluator,
+)
+from learnreg.estimators.evolution import Evolution
+from learnreg.estimators.searchers import CMAES, GeneticProgramming, Searcher
 from learnreg.estimators.unroll import TruncatedUnroll
 
-__all__ = ["Estimator", "MetaContext", "derive_seed", "TruncatedUnroll"]
+__all__ = [
+    "Estimator",
+    "MetaContext",
+    "derive_seed",
+    "TruncatedUnroll",
+    "Evolution",
+    "Searcher",
+    "CMAES",
+    "GeneticProgramming",
+    "Evaluator",
+    "VmapEvaluator",
+    "SerialEvaluator",
+    "ProcessPoolEvaluator",
+    "RayEvaluator",
+]

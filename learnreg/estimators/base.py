@@ -35,6 +35,8 @@ class MetaContext:
         outer: the outer optimizer (None for estimators that need none).
         seed: the run's seed; every inner run's seed derives from it.
         device: where tasks, models and states live.
+        logger: the run's logger (None: none), for estimators that log more than the
+            metrics their ``step`` returns (a search's population table).
     """
 
     family: Any
@@ -43,6 +45,7 @@ class MetaContext:
     outer: OuterOptimizer | None
     seed: int
     device: torch.device
+    logger: Any = None
 
     def new_run(self, phase: str, index: int, task=None) -> InnerRun:
         """A fresh inner run: the ``index``-th task of the family (unless ``task`` is
@@ -68,4 +71,8 @@ class Estimator:
         return {}
 
     def load_state_dict(self, state: dict, ctx: MetaContext) -> None:
+        return None
+
+    def export(self, directory, ctx: MetaContext) -> None:
+        """Write estimator-specific outputs into the run's ``learned/`` folder (optional)."""
         return None

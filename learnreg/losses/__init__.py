@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from learnreg.losses import composite, fixed, neural
+from learnreg.losses import composite, fixed, neural, symbolic, taylor
 from learnreg.losses.base import LossRole
 from learnreg.losses.composite import TaskPlusLearned
 from learnreg.losses.fixed import MSE, CrossEntropy, LabelSmoothing, SparseLSR
 from learnreg.losses.neural import NeuralLoss, SmoothLeakyReLU
+from learnreg.losses.symbolic import SymbolicLoss
+from learnreg.losses.taylor import TaylorLoss
 
 
 def save(loss: LossRole, path: str | Path, metadata: dict | None = None) -> Path:
@@ -29,6 +31,8 @@ __all__ = [
     "composite",
     "fixed",
     "neural",
+    "symbolic",
+    "taylor",
     "LossRole",
     "MSE",
     "CrossEntropy",
@@ -37,6 +41,8 @@ __all__ = [
     "NeuralLoss",
     "TaskPlusLearned",
     "SmoothLeakyReLU",
+    "SymbolicLoss",
+    "TaylorLoss",
     "save",
     "load",
 ]

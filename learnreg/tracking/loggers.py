@@ -3,6 +3,8 @@
 A record is a dict of scalar metrics plus its axes: ``meta_step`` for meta-training,
 ``inner_step`` (and ``seed``) for base training during meta-test. W&B gets each axis as
 its own step metric, so meta-step and inner-step curves do not share an x-axis.
+``log_table`` records a table (a search's population per generation): a ``wandb.Table``
+in W&B, one JSON record in metrics.jsonl, nothing on the console.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any, Protocol
 
 class Logger(Protocol):
     def log(self, metrics: dict[str, float], **axes: int) -> None: ...
+
+    def log_table(self, name: str, columns: list[str], rows: list[list], **axes: int) -> None: ...
 
     def log_artifact(self, path: str | Path, name: str, kind: str) -> None: ...
 
@@ -39,6 +43,10 @@ class JsonlLogger:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         self.lines += 1
+
+    def log_table(self, name: str, columns: list[str], rows: list[list], **axes: int) -> None:
+        rows = [[_json_number(v) for v in row] for row in rows]
+        self.log({"table": name, "columns": list(columns), "rows": rows}, **axes)
 
     def truncate(self, lines: int) -> None:
         self.file.close()
@@ -75,6 +83,9 @@ class ConsoleLogger:
             f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))
         )
         print(f"[{where}] {body}", file=self.stream)
+
+    def log_table(self, name, columns, rows, **axes) -> None:
+        return None  # tables go to the files and W&B, not the terminal
 
     def log_artifact(self, path, name, kind) -> None:
         return None
@@ -137,6 +148,11 @@ class WandbLogger:
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         self.run.log({**scalars, **axes})
 
+    def log_table(self, name: str, columns: list[str], rows: list[list], **axes: int) -> None:
+        import wandb
+
+        self.run.log({name: wandb.Table(columns=list(columns), data=rows), **axes})
+
     def log_artifact(self, path: str | Path, name: str, kind: str) -> None:
         import wandb
 
@@ -158,6 +174,11 @@ class MultiLogger:
     def log(self, metrics: dict[str, float], **axes: int) -> None:
         for lg in self.loggers:
             lg.log(dict(metrics), **dict(axes))
+
+    def log_table(self, name, columns, rows, **axes) -> None:
+        for lg in self.loggers:
+            if hasattr(lg, "log_table"):  # loggers written before tables existed skip them
+                lg.log_table(name, columns, rows, **dict(axes))
 
     def log_artifact(self, path, name, kind) -> None:
         for lg in self.loggers:

@@ -1,0 +1,297 @@
+"""Loss search quality and cost: TaylorGLO and EvoMAL against cross-entropy / MSE, the
+TaylorGLO invariant's saving, and EvoMAL against GP without local search.
+
+Every experiment is a ``learnreg.run`` of a preset with a reduced budget (stated in the
+table) into ``--out/<name>``; finished runs are reused, so the script can be stopped and
+re-run. Reported:
+
+* ``quality``: test metric (mean ± std over 5 meta-test seeds: fresh models trained with
+  the learned loss, and with the baseline loss and the same optimizer and seeds) and the
+  search's wall time;
+* ``invariant``: TaylorGLO with the trainability filter on and off (3 search seeds):
+  trained fitness evaluations until the best fitness first reaches cross-entropy's own
+  fitness (the same partial training with cross-entropy);
+* ``ablation``: best validation fitness per generation, EvoMAL vs GP-LFL (no local search);
+* ``cost``: a few generations at the papers' full settings, timed and extrapolated to a
+  25 x 50 search.
+
+Run: ``python -m benchmarks.loss_search [--only quality,invariant,ablation,cost] [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import learnreg
+from learnreg import config as configlib
+from learnreg.experiment import build
+
+SEEDS = 5
+QUALITY = {
+    # name: (preset, overrides, what the budget is)
+    "taylorglo_digits": (
+        "taylorglo/digits_mlp",
+        [
+            "estimator.searcher.population=20",
+            "meta_steps=20",
+            "estimator.fitness_steps=500",
+            "meta_test.steps=3000",
+        ],
+        "CMA-ES 20 x 20 gens, fitness 500 steps; test 3000 steps",
+    ),
+    "evomal_digits": (
+        "evomal/digits_mlp",
+        [
+            "estimator.searcher.population=10",
+            "meta_steps=10",
+            "estimator.local_search.steps=50",
+            "estimator.filters=[{_component_: prediction_descent, steps: 300}]",
+            "meta_test.steps=3000",
+        ],
+        "GP 10 x 10 gens, local search 50, filter 300 steps, fitness 500; test 3000 steps",
+    ),
+    "gplfl_digits": (
+        "gplfl/digits_mlp",
+        [
+            "estimator.searcher.population=10",
+            "meta_steps=10",
+            "estimator.filters=[{_component_: prediction_descent, steps: 300}]",
+            "meta_test.steps=3000",
+        ],
+        "GP 10 x 10 gens, no local search, filter 300 steps, fitness 500; test 3000 steps",
+    ),
+    "taylorglo_fmnist": (
+        "taylorglo/fmnist_cnn",
+        [
+            "task.train_size=10000",
+            "task.val_size=2000",
+            "task.batch_size=64",
+            "estimator.searcher.population=10",
+            "estimator.evaluator.max_batch=10",
+            "meta_steps=8",
+            "estimator.fitness_steps=200",
+            "meta_test.steps=2000",
+        ],
+        "CMA-ES 10 x 8 gens, fitness 200 steps; 10k train images; test 2000 steps",
+    ),
+    "evomal_fmnist": (
+        "evomal/fmnist_cnn",
+        [
+            "task.train_size=10000",
+            "task.val_size=2000",
+            "task.batch_size=64",
+            "estimator.searcher.population=8",
+            "meta_steps=5",
+            "estimator.local_search.steps=20",
+            "estimator.fitness_steps=200",
+            "estimator.filters=[{_component_: prediction_descent, steps: 300}]",
+            "meta_test.steps=2000",
+        ],
+        "GP 8 x 5 gens, local search 20, filter 300, fitness 200; 10k train images; test 2000 steps",
+    ),
+    "evomal_diabetes": (
+        "evomal/diabetes_mlp",
+        [
+            "estimator.searcher.population=10",
+            "meta_steps=6",
+            "estimator.local_search.steps=50",
+            "estimator.filters=[{_component_: prediction_descent, steps: 300}]",
+            "meta_test.steps=2000",
+        ],
+        "GP 10 x 6 gens, local search 50, filter 300, fitness 500; MLP 10-1000-1000-1; test 2000 steps",
+    ),
+    "gplfl_diabetes": (
+        "gplfl/diabetes_mlp",
+        [
+            "estimator.searcher.population=10",
+            "meta_steps=6",
+            "estimator.filters=[{_component_: prediction_descent, steps: 300}]",
+            "meta_test.steps=2000",
+        ],
+        "GP 10 x 6 gens, no local search, filter 300, fitness 500; MLP 10-1000-1000-1; test 2000 steps",
+    ),
+}
+COMMON = [
+    f"meta_test.seeds={SEEDS}",
+    "meta_test.eval_every=1000",
+    "logger.backends=[none]",
+    "device=cpu",
+]
+
+
+def run(name: str, preset: str, overrides: list[str], out: Path) -> dict:
+    return learnreg.run(
+        f"configs/{preset}.yaml", overrides + COMMON, out=out / name, progress=False
+    )
+
+
+def history(out: Path, name: str) -> list[dict]:
+    return json.loads((out / name / "learned" / "search_history.json").read_text())["generations"]
+
+
+def fmt(summary: dict, metric: str, block: str | None = None) -> str:
+    source = summary if block is None else summary["baseline"]
+    return f"{source['test'][metric]:.4f} ± {source['test_std'][metric]:.4f}"
+
+
+def quality(out: Path) -> None:
+    print("\n| task | method | budget | learned test | baseline test | search wall time |")
+    print("|---|---|---|---|---|---|")
+    for name, (preset, overrides, budget) in QUALITY.items():
+        summary = run(name, preset, overrides, out)
+        metric = "mse" if "diabetes" in name else "error"
+        baseline = "MSE" if metric == "mse" else "CE"
+        method = name.split("_")[0]
+        print(
+            f"| {summary['task']} ({metric}) | {method} vs {baseline} | {budget} | {fmt(summary, metric)} | "
+            f"{fmt(summary, metric, 'baseline')} | {summary['meta_train_seconds'] / 60:.1f} min |",
+            flush=True,
+        )
+
+
+def ce_fitness(preset: str, overrides: list[str]) -> float:
+    """Cross-entropy's own fitness: the search's partial training, with CE as the loss."""
+    from learnreg.estimators.evaluators import evaluate_group
+    from learnreg.losses import CrossEntropy
+
+    cfg = configlib.load(f"configs/{preset}.yaml", overrides + COMMON)
+    trainer = build(cfg).trainer
+    estimator = trainer.estimator
+    estimator._bind(trainer.ctx)
+    return evaluate_group(estimator.problem, [CrossEntropy()], batched=False)[0].fitness
+
+
+def invariant(out: Path) -> None:
+    preset = "taylorglo/digits_mlp"
+    base = [
+        "estimator.searcher.population=20",
+        "meta_steps=20",
+        "estimator.fitness_steps=500",
+        "meta_test.steps=10",
+        "meta_test.seeds=1",
+    ]
+    target = ce_fitness(preset, base)
+    print(
+        f"\nTaylorGLO on digits, CMA-ES 20 x 20 gens, fitness 500 steps; target = cross-entropy's fitness {target:.4f}"
+    )
+    print(
+        "\n| invariant | search seed | trained evaluations to reach the target | best fitness | trained evaluations in all | search wall time |"
+    )
+    print("|---|---|---|---|---|---|")
+    for on in (True, False):
+        for seed in (0, 1, 2):
+            name = f"invariant_{'on' if on else 'off'}_seed{seed}"
+            filters = "[taylor_invariant]" if on else "[]"
+            summary = run(
+                name, preset, base + [f"estimator.filters={filters}", f"seed={seed}"], out
+            )
+            records = history(out, name)
+            reached = next(
+                (
+                    r["search/total_evaluated"]
+                    for r in records
+                    if (r["search/best_fitness"] or math.inf) <= target
+                ),
+                None,
+            )
+            print(
+                f"| {'on' if on else 'off'} | {seed} | {int(reached) if reached is not None else 'not reached'} | "
+                f"{records[-1]['search/best_fitness']:.4f} | {int(records[-1]['search/total_evaluated'])} | "
+                f"{summary['meta_train_seconds'] / 60:.1f} min |",
+                flush=True,
+            )
+
+
+def ablation(out: Path) -> None:
+    for task in ("digits", "diabetes"):
+        evomal, gplfl = history(out, f"evomal_{task}"), history(out, f"gplfl_{task}")
+        print(f"\n{task}: best validation fitness so far, per generation (lower is better)\n")
+        print("| generation | " + " | ".join(str(r["generation"]) for r in evomal) + " |")
+        print("|---|" + "---|" * len(evomal))
+        for label, records in (("EvoMAL", evomal), ("GP-LFL", gplfl)):
+            cells = [
+                f"{r['search/best_fitness']:.4f}" if r["search/best_fitness"] is not None else "-"
+                for r in records
+            ]
+            print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+COST = {
+    # name: (preset, overrides, generations timed)
+    "TaylorGLO, digits MLP 64-100-10, 25 x 50, fitness 500 steps (measured in full)": (
+        "taylorglo/digits_mlp",
+        ["estimator.searcher.population=25", "estimator.fitness_steps=500"],
+        50,
+    ),
+    "TaylorGLO (regression), Diabetes MLP 10-1000-1000-1, 25 per gen, fitness 500 steps": (
+        "taylorglo/digits_mlp",
+        [
+            "task=diabetes",
+            "task.batch_size=128",
+            "model.hidden=[1000,1000]",
+            "estimator.filters=[]",
+            "estimator.searcher.population=25",
+            "estimator.fitness_steps=500",
+        ],
+        2,
+    ),
+    "EvoMAL, digits MLP 64-100-10, full settings (25 per gen)": ("evomal/digits_mlp", [], 3),
+    "EvoMAL, Diabetes MLP 10-1000-1000-1, full settings (25 per gen)": (
+        "evomal/diabetes_mlp",
+        [],
+        2,
+    ),
+}
+
+
+def cost() -> None:
+    print(
+        "\n| search | generations timed | seconds per generation (median) | trained evaluations per generation | extrapolated 50 generations |"
+    )
+    print("|---|---|---|---|---|")
+    for title, (preset, overrides, generations) in COST.items():
+        cfg = configlib.load(f"configs/{preset}.yaml", overrides + COMMON)
+        trainer = build(cfg).trainer
+        times = []
+        for g in range(1, generations + 1):
+            start = time.perf_counter()
+            trainer.fit(g, progress=False)
+            times.append(time.perf_counter() - start)
+        evaluated = statistics.mean(r["search/evaluated"] for r in trainer.estimator.history)
+        total = sum(times) if generations == 50 else statistics.median(times) * 50
+        print(
+            f"| {title} | {generations} | {statistics.median(times):.1f} | {evaluated:.1f} | "
+            f"{total / 60:.1f} min{' (measured)' if generations == 50 else ''} |",
+            flush=True,
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="quality,invariant,ablation,cost")
+    parser.add_argument("--out", default="runs/bench_loss_search")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU")
+    parts = args.only.split(",")
+    if "quality" in parts:
+        quality(out)
+    if "invariant" in parts:
+        invariant(out)
+    if "ablation" in parts:
+        ablation(out)
+    if "cost" in parts:
+        cost()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""Black-box search over losses: one meta-step is one generation of a searcher.
+
+Each generation the searcher proposes genomes; each is built into a candidate loss,
+looked up in the fitness cache (keyed by a canonical form, when the searcher has one),
+passed through the filters (rejected candidates are never trained), and the rest are
+evaluated by the evaluator: fitness = the meta-objective after a partial training run
+with the candidate, no meta-gradients (EvoMAL first tunes the candidate's weights with a
+short :class:`~learnreg.estimators.TruncatedUnroll`). The searcher is told every fitness;
+a candidate that was rejected or produced a NaN/Inf fitness ranks last and is logged with
+its reason, never stopping the search. The loss role always holds the best candidate
+found so far. The whole search state is plain data, so the runner checkpoints it every
+generation and a resumed search ends exactly where an uninterrupted one does.
+
+References:
+    Gonzalez & Miikkulainen, TaylorGLO (arXiv 2002.00059).
+    Raymond et al., EvoMAL (arXiv 2209.08907).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+
+from learnreg import config as configlib
+from learnreg.errors import ConfigError
+from learnreg.estimators.base import Estimator, MetaContext, derive_seed
+from learnreg.estimators.evaluators.backends import Evaluator
+from learnreg.estimators.evaluators.fitness import FitnessProblem, LocalSearch
+from learnreg.estimators.filters import make_filter
+from learnreg.estimators.searchers.base import Searcher
+from learnreg.registry import register
+
+log = logging.getLogger("learnreg.search")
+
+
+@dataclass
+class Candidate:
+    """One genome's journey through a generation."""
+
+    genome: object
+    key: str | None
+    fitness: float = math.nan
+    status: str = "pending"  # evaluated, cached, rejected or discarded
+    reason: str = ""
+    state: dict | None = None  # the loss's tensors (after local search, if any)
+
+
+@register("estimator", "evolution")
+class Evolution(Estimator):
+    """Evolutionary search over the loss role (TaylorGLO with CMA-ES, EvoMAL with GP).
+
+    Args:
+        searcher: ``cmaes`` or ``gp`` (a name, a ``{_component_: ...}`` spec or an object).
+        evaluator: ``vmap`` (default), ``serial``, ``processes`` or ``ray``.
+        fitness_steps: inner steps of each fitness run (TaylorGLO MNIST: 2000; EvoMAL 500).
+        fitness_seeds: fitness runs averaged (model seeds, or tasks of a family).
+        filters: pre-training filters: ``taylor_invariant``, ``prediction_descent``
+            (names or ``{_component_: name, ...}`` specs).
+        local_search: EvoMAL's hybrid: ``{steps, lr, objective, objective_batch, clip}``
+            (see :class:`~learnreg.estimators.evaluators.LocalSearch`); None: off.
+        cache: reuse the fitness of canonically equal candidates.
+        val_batch: validation examples per objective call.
+    """
+
+    needs_outer = False
+
+    def __init__(
+        self,
+        searcher: dict | str | Searcher = "cmaes",
+        evaluator: dict | str | Evaluator = "vmap",
+        fitness_steps: int = 500,
+        fitness_seeds: int = 1,
+        filters: list | tuple = (),
+        local_search: dict | None = None,
+        cache: bool = True,
+        val_batch: int = 1024,
+    ):
+        if fitness_steps < 1 or fitness_seeds < 1:
+            raise ConfigError(
+                f"fitness_steps and fitness_seeds must be >= 1, got {fitness_steps}, {fitness_seeds}"
+            )
+        self.searcher = _component("searcher", searcher)
+        self.evaluator = _component("evaluator", evaluator)
+        self.filters = [make_filter(spec) for spec in filters]
+        self.local_search = _local_search(local_search)
+        self.fitness_steps, self.fitness_seeds = fitness_steps, fitness_seeds
+        self.use_cache, self.val_batch = cache, val_batch
+        self.problem: FitnessProblem | None = None
+        self.generation, self.cache, self.history = 0, {}, []
+        self.best: dict = {}
+
+    def _bind(self, ctx: MetaContext) -> None:
+        """On first use: seed the searcher, fix the template and the fitness problem."""
+        if self.problem is not None:
+            return
+        self.template = copy.deepcopy(ctx.biases.loss)
+        if self.local_search is not None and not ctx.biases.loss.is_learned:
+            raise ConfigError(
+                "local_search tunes the loss's weights, but it has none that learn (learnable: false?)"
+            )
+        self.searcher.start(self.template, derive_seed(ctx.seed, "search"))
+        self.problem = FitnessProblem(
+            tasks=[ctx.family.sample(s).to(ctx.device) for s in range(self.fitness_seeds)],
+            seeds=[derive_seed(ctx.seed, "fitness", s) for s in range(self.fitness_seeds)],
+            optimizer=ctx.biases.optimizer,
+            init=ctx.biases.init,
+            objective=ctx.objective,
+            steps=self.fitness_steps,
+            local_search=self.local_search,
+            seed=ctx.seed,
+            device=str(ctx.device),
+            val_batch=self.val_batch,
+        )
+
+    def step(self, ctx: MetaContext) -> dict[str, float]:
+        """One generation: ask, look up, filter, evaluate, tell; returns ``search/`` metrics."""
+        self._bind(ctx)
+        self.generation += 1
+        genomes = self.searcher.ask()
+        candidates = [
+            Candidate(g, self.searcher.key(g) if self.use_cache else None) for g in genomes
+        ]
+        fresh = self._look_up(candidates)
+        fresh, losses = self._filter(fresh, ctx)
+        self._evaluate(fresh, losses)
+        self._remember(candidates)
+        fitness = [c.fitness if math.isfinite(c.fitness) else None for c in candidates]
+        self.searcher.tell(genomes, fitness)
+        self._update_best(candidates, ctx)
+        metrics = self._metrics(candidates)
+        self.history.append({"generation": self.generation, **metrics})
+        self._log_table(candidates, ctx)
+        return metrics
+
+    def _look_up(self, candidates: list[Candidate]) -> list[Candidate]:
+        """Fill in cached fitness; returns the candidates still to be judged."""
+        for c in candidates:
+            if c.key is not None and c.key in self.cache:
+                c.fitness, c.reason = self.cache[c.key]
+                c.status = "cached"
+        return [c for c in candidates if c.status == "pending"]
+
+    def _filter(self, fresh: list[Candidate], ctx: MetaContext):
+        """Build the candidates' losses and run the filters; returns the survivors."""
+        losses = [self.searcher.build(c.genome, self.template, ctx.seed) for c in fresh]
+        for filt in self.filters:
+            verdicts = filt(losses, ctx)
+            for c, verdict in zip(fresh, verdicts):
+                if verdict is not None:
+                    c.status, c.reason = "rejected", verdict
+            losses = [loss for loss, v in zip(losses, verdicts) if v is None]
+            fresh = [c for c, v in zip(fresh, verdicts) if v is None]
+        return fresh, losses
+
+    def _evaluate(self, fresh: list[Candidate], losses: list) -> None:
+        for c, loss, result in zip(fresh, losses, self.evaluator.evaluate(self.problem, losses)):
+            c.fitness, c.reason = result.fitness, result.reason or ""
+            c.status = "evaluated" if result.reason is None else "discarded"
+            c.state = result.state or {k: v.detach().cpu() for k, v in loss.state_dict().items()}
+
+    def _remember(self, candidates: list[Candidate]) -> None:
+        """Log rejected and discarded candidates with their reasons; fill the cache."""
+        for c in candidates:
+            if c.status in ("rejected", "discarded"):
+                level = logging.WARNING if c.status == "discarded" else logging.INFO
+                described = self.searcher.describe(c.genome)
+                log.log(
+                    level,
+                    "generation %d: %s %s: %s",
+                    self.generation,
+                    c.status,
+                    described,
+                    c.reason,
+                )
+            if c.key is not None and c.status != "cached":
+                self.cache[c.key] = [c.fitness, c.reason]
+
+    def _update_best(self, candidates: list[Candidate], ctx: MetaContext) -> None:
+        scored = [c for c in candidates if c.state is not None and math.isfinite(c.fitness)]
+        winner = min(scored, key=lambda c: c.fitness, default=None)
+        if winner is not None and winner.fitness < self.best.get("fitness", math.inf):
+            self.best = {
+                "fitness": winner.fitness,
+                "genome": self.searcher.describe(winner.genome),
+                "generation": self.generation,
+                "state": winner.state,
+            }
+            ctx.biases.loss.load_state_dict(winner.state)
+
+    def _metrics(self, candidates: list[Candidate]) -> dict[str, float]:
+        count = {
+            s: sum(c.status == s for c in candidates)
+            for s in ("evaluated", "cached", "rejected", "discarded")
+        }
+        scores = [c.fitness for c in candidates if math.isfinite(c.fitness)]
+        total = (self.history[-1]["search/total_evaluated"] if self.history else 0) + count[
+            "evaluated"
+        ]
+        return {
+            "search/best_fitness": self.best.get("fitness", math.nan),
+            "search/generation_best": min(scores, default=math.nan),
+            "search/mean_fitness": sum(scores) / len(scores) if scores else math.nan,
+            **{f"search/{s}": float(n) for s, n in count.items()},
+            "search/total_evaluated": float(total),
+        }
+
+    def _log_table(self, candidates: list[Candidate], ctx: MetaContext) -> None:
+        logger = getattr(ctx, "logger", None)
+        if logger is None or not hasattr(logger, "log_table"):
+            return
+        rows = [
+            [
+                self.generation,
+                i,
+                self.searcher.describe(c.genome),
+                c.fitness if math.isfinite(c.fitness) else None,
+                c.status,
+                c.reason,
+            ]
+            for i, c in enumerate(candidates)
+        ]
+        columns = ["generation", "candidate", "genome", "fitness", "status", "reason"]
+        logger.log_table("search/population", columns, rows, meta_step=self.generation)
+
+    def export(self, directory, ctx: MetaContext) -> None:
+        """Write the search's outputs: the loss's formula and plot, the fitness history."""
+        from learnreg.estimators.report import write_search_report
+
+        write_search_report(directory, ctx.biases.loss, self.history, self.best)
+
+    def state_dict(self) -> dict:
+        return {
+            "generation": self.generation,
+            "searcher": self.searcher.state_dict() if self.problem is not None else None,
+            "cache": dict(self.cache),
+            "history": list(self.history),
+            "best": dict(self.best),
+        }
+
+    def load_state_dict(self, state: dict, ctx: MetaContext) -> None:
+        self._bind(ctx)
+        self.generation = int(state["generation"])
+        if state["searcher"] is not None:
+            self.searcher.load_state_dict(state["searcher"])
+        self.cache, self.history, self.best = (
+            dict(state["cache"]),
+            list(state["history"]),
+            dict(state["best"]),
+        )
+
+
+def _component(kind: str, spec):
+    if isinstance(spec, (str, dict)):
+        return configlib.instantiate(kind, spec)
+    return spec
+
+
+def _local_search(spec: dict | None) -> LocalSearch | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise ConfigError(
+            f"local_search must be a mapping such as {{steps: 250, lr: 0.001}}, got {spec!r}"
+        )
+    spec = dict(spec)
+    if "objective" in spec:
+        spec["objective"] = configlib.instantiate("objective", spec["objective"])
+    try:
+        search = LocalSearch(**spec)
+    except TypeError as exc:
+        raise ConfigError(
+            f"local_search: {exc}; valid keys: steps, lr, objective, objective_batch, clip"
+        ) from None
+    if not getattr(search.objective, "differentiable", True):
+        raise ConfigError(
+            "local_search needs a differentiable objective (e.g. task_loss), not task_error"
+        )
+    return search

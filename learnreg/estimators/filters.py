@@ -1,0 +1,127 @@
+"""Cheap tests that reject a candidate loss before it is trained.
+
+A filter maps a list of candidate losses to one verdict each: ``None`` (keep it) or the
+reason it is rejected. Rejected candidates get the worst fitness without a training run,
+which is where these filters save time.
+
+* ``taylor_invariant``: TaylorGLO's trainability invariant on the coefficients (no data).
+* ``prediction_descent``: EvoMAL's rejection protocol: optimize 100 predictions of an
+  untrained network directly under the candidate loss; if the task metric does not
+  improve, the loss cannot train anything.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from learnreg.errors import ConfigError
+from learnreg.estimators.base import MetaContext, derive_seed
+from learnreg.estimators.evaluators.population import PopulationLoss
+from learnreg.losses.taylor import TaylorLoss, invariant_margin
+
+
+class Filter:
+    """Base class: ``filter(losses, ctx) -> [reason or None, ...]``."""
+
+    def __call__(self, losses: list, ctx: MetaContext) -> list[str | None]:
+        raise NotImplementedError
+
+
+class TaylorInvariant(Filter):
+    """Reject TaylorGLO coefficient vectors that violate the trainability invariant
+    (:func:`learnreg.losses.taylor.invariant_margin`; Gonzalez & Miikkulainen, arXiv
+    2002.00059, official runner)."""
+
+    def __call__(self, losses, ctx):
+        verdicts = []
+        for loss in losses:
+            if not isinstance(loss, TaylorLoss) or loss.kind != "classification":
+                raise ConfigError(
+                    "the taylor_invariant filter applies to classification TaylorLoss candidates; "
+                    f"got {type(loss).__name__} ({getattr(loss, 'kind', '?')}). Remove it from `filters`."
+                )
+            margin = float(invariant_margin(loss.theta.detach().double(), loss.num_classes))
+            verdicts.append(
+                None
+                if margin >= 0
+                else f"violates the TaylorGLO trainability invariant (margin {margin:.3g} < 0)"
+            )
+        return verdicts
+
+
+class PredictionDescent(Filter):
+    """EvoMAL's rejection protocol, vectorized over the candidates.
+
+    Args:
+        samples: predictions optimized (the first ``samples`` training examples).
+        steps: SGD steps on the predictions (EvoMAL: 1000).
+        lr, momentum, nesterov: the SGD on the predictions (EvoMAL: the base optimizer's
+            0.01, 0.9, Nesterov).
+        threshold: reject unless the metric improves by more than this.
+    """
+
+    def __init__(
+        self,
+        samples: int = 100,
+        steps: int = 1000,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        threshold: float = 0.0,
+    ):
+        self.samples, self.steps, self.threshold = samples, steps, threshold
+        self.sgd = {"lr": lr, "momentum": momentum, "nesterov": nesterov}
+
+    def __call__(self, losses, ctx):
+        if not losses:
+            return []
+        task = ctx.family.sample(0).to(ctx.device)
+        model = task.build_model(derive_seed(ctx.seed, "prediction_descent")).to(ctx.device)
+        x, y = task.train.x[: self.samples], task.train.y[: self.samples]
+        with torch.no_grad():
+            start = model(x)
+        pred = start.unsqueeze(0).repeat(len(losses), *([1] * start.dim())).requires_grad_()
+        population = PopulationLoss(losses)
+        optimizer = torch.optim.SGD([pred], **self.sgd)
+        with torch.enable_grad():
+            for _ in range(self.steps):
+                # grad w.r.t. the predictions only: the candidates' own weights stay untouched
+                (pred.grad,) = torch.autograd.grad(population(pred, y), pred)
+                optimizer.step()
+        before, after = metric(start, y, task.kind), metric(pred.detach(), y, task.kind)
+        verdicts = []
+        for gain in (before - after).tolist():
+            if math.isfinite(gain) and gain > self.threshold:
+                verdicts.append(None)
+            else:
+                verdicts.append(
+                    f"rejection protocol: optimizing {self.samples} predictions under the loss "
+                    f"changed the metric by {-gain:+.3g} (needs an improvement > {self.threshold})"
+                )
+        return verdicts
+
+
+def metric(pred: Tensor, target: Tensor, kind: str) -> Tensor:
+    """Error rate (classification) or MSE (regression) of predictions ``(..., N, C)``."""
+    if kind == "classification":
+        return (pred.argmax(-1) != target).double().mean(-1)
+    return (pred - target).double().square().flatten(-2).mean(-1)
+
+
+FILTERS = {"taylor_invariant": TaylorInvariant, "prediction_descent": PredictionDescent}
+
+
+def make_filter(spec: str | dict) -> Filter:
+    """A filter from its name, or ``{_component_: name, **kwargs}``."""
+    if isinstance(spec, str):
+        spec = {"_component_": spec}
+    name = spec.get("_component_") if isinstance(spec, dict) else None
+    if name not in FILTERS:
+        raise ConfigError(f"unknown filter {name!r}; choose from {', '.join(FILTERS)}")
+    try:
+        return FILTERS[name](**{k: v for k, v in spec.items() if k != "_component_"})
+    except TypeError as exc:
+        raise ConfigError(f"filter {name!r}: {exc}") from None

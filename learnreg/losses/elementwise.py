@@ -1,0 +1,46 @@
+"""Losses that are a sum over classes (or outputs) of one function of a target element and
+a prediction element, averaged over the batch: ``mean_batch Σ_c ℓ(y_c, f(x)_c)``.
+
+The convention of ML3, TaylorGLO and EvoMAL: for classification ``y`` is the one-hot
+target and ``f(x)`` the softmax probability; for regression the raw target and prediction.
+Subclasses implement ``elementwise(target, prediction)``; the split lets a population of
+such losses share the softmax and one-hot of one batch
+(:class:`~learnreg.estimators.evaluators.population.PopulationLoss`) and lets any of them
+be plotted over target × prediction (:mod:`learnreg.losses.plot`).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from learnreg.losses.base import LossRole, check_pair
+
+
+class ElementwiseLoss(LossRole):
+    """Base class; subclasses set ``kind`` and ``num_classes`` and implement
+    :meth:`elementwise`."""
+
+    kind: str
+    num_classes: int
+
+    def elementwise(self, target: Tensor, prediction: Tensor) -> Tensor:
+        """The loss of each (target, prediction) element (broadcasting)."""
+        raise NotImplementedError
+
+    def elements(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """``(target, prediction)`` elements of a batch; ``pred`` may carry leading
+        dimensions (a population), ``target`` is the batch's."""
+        if self.kind == "classification":
+            return F.one_hot(target, pred.shape[-1]).to(pred.dtype), pred.softmax(-1)
+        return target, pred
+
+    def reduce(self, values: Tensor) -> Tensor:
+        """Sum over classes/outputs, mean over the batch."""
+        return values.sum(-1).mean(-1)
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        check_pair(
+            pred, target, self.kind, self.num_classes if self.kind == "classification" else None
+        )
+        return self.reduce(self.elementwise(*self.elements(pred, target)))

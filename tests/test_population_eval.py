@@ -1,0 +1,163 @@
+"""Population evaluation: the vmapped population against one-by-one training (fitness,
+local search, NaN isolation), and the process-pool and Ray backends against serial."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import math
+
+import pytest
+import torch
+
+from learnreg.core.objectives import TaskError, TaskLoss
+from learnreg.core.task import Split
+from learnreg.data import sklearn_task
+from learnreg.estimators import ProcessPoolEvaluator, RayEvaluator, SerialEvaluator, VmapEvaluator
+from learnreg.estimators.evaluators import FitnessProblem, LocalSearch, evaluate_group
+from learnreg.inits import RandomInit
+from learnreg.losses import SymbolicLoss, TaylorLoss
+from learnreg.models import MLP
+from learnreg.optimizers import SGD, Adam
+
+TREES = [
+    "mul(-1.0, mul(y, log(fx)))",
+    "square(sub(fx, y))",
+    "mul(-1.0, mul(y, aq(fx, sub(fx, 1.0))))",
+    "sub(abs(sub(y, fx)), mul(0.5, tanh(mul(y, fx))))",
+]
+
+
+def digits(hidden=(16,), double=False):
+    task = sklearn_task("digits", batch_size=32)
+    if double:
+        task = dataclasses.replace(
+            task,
+            train=Split(task.train.x.double(), task.train.y),
+            val=Split(task.val.x.double(), task.val.y),
+        )
+    # Importable by Ray's workers (a test-module function would not be).
+    builder = _double_mlp if double else MLP
+    task.model_fn = functools.partial(builder, (64,), 10, hidden=list(hidden))
+    return task
+
+
+def _double_mlp(*args, **kw):
+    return MLP(*args, **kw).double()
+
+
+def taylor_candidates(count: int, seed: int = 0) -> list[TaylorLoss]:
+    """Cross-entropy-like coefficient vectors, perturbed (well-conditioned training)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.tensor([0.0, 0.5, 0.0, 0.0, 0.0, 2.0, -2.0, 0.0])
+    return [
+        TaylorLoss(theta=(base + 0.3 * torch.randn(8, generator=g)).tolist()) for _ in range(count)
+    ]
+
+
+def problem(task, steps=60, **kw) -> FitnessProblem:
+    options = {"objective": TaskLoss(), "optimizer": SGD(0.05, momentum=0.9, nesterov=True)}
+    options.update(kw)
+    return FitnessProblem([task], [7], init=RandomInit(), steps=steps, **options)
+
+
+def fitness(results) -> list[float]:
+    return [r.fitness for r in results]
+
+
+@pytest.mark.parametrize(
+    "optimizer", [SGD(0.05, momentum=0.9, nesterov=True, weight_decay=5e-4), Adam(1e-3)]
+)
+def test_vmapped_fitness_equals_sequential_for_taylor_candidates(optimizer):
+    task, losses = digits(), taylor_candidates(16)
+    prob = problem(task, optimizer=optimizer)
+    vmapped = fitness(VmapEvaluator().evaluate(prob, losses))
+    sequential = fitness(SerialEvaluator().evaluate(prob, losses))
+    assert vmapped == pytest.approx(sequential, abs=1e-5)
+    assert len(set(vmapped)) == len(vmapped)  # candidates really differ
+
+
+def test_vmapped_fitness_equals_sequential_for_different_trees():
+    task = digits()
+    losses = [SymbolicLoss(expression=t, seed=i) for i, t in enumerate(TREES)]
+    prob = problem(task, objective=TaskError())
+    assert fitness(VmapEvaluator().evaluate(prob, losses)) == pytest.approx(
+        fitness(SerialEvaluator().evaluate(prob, losses)), abs=1e-5
+    )
+
+
+def test_vmapped_local_search_equals_sequential():
+    """EvoMAL's hybrid: TruncatedUnroll on the node weights, then training (float64)."""
+    task = digits(double=True)
+    losses = [SymbolicLoss(expression=t, seed=i).double() for i, t in enumerate(TREES)]
+    prob = problem(task, steps=20, local_search=LocalSearch(steps=6, lr=1e-2))
+    together = evaluate_group(prob, copy.deepcopy(losses), batched=True)
+    alone = evaluate_group(prob, copy.deepcopy(losses), batched=False)
+    for a, b, loss in zip(together, alone, losses):
+        assert a.fitness == pytest.approx(b.fitness, abs=1e-10)
+        torch.testing.assert_close(a.state["weights"], b.state["weights"], rtol=0, atol=1e-10)
+        assert not torch.equal(a.state["weights"], loss.weights.detach())  # it did move
+
+
+def test_a_diverging_candidate_is_discarded_and_does_not_touch_the_others():
+    task, losses = digits(), taylor_candidates(4)
+    blowup = TaylorLoss(theta=[0.0, 0.0, 3e38, 0.0, 0.0, 0.0, 0.0, 0.0])  # overflows float32
+    prob = problem(task)
+    results = VmapEvaluator().evaluate(prob, [losses[0], blowup, *losses[1:]])
+    assert math.isnan(results[1].fitness) and "non-finite fitness" in results[1].reason
+    alone = SerialEvaluator().evaluate(prob, losses)
+    healthy = [results[0], *results[2:]]
+    assert fitness(healthy) == pytest.approx(fitness(alone), abs=1e-5)
+
+
+def test_max_batch_splits_the_population_without_changing_fitness():
+    task, losses = digits(), taylor_candidates(5)
+    prob = problem(task)
+    assert fitness(VmapEvaluator(max_batch=2).evaluate(prob, losses)) == pytest.approx(
+        fitness(VmapEvaluator().evaluate(prob, losses)), abs=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_process_pool_backend_equals_serial():
+    task, losses = digits(), taylor_candidates(4)
+    prob = problem(task)
+    pool = ProcessPoolEvaluator(workers=2)
+    try:
+        assert fitness(pool.evaluate(prob, losses)) == pytest.approx(
+            fitness(SerialEvaluator().evaluate(prob, losses)), abs=1e-5
+        )
+    finally:
+        pool.close()
+
+
+@pytest.mark.slow
+def test_ray_backend_on_a_local_instance_equals_serial():
+    ray = pytest.importorskip("ray")
+    task = digits()
+    losses = [SymbolicLoss(expression=t, seed=i) for i, t in enumerate(TREES)]
+    prob = problem(task, steps=30, local_search=LocalSearch(steps=3))
+    serial = SerialEvaluator().evaluate(prob, copy.deepcopy(losses))
+    evaluator = RayEvaluator(num_cpus=2, tasks=2)
+    try:
+        remote = evaluator.evaluate(prob, copy.deepcopy(losses))
+        assert ray.is_initialized()
+        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1")
+    finally:
+        evaluator.close()
+    assert fitness(remote) == pytest.approx(fitness(serial), abs=1e-5)
+    for a, b in zip(remote, serial):
+        torch.testing.assert_close(a.state["weights"], b.state["weights"], rtol=1e-4, atol=1e-4)
+
+
+def test_a_candidate_whose_local_search_diverges_is_discarded_alone():
+    task = digits(double=True)
+    losses = [SymbolicLoss(expression=t, seed=i).double() for i, t in enumerate(TREES[:3])]
+    with torch.no_grad():
+        losses[1].weights[0] = float("nan")  # every meta-gradient of this one is NaN
+    prob = problem(task, steps=10, local_search=LocalSearch(steps=12, lr=1e-2))
+    together = evaluate_group(prob, copy.deepcopy(losses), batched=True)
+    assert math.isnan(together[1].fitness) and "local search diverged" in together[1].reason
+    alone = evaluate_group(prob, copy.deepcopy([losses[0], losses[2]]), batched=True)
+    assert [together[0].fitness, together[2].fitness] == pytest.approx(fitness(alone), abs=1e-10)
