@@ -140,12 +140,14 @@ def grad_scale(records: Records):
     return fig
 
 
-def plot(run_dir: str | Path, names: list[str] | None = None) -> list[Path]:
+def plot(run_dir: str | Path, names: list[str] | None = None, logger=None) -> list[Path]:
     """Write every applicable plot of ``run_dir`` to ``run_dir/plots/<name>.png``.
 
     Args:
         run_dir: a run directory.
         names: only these plots (default: all in :data:`PLOTS`).
+        logger: the run's live logger, if it is still open (the runner passes it); else
+            the figures are appended to the run's W&B run, when it has one.
 
     Returns:
         The PNG paths written.
@@ -164,7 +166,10 @@ def plot(run_dir: str | Path, names: list[str] | None = None) -> list[Path]:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
-    _log_to_wandb(run_dir, written)
+    if logger is not None:
+        logger.log_images({f"plots/{p.stem}": p for p in written})
+    else:
+        _log_to_wandb(run_dir, written)
     return written
 
 

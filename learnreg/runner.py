@@ -33,6 +33,7 @@ from learnreg.core import distributed
 from learnreg.core.trainer import aggregate
 from learnreg.errors import ConfigError, NumericalError
 from learnreg.experiment import Experiment, build
+from learnreg.plots import plot
 from learnreg.tracking.atomic import atomic_write_bytes
 from learnreg.tracking.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from learnreg.tracking.export import save_bias, save_state
@@ -140,11 +141,12 @@ class Run:
                 self._fit()
             self._meta_test()
             summary = self._summary()
+            atomic_write_bytes(
+                self.out / "summary.json", json.dumps(strict_json(summary), indent=2).encode()
+            )
+            plot(self.out, logger=self.logger)  # through the open W&B run: one segment
         finally:
             self.logger.close()
-        atomic_write_bytes(
-            self.out / "summary.json", json.dumps(strict_json(summary), indent=2).encode()
-        )
         self._print(summary)
         return summary
 

@@ -61,7 +61,8 @@ def test_the_logged_loss_profile_tracks_the_online_loss(run_dir):
 def test_plots_reach_the_runs_wandb_record(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     learnreg.run({**ADALFL, "logger": {"backends": ["wandb"]}}, out=tmp_path, progress=False)
-    learnreg.plot(tmp_path)
+    assert len(list(tmp_path.glob("wandb/offline-run-*"))) == 1  # plots went into the run itself
+    learnreg.plot(tmp_path)  # later: appended as a second segment of the same W&B run
     rows = [
         row for row in read_run(tmp_path)["history"] if any(k.startswith("plots/") for k in row)
     ]
@@ -70,6 +71,9 @@ def test_plots_reach_the_runs_wandb_record(tmp_path, monkeypatch):
     assert set(images) == {f"plots/{name}" for name in expected}
     for name, row in images.items():
         assert row[f"{name}/_type"] == "image-file" and row[f"{name}/height"] >= 300
+    record = read_run(tmp_path)  # both segments, in order
+    assert sum(1 for row in record["history"] if "plots/loss_shape/_type" in row) == 2
+    assert any("meta/meta_loss" in row for row in record["history"])
 
 
 def test_plot_of_a_folder_that_is_not_a_run(tmp_path):

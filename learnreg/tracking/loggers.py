@@ -25,6 +25,8 @@ class Logger(Protocol):
 
     def log_artifact(self, path: str | Path, name: str, kind: str) -> None: ...
 
+    def log_images(self, images: dict[str, Path]) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -59,6 +61,9 @@ class JsonlLogger:
         self.file = self.path.open("a", encoding="utf-8")
         self.lines = len(kept)
 
+    def log_images(self, images) -> None:
+        return None  # the images are files in the run directory already
+
     def log_artifact(self, path, name, kind) -> None:
         return None
 
@@ -86,6 +91,9 @@ class ConsoleLogger:
 
     def log_table(self, name, columns, rows, **axes) -> None:
         return None  # tables go to the files and W&B, not the terminal
+
+    def log_images(self, images) -> None:
+        return None  # the images are files in the run directory already
 
     def log_artifact(self, path, name, kind) -> None:
         return None
@@ -153,6 +161,11 @@ class WandbLogger:
 
         self.run.log({name: wandb.Table(columns=list(columns), data=rows), **axes})
 
+    def log_images(self, images: dict[str, Path]) -> None:
+        import wandb
+
+        self.run.log({name: wandb.Image(str(path)) for name, path in images.items()})
+
     def log_artifact(self, path: str | Path, name: str, kind: str) -> None:
         import wandb
 
@@ -179,6 +192,10 @@ class MultiLogger:
         for lg in self.loggers:
             if hasattr(lg, "log_table"):  # loggers written before tables existed skip them
                 lg.log_table(name, columns, rows, **dict(axes))
+
+    def log_images(self, images) -> None:
+        for lg in self.loggers:
+            lg.log_images(images)
 
     def log_artifact(self, path, name, kind) -> None:
         for lg in self.loggers:

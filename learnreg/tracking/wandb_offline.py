@@ -45,17 +45,27 @@ def read_run(path: str | Path) -> dict:
             (a learnreg run directory).
 
     Returns:
-        ``{"config": dict, "history": [row dicts], "artifacts": [{"name", "type", "files"}]}``.
+        ``{"config": dict, "history": [row dicts], "artifacts": [{"name", "type", "files"}]}``,
+        merged over every segment of a resumed run.
     """
-    from wandb.proto import wandb_internal_pb2 as pb
 
     path = Path(path)
-    if path.is_dir():
-        found = sorted(path.rglob("run-*.wandb"))
-        if not found:
+    segments = [path]
+    if path.is_dir():  # a resumed run has one segment per process, oldest first
+        segments = sorted(
+            path.rglob("run-*.wandb"), key=lambda p: (p.parent.name, p.stat().st_mtime)
+        )
+        if not segments:
             raise FileNotFoundError(f"no offline W&B run under {path}")
-        path = found[-1]
     out: dict = {"config": {}, "history": [], "artifacts": []}
+    for segment in segments:
+        _read_segment(segment, out)
+    return out
+
+
+def _read_segment(path: Path, out: dict) -> None:
+    from wandb.proto import wandb_internal_pb2 as pb
+
     for chunk in _chunks(path.read_bytes()):
         record = pb.Record()
         record.ParseFromString(chunk)
@@ -76,7 +86,6 @@ def read_run(path: str | Path) -> dict:
             out["artifacts"].append(
                 {"name": a.name, "type": a.type, "files": [c.path for c in a.manifest.contents]}
             )
-    return out
 
 
 def _config(config) -> dict:
