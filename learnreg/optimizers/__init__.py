@@ -3,5 +3,19 @@
 from learnreg.optimizers import fixed
 from learnreg.optimizers.base import OptimizerRole, TorchoptOptimizer
 from learnreg.optimizers.fixed import SGD, Adam
+from learnreg.optimizers.flat import FlatRule
+from learnreg.optimizers.lstm import LSTMRule
+from learnreg.optimizers.meta_sgd import MetaSGD
+from learnreg.optimizers.mlp import MLPRule
 
-__all__ = ["fixed", "OptimizerRole", "TorchoptOptimizer", "SGD", "Adam"]
+__all__ = [
+    "fixed",
+    "OptimizerRole",
+    "TorchoptOptimizer",
+    "SGD",
+    "Adam",
+    "FlatRule",
+    "LSTMRule",
+    "MLPRule",
+    "MetaSGD",
+]
