@@ -181,7 +181,7 @@ def test_buffers_held_per_method():
         for _ in range(passes - 1):
             F.cross_entropy(model(x), y).backward()
             opt.ascend(zero_grad=True)
-            held.append(1 + len(opt._memory))
+            held.append(1 + len(opt._progress.memory))
         assert max(held) == expected, cls.__name__
         F.cross_entropy(model(x), y).backward()
         opt.step()

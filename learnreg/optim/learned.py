@@ -11,6 +11,7 @@ per-parameter layout and a loaded state continues bit for bit.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -66,6 +67,18 @@ def _check(rule, source) -> FlatRule:
     return rule
 
 
+@dataclass
+class FlatLayout:
+    """The flat state and the parameter layout it was built for. Mutated in place:
+    ``torch.compile`` drops attribute assignments made on an ``Optimizer`` itself."""
+
+    state: dict | None = None
+    key: tuple[int, ...] = field(default_factory=tuple)
+
+    def invalidate(self) -> None:
+        self.state, self.key = None, ()
+
+
 class LearnedOptimizer(torch.optim.Optimizer):
     """Runs a learned update rule as a ``torch.optim`` optimizer.
 
@@ -100,8 +113,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         everything = self._params()
         self.rule = resolve_rule(rule, everything).to(everything[0].device)
         self.chunk_size = chunk_size
-        self._flat: dict | None = None
-        self._layout_key: tuple[int, ...] = ()
+        self._layout = FlatLayout()
 
     @classmethod
     def from_run(cls, run_dir: str | Path, params, lr: float = 1.0, **kwargs) -> LearnedOptimizer:
@@ -153,10 +165,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
     # -- flat state -------------------------------------------------------------------
     def _flat_state(self, params: list[Tensor]) -> dict:
         key = tuple(id(p) for p in params)
-        if self._flat is None or key != self._layout_key:
-            self._flat = self._build_flat(params)
-            self._layout_key = key
-        return self._flat
+        if self._layout.state is None or key != self._layout.key:
+            self._layout.state = self._build_flat(params)
+            self._layout.key = key
+        return self._layout.state
 
     def _build_flat(self, params: list[Tensor]) -> dict:
         """Flat buffers from ``self.state`` (zeros for parameters without state), then
@@ -207,11 +219,26 @@ class LearnedOptimizer(torch.optim.Optimizer):
                     k: v.to(p.device) if isinstance(v, Tensor) else v
                     for k, v in state_dict["state"][pid].items()
                 }
-        self._flat, self._layout_key = None, ()
+        if "rule" in state_dict:
+            try:
+                self.rule.load_state_dict(state_dict["rule"])
+            except RuntimeError as exc:
+                raise CheckpointError(
+                    f"the saved rule does not match this optimizer's: {exc}"
+                ) from None
+        self._layout.invalidate()
+
+    def state_dict(self) -> dict:
+        """``torch.optim``'s per-parameter state and groups, plus the rule's tensors under
+        ``"rule"`` (so a fresh randomly initialized rule also resumes exactly)."""
+        state = super().state_dict()
+        state["rule"] = {k: v.detach().clone() for k, v in self.rule.state_dict().items()}
+        return state
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
-        self._flat, self._layout_key = getattr(self, "_flat", None), ()
+        if hasattr(self, "_layout"):  # not during __init__
+            self._layout.invalidate()
 
 
 def _flat_grad(p: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ They are freed after the step.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -57,6 +58,21 @@ def _flatten_params(params) -> list[Tensor]:
     return params
 
 
+@dataclass
+class StepProgress:
+    """Where the current step is. Kept in its own object and mutated in place:
+    ``torch.compile`` drops integer attribute updates made on an ``Optimizer`` itself."""
+
+    phase: int = 0
+    origin: list[Tensor] | None = None
+    memory: dict[str, list[Tensor]] = field(default_factory=dict)
+    active: list[Tensor] = field(default_factory=list)
+    group_index: list[int] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.phase, self.origin, self.memory, self.active, self.group_index = 0, None, {}, [], []
+
+
 class PerturbedOptimizer(torch.optim.Optimizer):
     """Runs ``perturbation.passes`` gradient passes per step around ``base_optimizer``.
 
@@ -92,7 +108,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         super().__init__(self.base_optimizer.param_groups, defaults)
         self.param_groups = self.base_optimizer.param_groups  # one shared list
         self.model = model
-        self._reset()
+        self._progress = StepProgress()
 
     # -- parameter groups -------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -111,28 +127,32 @@ class PerturbedOptimizer(torch.optim.Optimizer):
     @property
     def phase(self) -> int:
         """Passes consumed this step (0: idle; ``passes``: parameters restored, ready)."""
-        return self._phase
+        return self._progress.phase
 
     @torch.no_grad()
     def ascend(self, zero_grad: bool = False) -> None:
         """Read the current pass's gradients and move the parameters to where the next
         pass is taken."""
-        if self._phase >= self.perturbation.passes - 1:
+        if self._progress.phase >= self.perturbation.passes - 1:
             raise RuntimeError(
                 f"{type(self).__name__} has taken all {self.perturbation.passes - 1} ascent "
                 "phases of this step; finish it with unperturb() and step()."
             )
-        if self._phase == 0:
+        if self._progress.phase == 0:
             self._start()
         grads = self._grads()
         move = self.perturbation.ascend(
-            self._phase, grads, self._origin, self._memory, self._hyperparameters()
+            self._progress.phase,
+            grads,
+            self._progress.origin,
+            self._progress.memory,
+            self._hyperparameters(),
         )
         self._keep_copies(grads)
-        if move.from_origin and self._phase > 0:
-            torch._foreach_copy_(self._active, self._origin)
-        torch._foreach_add_(self._active, move.offset)
-        self._phase += 1
+        if move.from_origin and self._progress.phase > 0:
+            torch._foreach_copy_(self._progress.active, self._progress.origin)
+        torch._foreach_add_(self._progress.active, move.offset)
+        self._progress.phase += 1
         if zero_grad:
             self.zero_grad()
 
@@ -140,18 +160,20 @@ class PerturbedOptimizer(torch.optim.Optimizer):
     def unperturb(self) -> None:
         """After the last pass: restore the parameters exactly and put the method's update
         direction into ``.grad`` (a ``GradScaler`` may unscale and check it next)."""
-        if self._phase != self.perturbation.passes - 1:
+        if self._progress.phase != self.perturbation.passes - 1:
             raise RuntimeError(
                 f"unperturb() comes after the last pass; {type(self).__name__} has taken "
-                f"{self._phase} of {self.perturbation.passes - 1} ascent phases this step."
+                f"{self._progress.phase} of {self.perturbation.passes - 1} ascent phases this step."
             )
         grads = self._grads()
-        direction = self.perturbation.direction(grads, self._memory, self._hyperparameters())
-        torch._foreach_copy_(self._active, self._origin)
+        direction = self.perturbation.direction(
+            grads, self._progress.memory, self._hyperparameters()
+        )
+        torch._foreach_copy_(self._progress.active, self._progress.origin)
         if direction is not grads:
             torch._foreach_copy_(grads, direction)
-        self._origin, self._memory = None, {}
-        self._phase = self.perturbation.passes
+        self._progress.origin, self._progress.memory = None, {}
+        self._progress.phase = self.perturbation.passes
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -163,7 +185,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         """
         loss = None
         if closure is not None:
-            if self._phase != 0:
+            if self._progress.phase != 0:
                 raise RuntimeError("step(closure) called in the middle of a phased step")
             closure = torch.enable_grad()(closure)
             loss = closure()
@@ -171,44 +193,41 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 self.ascend(zero_grad=True)
                 with frozen_bn_stats(self.model):
                     closure()
-        if self._phase == 0:
+        if self._progress.phase == 0:
             raise RuntimeError(
                 f"{type(self).__name__}.step() needs a closure that re-evaluates the loss and "
                 "its gradients, or the phase API first (first_step() ... then step())."
             )
-        if self._phase < self.perturbation.passes:
+        if self._progress.phase < self.perturbation.passes:
             self.unperturb()
         self.base_optimizer.step()
-        self._reset()
+        self._progress.reset()
         return loss
 
     # -- bookkeeping ------------------------------------------------------------------
-    def _reset(self) -> None:
-        self._phase, self._origin, self._memory, self._active = 0, None, {}, []
-        self._group_index: list[int] = []
-
     def _start(self) -> None:
-        self._active, self._group_index = [], []
+        progress = self._progress
+        progress.active, progress.group_index = [], []
         for index, group in enumerate(self.param_groups):
             for p in group["params"]:
                 if p.grad is not None:
-                    self._active.append(p)
-                    self._group_index.append(index)
-        if not self._active:
+                    progress.active.append(p)
+                    progress.group_index.append(index)
+        if not progress.active:
             raise RuntimeError("no parameter has a gradient: call backward() before the first step")
-        self._origin = [p.detach().clone() for p in self._active]
+        progress.origin = [p.detach().clone() for p in progress.active]
 
     def _grads(self) -> list[Tensor]:
-        for p in self._active:
+        for p in self._progress.active:
             if p.grad is None:  # no gradient at a perturbed point: a zero gradient
                 p.grad = torch.zeros_like(p)
-        return [p.grad for p in self._active]
+        return [p.grad for p in self._progress.active]
 
     def _keep_copies(self, grads: list[Tensor]) -> None:
         """Memory entries that alias ``.grad`` must be copied before the next backward."""
-        for name, tensors in self._memory.items():
+        for name, tensors in self._progress.memory.items():
             if tensors and tensors[0] is grads[0]:
-                self._memory[name] = [t.clone() for t in tensors]
+                self._progress.memory[name] = [t.clone() for t in tensors]
 
     def _hyperparameters(self) -> dict[str, Any]:
         per_group = [self.group_hyperparameters(g) for g in self.param_groups]
@@ -222,7 +241,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                     f"{name!r} must be the same in every parameter group, got {values}"
                 )
             else:
-                out[name] = [float(values[i]) for i in self._group_index]
+                out[name] = [float(values[i]) for i in self._progress.group_index]
         return out
 
     # -- state --------------------------------------------------------------------------
@@ -232,14 +251,14 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         Raises:
             RuntimeError: in the middle of a step, when the parameters are perturbed.
         """
-        if self._phase != 0:
+        if self._progress.phase != 0:
             raise RuntimeError("state_dict() in the middle of a step; save between steps")
         return self.base_optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
-        self._reset()
+        self._progress.reset()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base_optimizer!r})"
