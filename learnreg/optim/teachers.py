@@ -43,9 +43,11 @@ class TeacherObjective(Objective):
         x, y = batch
         names = list(state.params)
         theta = [state.params[k] for k in names]
-        buffers = {k: b.clone() for k, b in state.buffers.items()}  # leave BN stats alone
+        # BatchNorm may update running statistics in train mode: on copies, passed as an
+        # input (torch.func forbids mutating captured tensors)
+        buffers = {k: b.clone() for k, b in state.buffers.items()}
 
-        def loss_at(point: list[Tensor]) -> Tensor:
+        def loss_at(point: list[Tensor], buffers: dict[str, Tensor]) -> Tensor:
             pred = functional_call(model, (dict(zip(names, point)), buffers), (x,))
             return task_loss(pred, y, task.kind)
 
@@ -54,12 +56,12 @@ class TeacherObjective(Objective):
         with torch.no_grad():
             origin = [t.detach() for t in theta]
             point, memory = origin, {}
-            grads, value = grad_and_value(point)
+            grads, value = grad_and_value(point, buffers)
             losses = [value]
             for phase in range(self.perturbation.passes - 1):
                 move = self.perturbation.ascend(phase, list(grads), origin, memory, hp)
                 point = list(torch._foreach_add(origin if move.from_origin else point, move.offset))
-                grads, value = grad_and_value(point)
+                grads, value = grad_and_value(point, buffers)
                 losses.append(value)
             direction = self.perturbation.direction(list(grads), memory, hp)
             loss = self.perturbation.loss(losses, hp)
