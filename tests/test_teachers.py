@@ -64,7 +64,7 @@ def test_gradient_is_the_optimizers_direction(name):
         return loss
 
     opt.step(closure)
-    for g, (k, p0), p1 in zip(grads, params.items(), twin.parameters()):
+    for g, p0, p1 in zip(grads, params.values(), twin.parameters()):
         torch.testing.assert_close(g, (p0 - p1).detach(), rtol=1e-9, atol=1e-12)
 
 
