@@ -92,17 +92,16 @@ class MLPRule(FlatRule):
         t = step.to(dtype)
         beta_m = self.momentum_decays.to(dtype)
         beta_v = self.rms_decays.to(dtype)
-        m = beta_m * slots["m"] + (1 - beta_m) * grad[:, None]
-        v = beta_v * slots["v"] + (1 - beta_v) * (grad * grad)[:, None]
-        m_hat = m / (1 - beta_m**t)
+        m = torch.lerp(grad[:, None], slots["m"], beta_m)  # β m + (1 − β) g
+        v = torch.lerp((grad * grad)[:, None], slots["v"], beta_v)
         v_hat = v / (1 - beta_v**t)
-        delta = v_hat[:, 1].sqrt() + self.eps
+        inv_delta = 1.0 / (v_hat[:, 1:].sqrt() + self.eps)  # 1 / (√v̂ + eps), slow decay
         tiny = self.eps * self.eps
         features = torch.cat(
             [
-                (grad / delta)[:, None],
-                m_hat / delta[:, None],
-                (0.5 * torch.log((v_hat[:, 0] + tiny) / (v_hat[:, 1] + tiny)))[:, None],
+                grad[:, None] * inv_delta,
+                m * (inv_delta / (1 - beta_m**t)),  # m̂ / (√v̂ + eps)
+                0.5 * torch.log((v_hat[:, :1] + tiny) / (v_hat[:, 1:] + tiny)),
                 aux["param"][:, None],
             ],
             dim=1,
@@ -119,10 +118,11 @@ class MLPRule(FlatRule):
         weight = self.weights(first.weight, dtype)
         progress = torch.tanh(t / self.timescales.to(dtype))
         bias = self.weights(first.bias, dtype) + weight[:, self.num_features :] @ progress
-        hidden = torch.relu(torch.addmm(bias, features, weight[:, : self.num_features].T))
+        # relu_ in place: addmm's backward needs its inputs, not its output
+        hidden = torch.addmm(bias, features, weight[:, : self.num_features].T).relu_()
         for i, layer in enumerate(rest):
             w, b = self.weights(layer.weight, dtype), self.weights(layer.bias, dtype)
             hidden = torch.addmm(b, hidden, w.T)
             if i < len(rest) - 1:
-                hidden = torch.relu(hidden)
+                hidden = hidden.relu_()
         return hidden
