@@ -186,6 +186,7 @@ def test_parameters_without_gradient_are_untouched():
     opt.step()
     frozen = model[2].weight
     state_before = {k: v.clone() for k, v in opt.state[frozen].items()}
+    active_before = opt.state[model[0].weight]["m"].clone()
     value_before = frozen.detach().clone()
     opt.zero_grad()
     F.cross_entropy(model(x), y).backward()
@@ -193,7 +194,8 @@ def test_parameters_without_gradient_are_untouched():
     opt.step()
     assert torch.equal(frozen, value_before)
     assert torch.equal(opt.state[frozen]["m"], state_before["m"])
-    assert not torch.equal(opt.state[model[0].weight]["m"][:1], state_before["m"][:1])
+    active = opt.state[model[0].weight]["m"]
+    assert not torch.equal(active, active_before)
 
 
 def test_lr_zero_leaves_parameters_unchanged():
@@ -227,7 +229,7 @@ def test_log_sign_preprocessing_matches_the_paper():
     k = 10.0
     g = torch.tensor([2.0, -0.5, 1e-6, -1e-7, 0.0], dtype=torch.float64)
     out = log_sign_preprocess(g, k)
-    for value, (a, b) in zip(g.tolist(), out.tolist()):
+    for value, (a, b) in zip(g.tolist(), out.T.tolist()):
         if abs(value) >= math.exp(-k):
             assert a == pytest.approx(math.log(abs(value)) / k)
             assert b == math.copysign(1.0, value)

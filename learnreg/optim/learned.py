@@ -183,20 +183,20 @@ class LearnedOptimizer(torch.optim.Optimizer):
             pieces = [
                 self.state[p][name].to(device, dtype)
                 if name in self.state.get(p, {})
-                else zeros[o : o + n]
+                else zeros[..., o : o + n]
                 for p, o, n in zip(params, offsets, sizes)
             ]
-            slots[name] = torch.cat(pieces) if pieces else zeros
+            slots[name] = torch.cat(pieces, dim=-1)
         steps = [self.state[p]["step"] for p in params if "step" in self.state.get(p, {})]
         step = steps[0].to(device).clone() if steps else fresh["step"]
         for p, o, n in zip(params, offsets, sizes):
-            self.state[p] = {"step": step, **{k: v[o : o + n] for k, v in slots.items()}}
+            self.state[p] = {"step": step, **{k: v[..., o : o + n] for k, v in slots.items()}}
         return {"step": step, "slots": slots, "sizes": sizes, "offsets": offsets, "dtype": dtype}
 
     def _save_slots(self, flat: dict, idle: list[int]) -> list:
         return [
             {
-                k: v[flat["offsets"][i] : flat["offsets"][i] + flat["sizes"][i]].clone()
+                k: v[..., flat["offsets"][i] : flat["offsets"][i] + flat["sizes"][i]].clone()
                 for k, v in flat["slots"].items()
             }
             for i in idle
@@ -206,7 +206,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         for i, saved in zip(idle, kept):
             start, n = flat["offsets"][i], flat["sizes"][i]
             for k, v in saved.items():
-                flat["slots"][k][start : start + n] = v
+                flat["slots"][k][..., start : start + n] = v
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a state saved by :meth:`state_dict`, keeping the rule's float32 state

@@ -2,7 +2,8 @@
 
 A :class:`FlatRule` sees the model's parameters as one flat vector (all tensors
 flattened and concatenated) and computes the update of every coordinate in one batched
-call: its per-coordinate state lives in flat "slots" of shape ``(n, *slot_shape)``.
+call: its per-coordinate state lives in flat "slots" of shape ``(*slot_shape, n)``,
+coordinates last, so every elementwise operation runs over long contiguous rows.
 The same two methods serve both paths:
 
 * :meth:`FlatRule.forward`, the optimizer-role contract of the functional inner loop,
@@ -55,7 +56,8 @@ class FlatRule(OptimizerRole):
     chunk_size: int | None = 32768
 
     def slots(self) -> dict[str, tuple[int, ...]]:
-        """Per-coordinate state: name -> trailing shape (``()`` for one number)."""
+        """Per-coordinate state: name -> leading shape (``()`` for one number); a slot is
+        stored as ``(*shape, n)``."""
         return {}
 
     def prepare(self, grad: Tensor, param: Tensor, sizes: list[int]) -> dict[str, Tensor]:
@@ -75,7 +77,7 @@ class FlatRule(OptimizerRole):
 
         Args:
             grad, param: the gradient and parameter values there (compute dtype).
-            slots: the state slots there.
+            slots: the state slots there, each ``(*shape, len(where))``.
             aux: :meth:`prepare`'s tensors there.
             step: the step being taken (1 for the first), a 0-dim tensor.
             where: which coordinates these are (rules with per-coordinate
@@ -98,7 +100,7 @@ class FlatRule(OptimizerRole):
         return {
             "step": torch.zeros((), dtype=torch.int64, device=device),
             "slots": {
-                name: torch.zeros((n, *shape), dtype=dtype, device=device)
+                name: torch.zeros((*shape, n), dtype=dtype, device=device)
                 for name, shape in self.slots().items()
             },
         }
@@ -141,14 +143,14 @@ class FlatRule(OptimizerRole):
             update, slots = self.update(
                 grad[where],
                 param[where],
-                {k: v[where] for k, v in state["slots"].items()},
-                {k: v[where] for k, v in aux.items()},
+                {k: v[..., where] for k, v in state["slots"].items()},
+                {k: v[..., where] for k, v in aux.items()},
                 step,
                 where,
             )
             out[where] = update
             for name, value in slots.items():
-                state["slots"][name][where] = value
+                state["slots"][name][..., where] = value
         state["step"].copy_(step)
         return out
 

@@ -13,7 +13,7 @@ from learnreg.registry import register
 
 
 def log_sign_preprocess(grad: Tensor, k: float) -> Tensor:
-    """The paper's gradient preprocessing (Appendix A), one row per coordinate::
+    """The paper's gradient preprocessing (Appendix A), two rows, one column per coordinate::
 
         (log|g| / k, sign g)   if |g| >= e^-k
         (-1,         e^k g)    otherwise
@@ -23,7 +23,7 @@ def log_sign_preprocess(grad: Tensor, k: float) -> Tensor:
     large = grad.abs() >= math.exp(-k)
     log_part = torch.where(large, torch.log(grad.abs().clamp_min(math.exp(-k))) / k, -1.0)
     sign_part = torch.where(large, torch.sign(grad), math.exp(k) * grad)
-    return torch.stack([log_part, sign_part], dim=1)
+    return torch.stack([log_part, sign_part])
 
 
 @register("optimizer", "lstm")
@@ -66,24 +66,19 @@ class LSTMRule(FlatRule):
         x = log_sign_preprocess(grad, self.preprocess_k)
         hs, cs = [], []
         for i, cell in enumerate(self.cells):
-            h, c = self._cell(cell, x, slots["h"][:, i], slots["c"][:, i], dtype)
+            h, c = self._cell(cell, x, slots["h"][i], slots["c"][i], dtype)
             hs.append(h)
             cs.append(c)
             x = h
         w, b = self.weights(self.head.weight, dtype), self.weights(self.head.bias, dtype)
-        update = self.output_scale * torch.addmm(b, x, w.T).squeeze(1)
-        return update, {"h": torch.stack(hs, dim=1), "c": torch.stack(cs, dim=1)}
+        update = self.output_scale * torch.addmm(b[:, None], w, x)[0]
+        return update, {"h": torch.stack(hs), "c": torch.stack(cs)}
 
     def _cell(self, cell: nn.LSTMCell, x, h, c, dtype):
-        """One LSTM cell (PyTorch's gate order i, f, g, o) in the compute dtype."""
-        gates = (
-            torch.addmm(
-                self.weights(cell.bias_ih, dtype) + self.weights(cell.bias_hh, dtype),
-                x,
-                self.weights(cell.weight_ih, dtype).T,
-            )
-            + h @ self.weights(cell.weight_hh, dtype).T
-        )
-        i, f, g, o = gates.chunk(4, dim=1)
+        """One LSTM cell (PyTorch's gate order i, f, g, o), one column per coordinate."""
+        bias = self.weights(cell.bias_ih, dtype) + self.weights(cell.bias_hh, dtype)
+        gates = torch.addmm(bias[:, None], self.weights(cell.weight_ih, dtype), x)
+        gates = gates.addmm_(self.weights(cell.weight_hh, dtype), h)
+        i, f, g, o = gates.chunk(4)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c

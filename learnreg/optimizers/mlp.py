@@ -90,39 +90,38 @@ class MLPRule(FlatRule):
     def update(self, grad, param, slots, aux, step, where):
         dtype = grad.dtype
         t = step.to(dtype)
-        beta_m = self.momentum_decays.to(dtype)
-        beta_v = self.rms_decays.to(dtype)
-        m = torch.lerp(grad[:, None], slots["m"], beta_m)  # β m + (1 − β) g
-        v = torch.lerp((grad * grad)[:, None], slots["v"], beta_v)
+        beta_m = self.momentum_decays.to(dtype)[:, None]
+        beta_v = self.rms_decays.to(dtype)[:, None]
+        m = torch.lerp(grad, slots["m"], beta_m)  # β m + (1 − β) g, one row per decay
+        v = torch.lerp(grad * grad, slots["v"], beta_v)
         v_hat = v / (1 - beta_v**t)
-        inv_delta = 1.0 / (v_hat[:, 1:].sqrt() + self.eps)  # 1 / (√v̂ + eps), slow decay
+        inv_delta = 1.0 / (v_hat[1].sqrt() + self.eps)  # 1 / (√v̂ + eps), slow decay
         tiny = self.eps * self.eps
         features = torch.cat(
             [
-                grad[:, None] * inv_delta,
-                m * (inv_delta / (1 - beta_m**t)),  # m̂ / (√v̂ + eps)
-                0.5 * torch.log((v_hat[:, :1] + tiny) / (v_hat[:, 1:] + tiny)),
-                aux["param"][:, None],
-            ],
-            dim=1,
+                (grad * inv_delta)[None],
+                m * ((1 / (1 - beta_m**t)) * inv_delta),  # m̂ / (√v̂ + eps)
+                (0.5 * torch.log((v_hat[0] + tiny) / (v_hat[1] + tiny)))[None],
+                aux["param"][None],
+            ]
         )
         out = self._mlp(features, t, dtype)
-        direction = out[:, 0] + features @ self.weights(self.skip, dtype)
-        update = self.step_mult * direction * torch.exp(self.exp_mult * out[:, 1])
+        direction = out[0] + self.weights(self.skip, dtype) @ features
+        update = self.step_mult * direction * torch.exp(self.exp_mult * out[1])
         return update, {"m": m, "v": v}
 
     def _mlp(self, features: Tensor, t: Tensor, dtype: torch.dtype) -> Tensor:
-        """The MLP, its first layer split into per-coordinate features and the
-        progress features (one bias for all coordinates)."""
+        """The MLP on ``features`` (one column per coordinate), its first layer split into
+        per-coordinate features and the progress features (one bias for all)."""
         first, *rest = [layer for layer in self.net if isinstance(layer, nn.Linear)]
         weight = self.weights(first.weight, dtype)
         progress = torch.tanh(t / self.timescales.to(dtype))
         bias = self.weights(first.bias, dtype) + weight[:, self.num_features :] @ progress
         # relu_ in place: addmm's backward needs its inputs, not its output
-        hidden = torch.addmm(bias, features, weight[:, : self.num_features].T).relu_()
+        hidden = torch.addmm(bias[:, None], weight[:, : self.num_features], features).relu_()
         for i, layer in enumerate(rest):
             w, b = self.weights(layer.weight, dtype), self.weights(layer.bias, dtype)
-            hidden = torch.addmm(b, hidden, w.T)
+            hidden = torch.addmm(b[:, None], w, hidden)
             if i < len(rest) - 1:
                 hidden = hidden.relu_()
         return hidden
