@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from learnreg.models import SmallCNN
+from learnreg.models import MLP, SmallCNN
 from learnreg.optim import GAM, GSAM, SAM
 
 #: parameter-sized buffers kept by the public reference implementations (davda54/sam:
@@ -52,15 +52,15 @@ def held_buffers(opt, model, x, y) -> float:
     return peak
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=128)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+MODELS = {
+    "SmallCNN(32, 64)": lambda: SmallCNN((1, 28, 28), 10, channels=(32, 64)),
+    "MLP 784-1024-1024-10": lambda: MLP((1, 28, 28), 10, hidden=(1024, 1024)),
+}
+
+
+def measure(name: str, build_model, args) -> list[str]:
     torch.manual_seed(0)
-    model = SmallCNN((1, 28, 28), 10, channels=(32, 64))
+    model = build_model()
     x, y = torch.randn(args.batch, 1, 28, 28), torch.randint(0, 10, (args.batch,))
     numel = sum(p.numel() for p in model.parameters())
 
@@ -86,26 +86,40 @@ def main(argv=None) -> None:
         "GAM": lambda: GAM(model.parameters(), torch.optim.SGD, lr=1e-3, momentum=0.9),
     }
     base_time = median_time(base_step, args.repeats)
-    rows = []
-    for name, build in wrappers.items():
+    rows = [
+        f"| {name} | {numel / 1e6:.2f}M | SGD (base) | 1 | {base_time * 1e3:.1f} | 1.00x | 0 | 0 |"
+    ]
+    for method, build in wrappers.items():
         opt = build()
         closure = closure_for(opt)
         t = median_time(lambda opt=opt, closure=closure: opt.step(closure), args.repeats)
         buffers = held_buffers(build(), model, x, y)
-        rows.append((name, opt.perturbation.passes, t, t / base_time, buffers))
-    print(
-        f"SmallCNN(32, 64) on 28x28, batch {args.batch}, {numel / 1e6:.2f}M parameters, "
-        f"{args.threads} thread(s), torch {torch.__version__}\n"
-    )
-    print(
-        "| optimizer | passes | step ms | ratio to SGD step | buffers held (learnreg) | reference |"
-    )
-    print("|---|---:|---:|---:|---:|---:|")
-    print(f"| SGD (base) | 1 | {base_time * 1e3:.1f} | 1.00x | 0 | 0 |")
-    for name, passes, t, ratio, buffers in rows:
-        print(
-            f"| {name} | {passes} | {t * 1e3:.1f} | {ratio:.2f}x | {buffers:g} | {REFERENCE_BUFFERS[name]} |"
+        rows.append(
+            f"| {name} | {numel / 1e6:.2f}M | {method} | {opt.perturbation.passes} | "
+            f"{t * 1e3:.1f} | {t / base_time:.2f}x | {buffers:g} | {REFERENCE_BUFFERS[method]} |"
         )
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=128)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = []
+    for name, build in MODELS.items():
+        rows += measure(name, build, args)
+    print(
+        f"28x28 inputs, batch {args.batch}, {args.threads} thread(s), torch {torch.__version__}\n"
+    )
+    print(
+        "| model | params | optimizer | passes | step ms | ratio to base step "
+        "| parameter-sized buffers held | reference implementation |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":
