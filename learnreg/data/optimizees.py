@@ -15,8 +15,10 @@ from learnreg.registry import register
 
 @register("task", "optimizee_family")
 class OptimizeeFamily(TaskFamily):
-    """Training problems ("optimizees") for a learned optimizer, sampled across datasets
-    and MLP widths and activations; each inner run also gets its own model seed.
+    """Learned-optimizer training problems: datasets × MLP widths × activations × seeds.
+
+    Training problems ("optimizees") are sampled across datasets and MLP widths and
+    activations; each inner run also gets its own model seed.
 
     Meta-testing uses ``meta_test``: a dataset and a model that may lie outside the
     training distribution (a CNN, or an MLP of an unseen width/activation), the way

@@ -28,8 +28,10 @@ def log_sign_preprocess(grad: Tensor, k: float) -> Tensor:
 
 @register("optimizer", "lstm")
 class LSTMRule(FlatRule):
-    """L2L: a small LSTM, shared by every coordinate, maps each coordinate's
-    (preprocessed) gradient and its own hidden state to the update of that coordinate.
+    """L2L coordinatewise LSTM optimizer (Andrychowicz et al., 2016).
+
+    A small LSTM, shared by every coordinate, maps each coordinate's (preprocessed)
+    gradient and its own hidden state to the update of that coordinate.
 
     All coordinates of all tensors form one batch of the LSTM, so a step is one batched
     call per layer, whatever the number of tensors.

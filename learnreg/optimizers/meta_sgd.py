@@ -15,7 +15,9 @@ from learnreg.registry import register
 
 @register("optimizer", "meta_sgd")
 class MetaSGD(FlatRule):
-    """``θ ← θ − α ⊙ g`` with a meta-learned ``α`` of the model's own shape.
+    """Meta-SGD: a meta-learned learning rate for every parameter coordinate.
+
+    ``θ ← θ − α ⊙ g`` with ``α`` of the model's own shape.
 
     ``α`` is one flat vector over all parameters (in the model's parameter order), so
     an update is one elementwise product. Only the shapes are exported, not the model.
