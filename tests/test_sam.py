@@ -280,3 +280,16 @@ def test_teacher_and_wrapper_share_the_equations():
     torch.testing.assert_close(float(pt.global_norm(step)), 2.0)
     ortho = pt.orthogonal_part([torch.tensor([1.0, 1.0])], [torch.tensor([1.0, 0.0])])
     torch.testing.assert_close(ortho[0], torch.tensor([0.0, 1.0]))
+
+
+def test_add_param_group_reaches_the_base_optimizer():
+    model, x, y = _problem()
+    opt = GSAM(model[0].parameters(), torch.optim.SGD, rho_max=0.1, rho_min=0.0, lr=LR)
+    opt.add_param_group({"params": model[2].parameters(), "lr": LR / 2})
+    assert opt.base_optimizer.param_groups is opt.param_groups
+    group = opt.param_groups[1]
+    assert group["lr_max"] == LR / 2 and group["alpha"] == 0.0
+    before = _flat(model)
+    opt.step(_closure(opt, model, x, y))
+    assert (_flat(model) - before).abs().min() >= 0 and not torch.equal(_flat(model), before)
+    assert opt.group_hyperparameters(group)["rho_t"] == pytest.approx(0.1)

@@ -121,8 +121,11 @@ class GSAM(_TwoPass):
             "lr_min": lr_min,
         }
         super().__init__(params, base_optimizer, defaults, model, **base_kwargs)
-        for group in self.param_groups:
-            if group["lr_max"] is None:
+
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        for group in self.base_optimizer.param_groups:
+            if group["lr_max"] is None:  # the group's learning rate when it joined
                 group["lr_max"] = group.get("initial_lr", group["lr"])
 
     def group_hyperparameters(self, group):
