@@ -1,4 +1,4 @@
-"""The ``learnreg`` command line: ``run``, ``sweep``, ``plot``, ``describe`` and ``list``.
+"""The ``learnreg`` command line: ``run``, ``eval``, ``sweep``, ``plot``, ``describe`` and ``list``.
 
 User errors (bad configs, missing data, corrupt checkpoints...) print one line naming
 the problem and the fix and exit with status 2; ``--debug`` shows the traceback.
@@ -43,6 +43,19 @@ def cmd_plot(args) -> int:
 
     for path in plot(args.run_dir, args.only or None):
         print(path)
+
+
+def cmd_eval(args) -> int:
+    from learnreg.eval.report import evaluate_run
+
+    evaluate_run(
+        args.run_dir,
+        radii=tuple(args.radii),
+        pga_steps=args.pga_steps,
+        fgsm_eps=args.fgsm_eps,
+        pgd_steps=args.pgd_steps,
+        max_examples=args.max_examples,
+    )
     return 0
 
 
@@ -129,6 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="a run directory, its learned/ folder, or an exported bias")
     p.add_argument("--role", default="loss", help="the role to describe in a run directory")
     p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser(
+        "eval", help="flatness (PGA) and robustness (FGSM) of a finished run's models"
+    )
+    p.add_argument("run_dir", help="a finished run directory")
+    p.add_argument(
+        "--radii", type=float, nargs="+", default=[0.001, 0.005, 0.05, 0.1], help="PGA radii"
+    )
+    p.add_argument("--pga-steps", type=int, default=20, help="ascent steps per radius")
+    p.add_argument("--fgsm-eps", type=float, default=0.1, help="L-inf radius (standardized units)")
+    p.add_argument("--pgd-steps", type=int, default=0, help="PGD iterations (0: skip PGD)")
+    p.add_argument(
+        "--max-examples", type=int, default=2048, help="training examples for flatness metrics"
+    )
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("list", help="list registered components and presets")
     p.add_argument("kind", nargs="?", help="only this kind (loss, optimizer, task, preset...)")

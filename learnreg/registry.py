@@ -150,6 +150,7 @@ def _load_builtin_components() -> None:
         "learnreg.models",
         "learnreg.losses",
         "learnreg.optimizers",
+        "learnreg.optim.teachers",
         "learnreg.inits",
         "learnreg.core.objectives",
         "learnreg.core.outer",

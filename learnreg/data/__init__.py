@@ -1,6 +1,6 @@
 """Datasets as tasks: scikit-learn (embedded), torchvision and IDX folders, few-shot episodes."""
 
-from learnreg.data import class_pools, episodes, tabular, vision
+from learnreg.data import class_pools, episodes, optimizees, tabular, vision
 from learnreg.data.episodes import FewShotEpisodes, SineEpisodes
 from learnreg.data.splits import standardize, three_way_split
 from learnreg.data.tabular import sklearn_task
@@ -9,6 +9,7 @@ from learnreg.data.vision import data_root, read_idx
 __all__ = [
     "class_pools",
     "episodes",
+    "optimizees",
     "tabular",
     "vision",
     "FewShotEpisodes",

@@ -3,6 +3,10 @@
 from learnreg.optimizers import fixed, precond
 from learnreg.optimizers.base import OptimizerRole, TorchoptOptimizer
 from learnreg.optimizers.fixed import SGD, Adam
+from learnreg.optimizers.flat import FlatRule
+from learnreg.optimizers.lstm import LSTMRule
+from learnreg.optimizers.meta_sgd import MetaSGD
+from learnreg.optimizers.mlp import MLPRule
 from learnreg.optimizers.precond import PreconditionedSGD
 
 __all__ = [
@@ -13,4 +17,8 @@ __all__ = [
     "SGD",
     "Adam",
     "PreconditionedSGD",
+    "FlatRule",
+    "LSTMRule",
+    "MLPRule",
+    "MetaSGD",
 ]

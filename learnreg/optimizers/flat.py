@@ -1,0 +1,159 @@
+"""Coordinatewise learned update rules, applied to every parameter of a model at once.
+
+A :class:`FlatRule` sees the model's parameters as one flat vector (all tensors
+flattened and concatenated) and computes the update of every coordinate in one batched
+call: its per-coordinate state lives in flat "slots" of shape ``(*slot_shape, n)``,
+coordinates last, so every elementwise operation runs over long contiguous rows.
+The same two methods serve both paths:
+
+* :meth:`FlatRule.forward`, the optimizer-role contract of the functional inner loop,
+  out of place and differentiable with respect to the rule's meta-parameters;
+* :meth:`FlatRule.apply_flat`, the graph-free path of
+  :class:`learnreg.optim.LearnedOptimizer`, in place on the state and in chunks of
+  ``chunk_size`` coordinates so the rule's activations stay in cache.
+
+Per-tensor statistics a rule needs (a parameter tensor's RMS...) are computed by
+:meth:`FlatRule.prepare` over the whole vector before the chunks, with segment
+reductions rather than a loop over tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from learnreg.optimizers.base import OptimizerRole
+
+Params = dict[str, Tensor]
+State = dict[str, Any]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Rules compute in float32 at least (bfloat16/float16 parameters), float64 if given."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def segment_mean(values: Tensor, sizes: list[int] | Tensor) -> Tensor:
+    """Mean of ``values`` over each consecutive segment of the given sizes, expanded back
+    to one value per coordinate (differentiable; one kernel each way)."""
+    lengths = torch.as_tensor(sizes, device=values.device)
+    means = torch.segment_reduce(values, "mean", lengths=lengths, axis=0)
+    return torch.repeat_interleave(means, lengths, dim=0, output_size=values.shape[0])
+
+
+class FlatRule(OptimizerRole):
+    """Base of coordinatewise rules (subclasses: the L2L LSTM, the MLP rule, Meta-SGD).
+
+    Subclasses define :meth:`slots` (per-coordinate state shapes), :meth:`update` (the
+    rule on a range of coordinates) and optionally :meth:`prepare`.
+
+    Attributes:
+        chunk_size: coordinates per chunk in :meth:`apply_flat` (None: all at once).
+    """
+
+    chunk_size: int | None = 32768
+
+    def slots(self) -> dict[str, tuple[int, ...]]:
+        """Per-coordinate state: name -> leading shape (``()`` for one number); a slot is
+        stored as ``(*shape, n)``."""
+        return {}
+
+    def prepare(self, grad: Tensor, param: Tensor, sizes: list[int]) -> dict[str, Tensor]:
+        """Auxiliary per-coordinate tensors (length n) computed over the whole vector."""
+        return {}
+
+    def update(
+        self,
+        grad: Tensor,
+        param: Tensor,
+        slots: dict[str, Tensor],
+        aux: dict[str, Tensor],
+        step: Tensor,
+        where: slice,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The rule on coordinates ``where`` of the flat vector.
+
+        Args:
+            grad, param: the gradient and parameter values there (compute dtype).
+            slots: the state slots there, each ``(*shape, len(where))``.
+            aux: :meth:`prepare`'s tensors there.
+            step: the step being taken (1 for the first), a 0-dim tensor.
+            where: which coordinates these are (rules with per-coordinate
+                meta-parameters, such as Meta-SGD, index them with it).
+
+        Returns:
+            The update (added to the parameters) and the new slots, both out of place.
+        """
+        raise NotImplementedError
+
+    # -- the optimizer-role contract (functional, differentiable) ----------------------
+    def init(self, params: Params) -> State:
+        values = list(params.values())
+        n = sum(p.numel() for p in values)
+        like = values[0]
+        return self.init_flat(n, compute_dtype(like.dtype), like.device)
+
+    def init_flat(self, n: int, dtype: torch.dtype, device) -> State:
+        """Fresh state for ``n`` coordinates: a step counter and zeroed slots."""
+        return {
+            "step": torch.zeros((), dtype=torch.int64, device=device),
+            "slots": {
+                name: torch.zeros((*shape, n), dtype=dtype, device=device)
+                for name, shape in self.slots().items()
+            },
+        }
+
+    def forward(
+        self, grads: Params, state: State, params: Params, inplace: bool = False
+    ) -> tuple[Params, State]:
+        names = list(grads)
+        sizes = [grads[k].numel() for k in names]
+        dtype = compute_dtype(grads[names[0]].dtype)
+        grad = torch.cat([grads[k].reshape(-1) for k in names]).to(dtype)
+        param = torch.cat([params[k].reshape(-1) for k in names]).to(dtype)
+        step = state["step"] + 1
+        aux = self.prepare(grad, param, sizes)
+        flat, slots = self.update(grad, param, state["slots"], aux, step, slice(0, grad.numel()))
+        pieces = flat.split(sizes)
+        updates = {k: u.view_as(grads[k]).to(grads[k].dtype) for k, u in zip(names, pieces)}
+        return updates, {"step": step, "slots": slots}
+
+    # -- the graph-free path (LearnedOptimizer) ----------------------------------------
+    @torch.no_grad()
+    def apply_flat(
+        self, grad: Tensor, param: Tensor, state: State, sizes: list[int], chunk_size=None
+    ) -> Tensor:
+        """The update of every coordinate, advancing ``state`` in place.
+
+        Args:
+            grad, param: flat vectors (compute dtype).
+            state: from :meth:`init_flat`; its slots and step are updated in place.
+            sizes: the sizes of the tensors concatenated into the vectors.
+            chunk_size: coordinates per chunk (default: :attr:`chunk_size`).
+        """
+        n = grad.numel()
+        chunk = chunk_size or self.chunk_size or n
+        step = state["step"] + 1
+        aux = self.prepare(grad, param, sizes)
+        out = torch.empty_like(grad)
+        for start in range(0, n, chunk):
+            where = slice(start, min(start + chunk, n))
+            update, slots = self.update(
+                grad[where],
+                param[where],
+                {k: v[..., where] for k, v in state["slots"].items()},
+                {k: v[..., where] for k, v in aux.items()},
+                step,
+                where,
+            )
+            out[where] = update
+            for name, value in slots.items():
+                state["slots"][name][..., where] = value
+        state["step"].copy_(step)
+        return out
+
+    def weights(self, tensor: Tensor, dtype: torch.dtype) -> Tensor:
+        """A meta-parameter in the compute dtype (differentiable cast)."""
+        return tensor if tensor.dtype == dtype else tensor.to(dtype)
