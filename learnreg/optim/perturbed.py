@@ -118,6 +118,10 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             param_group = groups[-1]
         for name, value in self.defaults.items():
             param_group.setdefault(name, value)
+        self.init_group(param_group)
+
+    def init_group(self, group: dict[str, Any]) -> None:
+        """Called once per parameter group when it joins (subclasses fill derived values)."""
 
     def group_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         """The equations' hyperparameters for one group (subclasses derive more)."""

@@ -122,11 +122,9 @@ class GSAM(_TwoPass):
         }
         super().__init__(params, base_optimizer, defaults, model, **base_kwargs)
 
-    def add_param_group(self, param_group):
-        super().add_param_group(param_group)
-        for group in self.base_optimizer.param_groups:
-            if group["lr_max"] is None:  # the group's learning rate when it joined
-                group["lr_max"] = group.get("initial_lr", group["lr"])
+    def init_group(self, group):
+        if group["lr_max"] is None:  # the group's learning rate when it joined
+            group["lr_max"] = group.get("initial_lr", group["lr"])
 
     def group_hyperparameters(self, group):
         lr, lr_max, lr_min = float(group["lr"]), float(group["lr_max"]), float(group["lr_min"])
