@@ -54,6 +54,14 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(step)")
     parser.add_argument("--lstm-max", type=float, default=1e6, help="largest model for the LSTM")
+    parser.add_argument(
+        "--compile-chunk",
+        type=int,
+        default=0,
+        help="chunk size for the compiled step (0: the whole vector, one small graph; "
+        "a chunked step unrolls into a graph per chunk and compiles for a long time)",
+    )
+    parser.add_argument("--rules", nargs="+", default=None, help="only these rule rows")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
@@ -75,9 +83,13 @@ def main(argv=None) -> None:
         for name, build in rules().items():
             if name.startswith("lstm") and size > args.lstm_max:
                 continue
+            if args.rules and name not in args.rules:
+                continue
             modes = ["eager"] + (["compiled"] if args.compile else [])
             for mode in modes:
-                opt = LearnedOptimizer(model.parameters(), build())
+                whole = 1 << 40  # one chunk: the whole vector
+                chunk = (args.compile_chunk or whole) if mode == "compiled" else None
+                opt = LearnedOptimizer(model.parameters(), build(), chunk_size=chunk)
                 step = opt.step
                 if mode == "compiled":
                     torch._dynamo.reset()

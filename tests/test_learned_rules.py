@@ -221,6 +221,10 @@ def test_rule_resolution_errors_are_clear(tmp_path):
     rule = MetaSGD(shapes=[[2, 3]])
     with pytest.raises(ConfigError, match="parameter shapes"):
         rule.init(dict(model.named_parameters()))
+    opt = LearnedOptimizer(model.parameters(), rule)
+    model(torch.randn(4, 3)).sum().backward()
+    with pytest.raises(ConfigError, match="parameter shapes"):
+        opt.step()
     with pytest.raises(TypeError, match="FlatRule"):
         LearnedOptimizer(model.parameters(), nn.Linear(2, 2))
 

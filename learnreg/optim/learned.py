@@ -173,6 +173,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def _build_flat(self, params: list[Tensor]) -> dict:
         """Flat buffers from ``self.state`` (zeros for parameters without state), then
         ``self.state[p]`` re-pointed at views of them."""
+        self.rule.check_shapes([list(p.shape) for p in params])
         sizes = [p.numel() for p in params]
         offsets = [sum(sizes[:i]) for i in range(len(sizes))]
         dtype = compute_dtype(params[0].dtype)

@@ -88,9 +88,14 @@ class FlatRule(OptimizerRole):
         """
         raise NotImplementedError
 
+    def check_shapes(self, shapes: list[list[int]]) -> None:
+        """Raise when the rule cannot update parameters of these shapes (rules with
+        per-coordinate meta-parameters belong to one architecture)."""
+
     # -- the optimizer-role contract (functional, differentiable) ----------------------
     def init(self, params: Params) -> State:
         values = list(params.values())
+        self.check_shapes([list(p.shape) for p in values])
         n = sum(p.numel() for p in values)
         like = values[0]
         return self.init_flat(n, compute_dtype(like.dtype), like.device)

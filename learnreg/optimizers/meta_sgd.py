@@ -45,10 +45,6 @@ class MetaSGD(FlatRule):
         self.lr = nn.Parameter(torch.full((sum(math.prod(s) for s in self.shapes),), float(lr)))
         self.init_args = {"shapes": self.shapes, "lr": lr}  # exportable: no model object
 
-    def init(self, params):
-        self.check_shapes([list(p.shape) for p in params.values()])
-        return super().init(params)
-
     def check_shapes(self, shapes: list[list[int]]) -> None:
         if shapes != self.shapes:
             raise ConfigError(
