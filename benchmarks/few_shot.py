@@ -58,8 +58,11 @@ def table(setting: str, results: list[tuple[str, dict]]) -> str:
     scale = 1.0 if metric == "mse" else 100.0
     unit = "" if metric == "mse" else " %"
 
+    digits = 3 if metric == "mse" else 1
+
     def cell(block: dict) -> str:
-        return f"{scale * block['test'][metric]:.2f} ± {scale * block['test_ci95'][metric]:.2f}"
+        mean, ci = scale * block["test"][metric], scale * block["test_ci95"][metric]
+        return f"{mean:.{digits}f} ± {ci:.{digits}f}"
 
     base = results[0][1]["baseline"]
     lines = [
