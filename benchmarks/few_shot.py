@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from learnreg.eval.metrics import summarize
 from learnreg.runner import run
 
 RUNGS = [
@@ -58,22 +59,42 @@ def table(setting: str, results: list[tuple[str, dict]]) -> str:
     scale = 1.0 if metric == "mse" else 100.0
     unit = "" if metric == "mse" else " %"
 
+    digits = 3 if metric == "mse" else 1
+
     def cell(block: dict) -> str:
-        return f"{scale * block['test'][metric]:.2f} ± {scale * block['test_ci95'][metric]:.2f}"
+        mean, ci = scale * block["test"][metric], scale * block["test_ci95"][metric]
+        return f"{mean:.{digits}f} ± {ci:.{digits}f}"
+
+    def paired(a: dict, b: dict) -> str:
+        """b − a over the same meta-test episodes, mean ± 95% CI of the difference."""
+        diff = [
+            scale * (y["learned"][metric] - x["learned"][metric])
+            for x, y in zip(a["per_seed"], b["per_seed"])
+        ]
+        stats = summarize(diff)
+        return f"{stats['mean']:+.{digits}f} ± {stats['ci95']:.{digits}f}"
 
     base = results[0][1]["baseline"]
     lines = [
         f"**{TITLES[setting]}**",
         "",
-        f"| rung | test {metric}{unit} | meta-train s |",
-        "|---|---|---|",
-        f"| random init, same inner optimizer (no meta-learning) | {cell(base)} | 0 |",
+        f"| rung | test {metric}{unit} | change vs the rung above (paired) | meta-train s |",
+        "|---|---|---|---|",
+        f"| random init, same inner optimizer (no meta-learning) | {cell(base)} | | 0 |",
     ]
-    for name, s in results:
-        lines.append(f"| {name} | {cell(s)} | {s['meta_train_seconds']:.0f} |")
+    ladder = [s for name, s in results if name != "Meta-SGD"]
+    for i, (name, s) in enumerate(results):
+        if name == "Meta-SGD":
+            change = f"{paired(results[0][1], s)} vs MAML"
+        else:
+            change = paired(ladder[i - 1], s) if i else ""
+        lines.append(f"| {name} | {cell(s)} | {change} | {s['meta_train_seconds']:.0f} |")
     episodes = results[0][1]["meta_test_seeds"]
     steps = results[0][1]["meta_steps"]
-    lines.append(f"\n{episodes} meta-test episodes, {steps} meta-steps per rung, ± is the 95% CI.")
+    lines.append(
+        f"\n{episodes} meta-test episodes (the same ones for every rung), {steps} meta-steps "
+        "per rung; ± is the 95% CI (normal approximation)."
+    )
     return "\n".join(lines)
 
 
