@@ -75,7 +75,10 @@ def run(
     out = Path(out) if out is not None else default_run_dir(cfg)
     with RunLock(out):
         previous = out / "config.yaml"
-        if previous.exists() and configlib.read_yaml(previous) != cfg:
+        # `device` may change between a checkpoint and its resume (GPU <-> CPU).
+        if previous.exists() and _without_device(configlib.read_yaml(previous)) != (
+            _without_device(cfg)
+        ):
             raise ConfigError(
                 f"{out} holds a run with a different config; choose a new --out to start another run"
             )
@@ -83,6 +86,10 @@ def run(
             return json.loads((out / "summary.json").read_text())
         atomic_write_bytes(previous, configlib.dump(cfg).encode())
         return Run(cfg, out, progress).execute()
+
+
+def _without_device(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if k != "device"}
 
 
 def follow(cfg: dict, out: Path) -> dict:
