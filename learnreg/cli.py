@@ -13,13 +13,11 @@ from pathlib import Path
 
 from learnreg.errors import LearnregError
 
-PRESETS = Path(__file__).resolve().parent.parent / "configs"
-
 
 def cmd_run(args) -> int:
     from learnreg.runner import run
 
-    run(resolve_preset(args.config), args.overrides, args.out, progress=not args.no_progress)
+    run(args.config, args.overrides, args.out, progress=not args.no_progress)
     return 0
 
 
@@ -27,7 +25,7 @@ def cmd_sweep(args) -> int:
     from learnreg.sweep import sweep
 
     sweep(
-        resolve_preset(args.config),
+        args.config,
         args.param,
         args.out,
         args.overrides,
@@ -61,6 +59,7 @@ def cmd_eval(args) -> int:
 
 def cmd_list(args) -> int:
     from learnreg import registry
+    from learnreg.config import PRESETS
 
     for kind in registry.KINDS:
         entries = registry.entries(kind)
@@ -85,16 +84,6 @@ def cmd_describe(args) -> int:
     module = load_bias(path, device="cpu")
     print(module.describe() if hasattr(module, "describe") else repr(module))
     return 0
-
-
-def resolve_preset(name: str) -> str:
-    """A config path, or a preset name relative to ``configs/`` (``adalfl/digits_mlp``)."""
-    if Path(name).is_file():
-        return name
-    for candidate in (PRESETS / name, PRESETS / f"{name}.yaml"):
-        if candidate.is_file():
-            return str(candidate)
-    return name  # config.load reports it as missing, with a hint
 
 
 def _preset_description(path: Path) -> str:

@@ -69,6 +69,9 @@ SCHEMA: dict[str, Any] = {
 LOGGER_BACKENDS = ("console", "wandb", "none")  # metrics.jsonl is always written
 PLAIN_SECTIONS = {k for k, v in SCHEMA.items() if isinstance(v, dict) and COMPONENT not in v}
 
+# The presets ship with the source tree (`learnreg run adalfl/digits_mlp`).
+PRESETS = Path(__file__).resolve().parent.parent / "configs"
+
 
 def load(source: str | Path | Mapping, overrides: list[str] | None = None) -> dict:
     """Load a config (path, YAML text mapping or dict), apply overrides, fill defaults, validate.
@@ -80,20 +83,31 @@ def load(source: str | Path | Mapping, overrides: list[str] | None = None) -> di
     Returns:
         The resolved config as plain dicts and lists.
     """
-    raw = copy.deepcopy(dict(source)) if isinstance(source, Mapping) else read_yaml(Path(source))
+    if isinstance(source, Mapping):
+        raw = copy.deepcopy(dict(source))
+    else:
+        raw = read_yaml(resolve_preset(source))
     for item in overrides or []:
         apply_override(raw, item)
     return validate(raw)
 
 
+def resolve_preset(name: str | Path) -> Path:
+    """A config path, or a preset name relative to ``configs/`` (``adalfl/digits_mlp``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (PRESETS / path, PRESETS / f"{path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return path  # read_yaml reports it as missing
+
+
 def read_yaml(path: Path) -> dict:
     if not path.is_file():
-        hint = ""
-        preset = Path(__file__).resolve().parent.parent / "configs" / path
-        if preset.is_file():
-            hint = f" (a preset of that name exists: {preset})"
         raise ConfigError(
-            f"config file {str(path)!r} not found{hint}. Try `learnreg list` for presets."
+            f"config file {str(path)!r} not found (neither a file nor a preset under "
+            f"{PRESETS}). Try `learnreg list preset`."
         )
     try:
         data = yaml.safe_load(path.read_text())

@@ -48,19 +48,26 @@ class Entry:
 _TABLE: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
 
 
+def _summary(doc: str) -> str:
+    """A docstring's first sentence, even when it wraps over several lines."""
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    end = paragraph.find(". ")
+    return paragraph if end < 0 else paragraph[: end + 1]
+
+
 def register(kind: str, name: str, description: str | None = None):
     """Class/function decorator adding a component to the table.
 
     Args:
         kind: one of :data:`KINDS`.
         name: the short name configs use.
-        description: one line for ``learnreg list``; defaults to the docstring's first line.
+        description: one line for ``learnreg list``; defaults to the docstring's first sentence.
     """
     if kind not in _TABLE:
         raise ValueError(f"unknown component kind {kind!r}; expected one of {KINDS}")
 
     def wrap(target):
-        doc = description or (target.__doc__ or "").strip().split("\n")[0]
+        doc = description or _summary(target.__doc__ or "")
         _TABLE[kind][name] = Entry(name, kind, target, doc)
         return target
 
