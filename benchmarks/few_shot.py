@@ -5,7 +5,7 @@ with ``learnreg run PRESET meta_steps=N``); the runs land in ``runs/bench_few_sh
 a finished run is read back instead of being re-run.
 
 Run: ``python -m benchmarks.few_shot [--settings sine fmnist_5w1s fmnist_5w5s]
-[--sine-steps 2000] [--image-steps 300] [--seeds 600]``. Prints one markdown table per
+[--sine-steps 2000] [--image-steps 300] [--seeds 600] [--device cuda]``. Prints one markdown table per
 setting: test accuracy (or MSE) mean ± 95% CI over the meta-test episodes, for the learned
 biases and for training from a random init with the same inner optimizer.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import add_device_argument, device_of, machine
 from learnreg.eval.metrics import summarize
 from learnreg.runner import run
 
@@ -35,7 +36,9 @@ TITLES = {
 }
 
 
-def run_setting(setting: str, steps: int, seeds: int, out: Path) -> list[tuple[str, dict]]:
+def run_setting(
+    setting: str, steps: int, seeds: int, out: Path, device: str = "cpu"
+) -> list[tuple[str, dict]]:
     results = []
     for i, (name, preset) in enumerate(RUNGS):
         preset = preset.format(s=setting)
@@ -45,7 +48,7 @@ def run_setting(setting: str, steps: int, seeds: int, out: Path) -> list[tuple[s
             # the random-init baseline is the same for every rung: meta-test it once
             f"meta_test.baseline={'true' if i == 0 else 'false'}",
             "logger.backends=[none]",
-            "device=cpu",
+            f"device={device}",
         ]
         summary = run(
             f"configs/{preset}.yaml", overrides, out=out / preset.replace("/", "_"), progress=False
@@ -106,11 +109,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=600)
     parser.add_argument("--out", default="runs/bench_few_shot")
     parser.add_argument("--threads", type=int, default=1)
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = device_of(args.device)
+    print(f"machine: {machine(device)}\n", flush=True)
     for setting in args.settings:
         steps = args.sine_steps if setting == "sine" else args.image_steps
-        results = run_setting(setting, steps, args.seeds, Path(args.out) / setting)
+        results = run_setting(setting, steps, args.seeds, Path(args.out) / setting, str(device))
         print(table(setting, results), "\n", flush=True)
 
 

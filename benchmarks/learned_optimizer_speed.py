@@ -3,18 +3,18 @@ one run (``python -m benchmarks.learned_optimizer_speed``).
 
 Gradients are fixed random tensors, so only the optimizer step is timed (median of
 repeats, after warm-up). Prints a markdown table. ``--threads`` sets torch's intra-op
-threads (1 by default: the benchmark machine's two cores are shared).
+threads (1 by default: the benchmark machine's two cores are shared); ``--device cuda``
+times the steps on the GPU (each timed call synchronized).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from torch import nn
 
+from benchmarks.common import add_device_argument, device_of, machine, median_time
 from learnreg.optim import LearnedOptimizer
 from learnreg.optimizers import LSTMRule, MLPRule
 
@@ -25,17 +25,6 @@ def model_of(params: int) -> nn.Module:
     return nn.Sequential(
         nn.Linear(1024, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10)
     )
-
-
-def median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def rules() -> dict[str, callable]:
@@ -62,23 +51,29 @@ def main(argv=None) -> None:
         "a chunked step unrolls into a graph per chunk and compiles for a long time)",
     )
     parser.add_argument("--rules", nargs="+", default=None, help="only these rule rows")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = device_of(args.device)
+
+    def timed(fn, warmup: int = 2) -> float:
+        return median_time(fn, args.repeats, warmup=warmup, device=device)
+
     rows = []
     for size in args.sizes:
         torch.manual_seed(0)
-        model = model_of(int(size))
+        model = model_of(int(size)).to(device)
         n = sum(p.numel() for p in model.parameters())
         for p in model.parameters():
             p.grad = torch.randn_like(p) * 1e-3
         adam = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
-        base = median_time(adam.step, args.repeats)
-        x = torch.randn(256, 1024)
+        base = timed(adam.step)
+        x = torch.randn(256, 1024, device=device)
 
         def fwd_bwd(model=model, x=x):
             model(x).square().mean().backward()
 
-        fb = median_time(fwd_bwd, args.repeats)
+        fb = timed(fwd_bwd)
         rows.append((n, "Adam(foreach=True)", "eager", base, 1.0, fb))
         for name, build in rules().items():
             if name.startswith("lstm") and size > args.lstm_max:
@@ -94,10 +89,10 @@ def main(argv=None) -> None:
                 if mode == "compiled":
                     torch._dynamo.reset()
                     step = torch.compile(opt.step)
-                t = median_time(step, args.repeats, warmup=3 if mode == "compiled" else 2)
+                t = timed(step, warmup=3 if mode == "compiled" else 2)
                 rows.append((n, f"LearnedOptimizer {name}", mode, t, t / base, fb))
                 del opt
-    print(f"threads: {args.threads}, torch {torch.__version__}\n")
+    print(f"machine: {machine(device)}, threads: {args.threads}\n")
     print("| params | optimizer | mode | step ms | ratio to Adam | step / (fwd+bwd, batch 256) |")
     print("|---:|---|---|---:|---:|---:|")
     for n, name, mode, t, ratio, fb in rows:

@@ -5,7 +5,7 @@ update under the learned loss, meta-gradient of the task loss through it, Adam o
 loss network, guard and bookkeeping); the reference is ``torch.optim.SGD`` on the same
 model and batch with the task loss. Both alternate in one process.
 
-    python -m benchmarks.online_step [--generic]
+    python -m benchmarks.online_step [--generic] [--device cuda]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import interleaved_ratio, machine
+from benchmarks.common import add_device_argument, device_of, interleaved_ratio, machine
 from learnreg.core.bias import Biases
 from learnreg.core.objectives import TaskLoss
 from learnreg.core.task import SingleTask
@@ -34,18 +34,18 @@ SETTINGS = {
 }
 
 
-def measure(name: str, fast_path: bool) -> dict:
+def measure(name: str, fast_path: bool, device: torch.device) -> dict:
     dataset, hidden, batch = SETTINGS[name]
     task = sklearn_task(dataset, batch_size=batch)
     task.model_fn = lambda: MLP(task.input_shape, task.out_features, hidden=hidden)
     loss = NeuralLoss(task.kind, task.num_classes, activation="smooth_leaky_relu")
     biases = Biases(loss, SGD(lr=0.01), RandomInit())
     unroll = TruncatedUnroll(window=1, horizon=None, objective_batch="train", fast_path=fast_path)
-    trainer = MetaTrainer(SingleTask(task), biases, TaskLoss(), unroll, device="cpu")
+    trainer = MetaTrainer(SingleTask(task), biases, TaskLoss(), unroll, device=device)
 
-    model = task.build_model(0)
+    model = task.build_model(0).to(device)
     plain = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = task.train.x[:batch], task.train.y[:batch]
+    x, y = task.train.x[:batch].to(device), task.train.y[:batch].to(device)
     criterion = F.cross_entropy if task.kind == "classification" else F.mse_loss
 
     def sgd_step():
@@ -56,7 +56,7 @@ def measure(name: str, fast_path: bool) -> dict:
     def meta_step():
         unroll.step(trainer.ctx)
 
-    return interleaved_ratio(meta_step, sgd_step)
+    return interleaved_ratio(meta_step, sgd_step, device=device)
 
 
 def main() -> None:
@@ -64,13 +64,15 @@ def main() -> None:
     parser.add_argument(
         "--generic", action="store_true", help="also time the generic double-backward path"
     )
+    add_device_argument(parser)
     args = parser.parse_args()
-    print(f"machine: {machine()}\n")
+    device = device_of(args.device)
+    print(f"machine: {machine(device)}\n")
     print("| model | path | meta-step (ms) | SGD step (ms) | ratio |")
     print("|---|---|---|---|---|")
     for name in SETTINGS:
         for fast in (True, False) if args.generic else (True,):
-            r = measure(name, fast)
+            r = measure(name, fast, device)
             path = "one-step hypergradient" if fast else "double backward"
             print(
                 f"| {name} | {path} | {r['candidate_ms']:.2f} | {r['reference_ms']:.2f} | {r['ratio']:.2f}x |"

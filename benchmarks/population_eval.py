@@ -10,7 +10,8 @@ for ``--steps`` SGD steps, then the validation metric):
 * ``plain PyTorch``: an ``nn.Module`` + ``torch.optim.SGD`` + ``loss.backward()`` loop
   per candidate, the way one would write it by hand.
 
-Run: ``python -m benchmarks.population_eval [--repeats 5] [--steps 100] [--threads 1]``.
+Run: ``python -m benchmarks.population_eval [--repeats 5] [--steps 100] [--threads 1]
+[--device cuda]``.
 The modes are interleaved in each repeat so that machine load affects them alike; the
 table shows medians, and the largest fitness difference between vmap and sequential
 (absolute, or relative where the fitness exceeds 1).
@@ -25,6 +26,7 @@ import time
 
 import torch
 
+from benchmarks.common import add_device_argument, device_of, machine, sync
 from learnreg.core.objectives import TaskError
 from learnreg.data import sklearn_task
 from learnreg.estimators import SerialEvaluator, VmapEvaluator
@@ -95,10 +97,12 @@ SETTINGS = [
 
 def plain_pytorch(problem: FitnessProblem, losses: list) -> list[float]:
     """The hand-written loop: one model, one torch.optim.SGD, backward() per step."""
-    task, seed, out = problem.tasks[0], problem.seeds[0], []
+    device = torch.device(problem.device)
+    task, seed, out = problem.tasks[0].to(device), problem.seeds[0], []
     args = problem.optimizer.init_args
     for loss in losses:
-        model = task.build_model(seed)
+        loss = loss.to(device)
+        model = task.build_model(seed).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=args["lr"], momentum=args["momentum"])
         stream = task.stream("train", seed)
         for _ in range(problem.steps):
@@ -126,10 +130,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", default="", help="run the settings whose title contains this")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    device = device_of(args.device)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU, population {args.population}, {args.steps} steps\n"
+        f"{machine(device)}, {torch.get_num_threads()} thread(s), population {args.population}, {args.steps} steps\n"
     )
     print(
         "| setting | plain PyTorch (s) | learnreg sequential (s) | learnreg vmap (s) | vmap vs sequential | vmap vs plain | max fitness diff |"
@@ -142,7 +148,13 @@ def main(argv: list[str] | None = None) -> None:
         task.model_fn = functools.partial(MLP, task.input_shape, task.out_features, hidden=hidden)
         losses = make(task.kind, args.population)
         problem = FitnessProblem(
-            [task], [1], SGD(0.01, momentum=0.9), RandomInit(), TaskError(), steps=args.steps
+            [task],
+            [1],
+            SGD(0.01, momentum=0.9),
+            RandomInit(),
+            TaskError(),
+            steps=args.steps,
+            device=str(device),
         )
         modes = {
             "plain": functools.partial(plain_pytorch, problem, losses),
@@ -155,8 +167,10 @@ def main(argv: list[str] | None = None) -> None:
             results[m] = fn()  # warm-up (and the fitness values compared below)
         for _ in range(args.repeats):
             for m, fn in modes.items():
+                sync(device)
                 start = time.perf_counter()
                 fn()
+                sync(device)
                 times[m].append(time.perf_counter() - start)
         t = {m: statistics.median(v) for m, v in times.items()}
         # relative to the value where it exceeds 1 (diverging candidates reach MSE ~1e3)

@@ -11,28 +11,17 @@ next to the reference implementations' counts.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import add_device_argument, device_of, machine, median_time
 from learnreg.models import MLP, SmallCNN
 from learnreg.optim import GAM, GSAM, SAM
 
 #: parameter-sized buffers kept by the public reference implementations (davda54/sam:
 #: old_p; GSAM: old_p, old_g; GAM: e_w_0, e_w_1_2, g_0, g_1, g_2, pro_m...) as given in issue 3.
 REFERENCE_BUFFERS = {"SAM": 1, "GSAM": 2, "GAM": 6}
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def held_buffers(opt, model, x, y) -> float:
@@ -60,8 +49,10 @@ MODELS = {
 
 def measure(name: str, build_model, args) -> list[str]:
     torch.manual_seed(0)
-    model = build_model()
-    x, y = torch.randn(args.batch, 1, 28, 28), torch.randint(0, 10, (args.batch,))
+    device = device_of(args.device)
+    model = build_model().to(device)
+    x = torch.randn(args.batch, 1, 28, 28).to(device)
+    y = torch.randint(0, 10, (args.batch,)).to(device)
     numel = sum(p.numel() for p in model.parameters())
 
     def closure_for(opt):
@@ -85,14 +76,16 @@ def measure(name: str, build_model, args) -> list[str]:
         "GSAM": lambda: GSAM(model.parameters(), torch.optim.SGD, alpha=0.1, lr=1e-3, momentum=0.9),
         "GAM": lambda: GAM(model.parameters(), torch.optim.SGD, lr=1e-3, momentum=0.9),
     }
-    base_time = median_time(base_step, args.repeats)
+    base_time = median_time(base_step, args.repeats, device=device)
     rows = [
         f"| {name} | {numel / 1e6:.2f}M | SGD (base) | 1 | {base_time * 1e3:.1f} | 1.00x | 0 | 0 |"
     ]
     for method, build in wrappers.items():
         opt = build()
         closure = closure_for(opt)
-        t = median_time(lambda opt=opt, closure=closure: opt.step(closure), args.repeats)
+        t = median_time(
+            lambda opt=opt, closure=closure: opt.step(closure), args.repeats, device=device
+        )
         buffers = held_buffers(build(), model, x, y)
         rows.append(
             f"| {name} | {numel / 1e6:.2f}M | {method} | {opt.perturbation.passes} | "
@@ -106,14 +99,13 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=128)
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
     for name, build in MODELS.items():
         rows += measure(name, build, args)
-    print(
-        f"28x28 inputs, batch {args.batch}, {args.threads} thread(s), torch {torch.__version__}\n"
-    )
+    print(f"{machine(args.device)}, 28x28 inputs, batch {args.batch}, {args.threads} thread(s)\n")
     print(
         "| model | params | optimizer | passes | step ms | ratio to base step "
         "| parameter-sized buffers held | reference implementation |"

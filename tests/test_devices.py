@@ -47,10 +47,9 @@ def _interrupted_then_resumed(tmp_path, monkeypatch, first: str, second: str) ->
             raise _Interrupt
         return original(self, ctx)
 
-    monkeypatch.setattr(TruncatedUnroll, "step", failing_step)
-    with pytest.raises(_Interrupt):
+    with monkeypatch.context() as patch, pytest.raises(_Interrupt):
+        patch.setattr(TruncatedUnroll, "step", failing_step)
         learnreg.run({**CONFIG, "device": first}, out=tmp_path, progress=False)
-    monkeypatch.undo()
     return learnreg.run({**CONFIG, "device": second}, out=tmp_path, progress=False)
 
 
@@ -60,6 +59,9 @@ def _learned(run_dir):
 
 def test_a_run_resumes_under_a_different_device_setting(tmp_path, monkeypatch):
     """`device` is the one setting a resumed run may change (the rest must match)."""
+    # `auto` is $LEARNREG_DEVICE, else CUDA when present: pin it to the CPU, so that both
+    # halves run the same arithmetic (the CPU<->GPU case is the test below).
+    monkeypatch.setenv("LEARNREG_DEVICE", "cpu")
     reference = learnreg.run({**CONFIG, "device": "cpu"}, out=tmp_path / "ref", progress=False)
     resumed = _interrupted_then_resumed(tmp_path / "run", monkeypatch, "cpu", "auto")
     assert resumed["test"] == reference["test"]

@@ -100,7 +100,9 @@ def test_torchrun_two_processes_learn_what_one_process_learns(tmp_path):
 
     config = tmp_path / "sine.yaml"
     config.write_text(yaml.safe_dump(SINE_CONFIG))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    # ROOT first, keeping a PYTHONPATH the environment needs (packages installed there).
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
     command += ["--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
     command += ["-m", "learnreg.cli", "run", str(config), "--out", str(tmp_path / "two")]
