@@ -140,6 +140,80 @@ def grad_scale(records: Records):
     return fig
 
 
+@register_plot("update_statistics")
+def update_statistics(records: Records):
+    """The optimizer role's updates during meta-test: RMS of one update and its size
+    relative to the weights, learned biases vs the baseline."""
+    if not any("meta_test/learned/update_rms" in r for r in records):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in (
+        (axes[0], "update_rms", "RMS of one update"),
+        (axes[1], "update_to_weight", "‖Δθ‖ / ‖θ‖"),
+    ):
+        for tag, color in (("learned", "C0"), ("baseline", "C1")):
+            for i, (_seed, (xs, ys)) in enumerate(
+                sorted(_series(records, f"meta_test/{tag}/{key}", "inner_step").items())
+            ):
+                ax.plot(xs, ys, color=color, alpha=0.8, label=tag if i == 0 else None)
+        ax.set(xlabel="inner step", ylabel=label, yscale="log")
+        ax.legend()
+    fig.suptitle("optimizer updates during meta-test")
+    return fig
+
+
+@register_plot("pga")
+def pga(records: Records):
+    """PGA loss increase against the radius of the L2 ball (``learnreg eval``): flatter
+    minima rise less. One point per seed, a line through the means."""
+    radii = sorted(
+        {
+            float(k.rsplit("_", 1)[1])
+            for r in records
+            for k in r
+            if k.startswith("eval/learned/pga_")
+        }
+    )
+    if not radii:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for tag, color in (("learned", "C0"), ("baseline", "C1")):
+        per_radius = [
+            [r[f"eval/{tag}/pga_{x:g}"] for r in records if f"eval/{tag}/pga_{x:g}" in r]
+            for x in radii
+        ]
+        if not any(per_radius):
+            continue
+        for x, values in zip(radii, per_radius):
+            ax.scatter([x] * len(values), values, color=color, s=12, alpha=0.6)
+        means = [sum(v) / len(v) for v in per_radius]
+        ax.plot(radii, means, color=color, marker="o", label=tag)
+    ax.set(xlabel="radius r", ylabel="loss increase", xscale="log", title="PGA loss increase")
+    ax.legend()
+    return fig
+
+
+@register_plot("search_fitness")
+def search_fitness(records: Records):
+    """A loss search's fitness per generation: best so far, generation best and mean
+    (lower is better)."""
+    keys = {
+        "search/best_fitness": "best so far",
+        "search/generation_best": "generation best",
+        "search/mean_fitness": "generation mean",
+    }
+    curves = {k: _series(records, k, "meta_step").get(0) for k in keys}
+    if not any(curves.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in keys.items():
+        if curves[key]:
+            ax.plot(*curves[key], marker=".", label=label)
+    ax.set(xlabel="generation", ylabel="fitness (val. error or MSE)", title="loss search")
+    ax.legend()
+    return fig
+
+
 def plot(run_dir: str | Path, names: list[str] | None = None, logger=None) -> list[Path]:
     """Write every applicable plot of ``run_dir`` to ``run_dir/plots/<name>.png``.
 

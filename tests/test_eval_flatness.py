@@ -137,6 +137,7 @@ def test_learnreg_eval_writes_summary_and_log(finished_run, capsys):
         json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()
     ]
     assert any("eval/learned/pga_0.1" in r for r in records)
+    assert (finished_run / "plots" / "pga.png").stat().st_size > 10_000
 
 
 def test_from_run_loads_the_trained_rule(finished_run):

@@ -18,7 +18,7 @@ from learnreg.core.outer import OuterOptimizer
 from learnreg.errors import ConfigError
 from learnreg.estimators.base import Estimator, MetaContext
 from learnreg.eval.loss_shape import loss_profile, profile_argmin
-from learnreg.eval.metrics import evaluate_split, gradient_scale, summarize
+from learnreg.eval.metrics import evaluate_split, gradient_scale, summarize, update_statistics
 
 MetaOptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 ScheduleFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -215,6 +215,7 @@ class MetaTrainer:
             adapt.attach(run)
         curve_every = eval_every or steps
         while run.state.step < steps:
+            before = run.state.params  # functional updates: the old tensors stay valid
             if adapt is not None:
                 base_loss = adapt.step(ctx)["base_loss"]
             else:
@@ -231,7 +232,7 @@ class MetaTrainer:
                 )
                 break
             if run.state.step % curve_every == 0 or run.state.step >= steps:
-                self._log_curve(run, biases, tag, index, base_loss)
+                self._log_curve(run, biases, tag, index, base_loss, before)
         return run, biases
 
     @staticmethod
@@ -242,13 +243,14 @@ class MetaTrainer:
         return metrics
 
     def _log_curve(
-        self, run: InnerRun, biases: Biases, tag: str, index: int, base_loss: float
+        self, run: InnerRun, biases: Biases, tag: str, index: int, base_loss: float, before
     ) -> None:
         metrics = {
             f"test_{k}": v
             for k, v in evaluate_split(run.model, run.state, run.task.test, run.task.kind).items()
         }
         metrics["train_loss"] = base_loss
+        metrics.update(update_statistics(before, run.state.params))
         # On a fixed training subset, so the ratio is not the noise of one batch.
         subset = (run.task.train.x[:512], run.task.train.y[:512])
         metrics["grad_scale"] = gradient_scale(

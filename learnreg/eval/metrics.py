@@ -6,7 +6,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from learnreg.core.inner import InnerState, forward
 
@@ -61,3 +61,17 @@ def gradient_scale(model: nn.Module, state: InnerState, batch, loss, kind: str) 
     with torch.no_grad():
         reference = norm(lambda pred, target: task_loss(pred, target, kind))
         return norm(loss) / max(reference, 1e-12)
+
+
+def update_statistics(before: dict[str, Tensor], after: dict[str, Tensor]) -> dict[str, float]:
+    """Statistics of the last inner update ``Δθ = after − before`` (what the optimizer
+    role did): its RMS over all coordinates, its norm relative to ‖θ‖, and the fraction of
+    coordinates it moved (a learned rule may leave many at rest)."""
+    with torch.no_grad():
+        delta = torch.cat([(after[k] - before[k]).flatten() for k in after]).double()
+        theta = torch.cat([after[k].flatten() for k in after]).double()
+        return {
+            "update_rms": delta.square().mean().sqrt().item(),
+            "update_to_weight": (delta.norm() / theta.norm().clamp_min(1e-12)).item(),
+            "update_active": (delta != 0).double().mean().item(),
+        }

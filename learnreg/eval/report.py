@@ -125,6 +125,9 @@ def evaluate_run(
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary["eval"] = result
     atomic_write_bytes(summary_path, json.dumps(summary, indent=2).encode())
+    from learnreg.plots import plot
+
+    plot(run_dir, names=["pga"])  # plots/pga.png, and to the run's W&B run when it has one
     if console:
         print(format_eval(result))
     return result
