@@ -46,7 +46,8 @@ def test_split_indices_never_overlap():
 def _write_idx(path, array, compress=False):
     header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     data = header + array.astype(np.uint8).tobytes()
-    (gzip.open if compress else open)(path, "wb").write(data)
+    with (gzip.open if compress else open)(path, "wb") as f:  # closed: flushed on 3.12 too
+        f.write(data)
 
 
 def test_read_idx_plain_gzip_and_truncated(tmp_path):
