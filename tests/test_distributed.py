@@ -128,3 +128,31 @@ def test_meta_batch_must_split_evenly_over_processes(monkeypatch):
     assert distributed.shard(6) == 2
     with pytest.raises(ConfigError, match="meta_batch=4 does not split evenly over 3"):
         distributed.shard(4)
+
+
+@pytest.mark.parametrize(
+    "device, gpus, local_rank, expect",
+    [
+        ("auto", 0, 1, ("gloo", None)),  # no GPU
+        ("cpu", 2, 1, ("gloo", None)),
+        ("auto", 2, 1, ("nccl", 1)),  # a GPU per process
+        ("cuda", 1, 1, ("gloo", 0)),  # two processes share one GPU: NCCL cannot
+        ("cuda:0", 2, 1, ("gloo", None)),  # an explicit GPU is left as the config says
+    ],
+)
+def test_backend_and_gpu_of_each_process(monkeypatch, device, gpus, local_rank, expect):
+    from learnreg.core import distributed
+
+    monkeypatch.delenv("LEARNREG_DEVICE", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    seen = {"gpu": None}
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: seen.update(gpu=i))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: seen.update(backend=backend))
+    monkeypatch.setattr(distributed, "is_active", lambda: True)
+    assert distributed.init_from_env(device)
+    assert (seen["backend"], seen["gpu"]) == expect

@@ -176,6 +176,33 @@ def test_a_search_run_writes_its_outputs_and_resumes(tmp_path, monkeypatch):
     assert _records(tmp_path / "run") == records
 
 
+def test_a_cmaes_search_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """The CMA-ES state (numpy arrays, its RNG) comes back from a checkpoint read onto the
+    run's device (a GPU where there is one)."""
+    run = {
+        **RUN,
+        "method": "taylorglo",
+        "loss": {"_component_": "taylor"},
+        "estimator": {"_component_": "evolution", **CMAES},
+    }
+    reference = learnreg.run(run, out=tmp_path / "ref", progress=False)
+    calls = {"n": 0}
+    original = Evolution.step
+
+    def interrupted(self, ctx):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, ctx)
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(Evolution, "step", interrupted)
+        learnreg.run(run, out=tmp_path / "run", progress=False)
+    resumed = learnreg.run(run, out=tmp_path / "run", progress=False)
+    strip = lambda s: {k: v for k, v in s.items() if not k.endswith("_seconds")}  # noqa: E731
+    assert strip(resumed) == strip(reference)
+
+
 def test_population_tables_reach_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = {**RUN, "meta_steps": 2, "logger": {"backends": ["wandb"]}}

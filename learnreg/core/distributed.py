@@ -9,7 +9,8 @@ outer step. Meta-parameters are broadcast from rank 0 when the outer optimizer i
 so all ranks start and stay identical.
 
 Under ``torchrun`` the process group is created from the environment (``RANK``,
-``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``): ``gloo`` on CPU, ``nccl`` on CUDA.
+``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``): ``gloo`` on CPU, ``nccl`` on CUDA with a
+GPU per process (gloo when processes share a GPU).
 Outside ``torchrun`` every function here is a no-op for a world of one process.
 """
 
@@ -45,8 +46,12 @@ def init_from_env(device: str = "auto") -> bool:
     """Join the process group ``torchrun`` describes in the environment (once).
 
     Args:
-        device: the run's device setting; ``cuda`` (or ``auto`` with CUDA present) selects
-            the NCCL backend and pins this process to ``cuda:LOCAL_RANK``.
+        device: the run's device setting. When it resolves to CUDA without an index
+            (``cuda``, or ``auto`` with CUDA present and ``$LEARNREG_DEVICE`` unset or
+            ``cuda``), this process is pinned to ``cuda:LOCAL_RANK`` and reduces over NCCL;
+            a node with fewer GPUs than processes shares them round-robin
+            (``cuda:LOCAL_RANK % GPUs``) and reduces over gloo, since NCCL needs a GPU of
+            its own per process. Otherwise (CPU, or an explicit ``cuda:N``) gloo.
 
     Returns:
         Whether the process is part of a multi-process group.
@@ -54,10 +59,15 @@ def init_from_env(device: str = "auto") -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
         return False
     if not dist.is_initialized():
-        cuda = torch.cuda.is_available() and str(device) in ("auto", "cuda")
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo")
+        from learnreg.core.trainer import resolve_device  # the run's rule (import cycle)
+
+        resolved = resolve_device(device)
+        pin = resolved.type == "cuda" and resolved.index is None and torch.cuda.is_available()
+        gpus = torch.cuda.device_count() if pin else 0
+        if gpus:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % gpus)
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+        dist.init_process_group("nccl" if gpus and gpus >= processes else "gloo")
     return is_active()
 
 

@@ -123,8 +123,10 @@ class BatchStream:
         return {"generator": self.generator.get_state(), "perm": self.perm.clone(), "pos": self.pos}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        self.perm = state["perm"].clone()
+        # A checkpoint is read onto the run's device (a GPU, say); the generator and its
+        # permutation live on the CPU whatever the device.
+        self.generator.set_state(state["generator"].cpu())
+        self.perm = state["perm"].cpu().clone()
         self.pos = int(state["pos"])
 
 

@@ -108,13 +108,16 @@ class CMAES(Searcher):
 
     def load_state_dict(self, state: dict) -> None:
         try:
-            attrs = {k: v.numpy() if torch.is_tensor(v) else v for k, v in state["cma"].items()}
+            # (a checkpoint is read onto the run's device: numpy needs the CPU)
+            attrs = {
+                k: v.cpu().numpy() if torch.is_tensor(v) else v for k, v in state["cma"].items()
+            }
             full_c = attrs.pop("C")
             cma = CMA.__new__(CMA)
             cma.__setstate__(attrs)
             cma._C = full_c
             rng = state["rng"]
-            keys = rng["keys"].numpy().astype(np.uint32)
+            keys = rng["keys"].cpu().numpy().astype(np.uint32)
             cma._rng.set_state((rng["kind"], keys, rng["pos"], rng["has_gauss"], rng["gauss"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"the checkpointed CMA-ES state does not load: {exc}") from None
