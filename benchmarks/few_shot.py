@@ -54,6 +54,12 @@ def run_setting(
             f"configs/{preset}.yaml", overrides, out=out / preset.replace("/", "_"), progress=False
         )
         results.append((name, summary))
+        metric = "mse" if setting == "sine" else "accuracy"
+        print(  # one line per finished rung, so a cut-off ladder still reports its rungs
+            f"{preset}: test {metric} {summary['test'][metric]:.4f} ± "
+            f"{summary['test_ci95'][metric]:.4f}, meta-train {summary['meta_train_seconds']:.0f} s",
+            flush=True,
+        )
     return results
 
 

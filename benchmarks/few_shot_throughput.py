@@ -2,7 +2,7 @@
 inner loop vs a Python loop over its tasks, same tasks, same meta-gradient.
 
 Run: ``python -m benchmarks.few_shot_throughput [--repeats 5] [--steps 4] [--device cuda]
-[--only sine]``.
+[--only sine digits]``.
 Prints episodes (tasks) per second, median of the repeats, with the two modes
 interleaved so that machine load affects both alike.
 """
@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=4, help="meta-steps per measurement")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--only", default="", help="run the settings whose title contains this")
+    parser.add_argument(
+        "--only", nargs="+", default=[""], help="run the settings whose title contains one of these"
+    )
     add_device_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| setting | meta-batch | loop (episodes/s) | vmap (episodes/s) | speed-up |")
     print("|---|---|---|---|---|")
     for title, preset, meta_batch in SETTINGS:
-        if args.only.lower() not in title.lower():
+        if not any(word.lower() in title.lower() for word in args.only):
             continue
         trainers = {mode: trainer(preset, mode, meta_batch, str(device)) for mode in (False, True)}
         for tr in trainers.values():  # warm-up: first-call overheads, allocator
