@@ -125,7 +125,7 @@ print(f"test error with the learned criterion: {error:.4f}")
 # %%
 out = tempfile.mkdtemp()
 summary = learnreg.run(
-    "../configs/ml3/digits_mlp.yaml",
+    "ml3/digits_mlp",
     [f"meta_steps={META_STEPS}", f"meta_test.steps={TEST_STEPS}", "logger.backends=[]"],
     out=out,
     progress=False,

@@ -40,7 +40,7 @@ overrides = ["logger.backends=[]", "meta_test.eval_every=100" if FAST else "meta
 if FAST:
     overrides += ["meta_steps=100", "meta_test.steps=800"]
 out = Path(tempfile.mkdtemp())
-summary = learnreg.run("../configs/adalfl/digits_mlp.yaml", overrides, out=out, progress=False)
+summary = learnreg.run("adalfl/digits_mlp", overrides, out=out, progress=False)
 print(learnreg.runner.format_summary(summary))
 
 # %%

@@ -21,6 +21,7 @@ from learnreg.errors import ConfigError
 from learnreg.estimators import MetaContext, TruncatedUnroll
 from learnreg.inits import RandomInit
 from learnreg.losses import CrossEntropy
+from learnreg.models import MLP
 from learnreg.optim import LearnedOptimizer
 from learnreg.optimizers import LSTMRule, MetaSGD, MLPRule
 from learnreg.optimizers.flat import segment_mean
@@ -265,3 +266,22 @@ def test_rule_state_is_a_pytree_of_tensors_that_checkpoints():
         )
     for k in a.params:
         assert torch.equal(a.params[k], b.params[k])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "mlp"])
+def test_meta_gradient_is_finite_when_gradients_are_exactly_zero(kind):
+    """A dead ReLU or an all-zero tensor gives coordinates whose gradient is exactly 0;
+    the rules' square roots must not turn them into NaN meta-gradients (backward of
+    √v at v = 0)."""
+    task = tiny_task()
+    model = MLP((4,), 3, hidden=(6,), activation="relu").double()
+    with torch.no_grad():
+        model[1].weight[0].zero_()  # hidden unit 0 is dead: its gradients are exactly 0
+        model[1].bias[0] = -1.0
+        model[3].bias.zero_()  # an all-zero tensor (its RMS is 0)
+    task.model_fn = lambda: copy.deepcopy(model)
+    rule = _rule(kind)
+    ctx = _context(task, rule)
+    TruncatedUnroll(window=3, horizon=3, fast_path=False).unroll(ctx, ctx.new_run("meta_train", 0))
+    for p in ctx.biases.meta_parameters():
+        assert torch.isfinite(p.grad).all()

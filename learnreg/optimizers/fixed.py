@@ -41,6 +41,9 @@ class Adam(TorchoptOptimizer):
         betas: first and second moment decays.
         eps: denominator epsilon.
         weight_decay: L2 coefficient.
+        eps_root: added under the square root, ``√(v + eps_root)``. Set it (e.g. 1e-16)
+            when unrolling through Adam on models whose gradients can be exactly zero: the
+            backward of ``√v`` at ``v = 0`` is infinite and would make meta-gradients NaN.
     """
 
     def __init__(
@@ -49,6 +52,11 @@ class Adam(TorchoptOptimizer):
         betas: tuple[float, float] | list[float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        eps_root: float = 0.0,
     ):
-        super().__init__(torchopt.adam(lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(
+            torchopt.adam(
+                lr, betas=tuple(betas), eps=eps, eps_root=eps_root, weight_decay=weight_decay
+            )
+        )
         self.lr = lr

@@ -15,6 +15,15 @@ from learnreg.optimizers.flat import FlatRule, segment_mean
 from learnreg.registry import register
 
 
+def sqrt0(x: Tensor) -> Tensor:
+    """``√x`` whose gradient at ``x = 0`` is 0 rather than ∞. A coordinate whose gradient
+    is exactly zero (a dead ReLU, a zero-initialized tensor) has ``v = 0``; with a plain
+    ``sqrt`` the unroll's backward pass would multiply ∞ by 0 and poison the
+    meta-gradient with NaN. The forward value is exact."""
+    positive = x > 0
+    return torch.where(positive, torch.where(positive, x, 1.0).sqrt(), 0.0)
+
+
 @register("optimizer", "mlp")
 class MLPRule(FlatRule):
     """Every coordinate's update from a small MLP over its own optimizer statistics.
@@ -84,7 +93,7 @@ class MLPRule(FlatRule):
         return {"m": (len(self.momentum_decays),), "v": (2,)}
 
     def prepare(self, grad, param, sizes):
-        rms = segment_mean(param * param, sizes).sqrt()
+        rms = sqrt0(segment_mean(param * param, sizes))
         return {"param": param / (rms + self.eps)}
 
     def update(self, grad, param, slots, aux, step, where):
@@ -95,7 +104,7 @@ class MLPRule(FlatRule):
         m = torch.lerp(grad, slots["m"], beta_m)  # β m + (1 − β) g, one row per decay
         v = torch.lerp(grad * grad, slots["v"], beta_v)
         v_hat = v / (1 - beta_v**t)
-        inv_delta = 1.0 / (v_hat[1].sqrt() + self.eps)  # 1 / (√v̂ + eps), slow decay
+        inv_delta = 1.0 / (sqrt0(v_hat[1]) + self.eps)  # 1 / (√v̂ + eps), slow decay
         tiny = self.eps * self.eps
         features = torch.cat(
             [
