@@ -157,11 +157,12 @@ def test_horizon_resets_runs_and_meta_batch_averages():
     ctx = _context(task, biases)
     unroll = TruncatedUnroll(window=2, horizon=4, meta_batch=2)
     unroll.step(ctx)
-    first = [id(r) for r in unroll.runs]
+    first = list(unroll.runs)  # held, so that new runs cannot reuse their ids
     unroll.step(ctx)
-    assert [id(r) for r in unroll.runs] == first and all(r.state.step == 4 for r in unroll.runs)
+    assert all(a is b for a, b in zip(unroll.runs, first)) and len(unroll.runs) == len(first)
+    assert all(r.state.step == 4 for r in unroll.runs)
     unroll.step(ctx)
-    assert not set(first) & {id(r) for r in unroll.runs}
+    assert not any(r is old for r in unroll.runs for old in first)
     assert [r.index for r in unroll.runs] == [2, 3]
 
 
