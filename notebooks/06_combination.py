@@ -46,9 +46,9 @@ root = Path(tempfile.mkdtemp())
 # First the loss: a short TaylorGLO search on ordinary (non-episodic) digits.
 
 # %%
-search = ["logger.backends=[]", "meta_test.steps=200", "meta_test.seeds=1"]
+search = ["logger.backends=[]", "meta_test.steps=100" if FAST else "meta_test.steps=1000", "meta_test.seeds=1"]
 if FAST:
-    search += ["meta_steps=3", "estimator.searcher.population=6", "estimator.fitness_steps=200"]
+    search += ["meta_steps=2", "estimator.searcher.population=4", "estimator.fitness_steps=100"]
 learnreg.run("taylorglo/digits_mlp", search, out=root / "taylorglo", progress=False)
 found = losses.load(root / "taylorglo" / "learned" / "loss")
 # TaylorGLO's loss is a sum over classes of one polynomial: the same coefficients serve
@@ -63,7 +63,7 @@ print(found.theta.tolist())
 
 # %%
 family = FewShotEpisodes("digits", ways=5, shots=5, queries=15, model=lambda input_shape, out_features: MLP(input_shape, out_features, hidden=[64]))
-meta_steps, episodes = (20, 100) if FAST else (600, 600)
+meta_steps, episodes = (10, 40) if FAST else (600, 600)
 
 
 def learner(loss, learned_optimizer: bool):

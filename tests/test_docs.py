@@ -1,5 +1,7 @@
 """The ```python blocks of the README and of every guide under docs/ run, in order, as
-written (each file in its own namespace, from a scratch working directory)."""
+written (each file in its own namespace, from a scratch working directory). Blocks fenced
+as ```py need something the page's shell commands make first (a finished search run, a
+W&B run) and are not executed."""
 
 from __future__ import annotations
 
