@@ -15,7 +15,8 @@ re-run. Reported:
 * ``cost``: a few generations at the papers' full settings, timed and extrapolated to a
   25 x 50 search.
 
-Run: ``python -m benchmarks.loss_search [--only quality,invariant,ablation,cost] [--out DIR]``.
+Run: ``python -m benchmarks.loss_search [--only quality,invariant,ablation,cost]
+[--tasks digits,fmnist,diabetes] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -141,10 +142,12 @@ def fmt(summary: dict, metric: str, block: str | None = None) -> str:
     return f"{source['test'][metric]:.4f} ± {source['test_std'][metric]:.4f}"
 
 
-def quality(out: Path) -> None:
+def quality(out: Path, tasks: list[str]) -> None:
     print("\n| task | method | budget | learned test | baseline test | search wall time |")
     print("|---|---|---|---|---|---|")
     for name, (preset, overrides, budget) in QUALITY.items():
+        if name.split("_")[1] not in tasks:
+            continue
         summary = run(name, preset, overrides, out)
         metric = "mse" if "diabetes" in name else "error"
         baseline = "MSE" if metric == "mse" else "CE"
@@ -209,8 +212,8 @@ def invariant(out: Path) -> None:
             )
 
 
-def ablation(out: Path) -> None:
-    for task in ("digits", "diabetes"):
+def ablation(out: Path, tasks: list[str]) -> None:
+    for task in (t for t in ("digits", "diabetes") if t in tasks):
         evomal, gplfl = history(out, f"evomal_{task}"), history(out, f"gplfl_{task}")
         print(f"\n{task}: best validation fitness so far, per generation (lower is better)\n")
         print("| generation | " + " | ".join(str(r["generation"]) for r in evomal) + " |")
@@ -278,17 +281,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default="quality,invariant,ablation,cost")
     parser.add_argument("--out", default="runs/bench_loss_search")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--tasks", default="digits,fmnist,diabetes", help="quality and ablation rows to run"
+    )
     args = parser.parse_args(argv)
+    tasks = args.tasks.split(",")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU")
     parts = args.only.split(",")
     if "quality" in parts:
-        quality(out)
+        quality(out, tasks)
     if "invariant" in parts:
         invariant(out)
     if "ablation" in parts:
-        ablation(out)
+        ablation(out, tasks)
     if "cost" in parts:
         cost()
 
