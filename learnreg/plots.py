@@ -54,6 +54,15 @@ def _series(records: Records, key: str, axis: str) -> dict[int, tuple[list, list
     return dict(out)
 
 
+def _learned_vs_baseline(ax, records: Records, metric: str) -> None:
+    """One line per seed of a meta-test metric against inner steps, learned vs baseline."""
+    for tag, color in (("learned", "C0"), ("baseline", "C1")):
+        for i, (_seed, (xs, ys)) in enumerate(
+            sorted(_series(records, f"meta_test/{tag}/{metric}", "inner_step").items())
+        ):
+            ax.plot(xs, ys, color=color, alpha=0.8, label=tag if i == 0 else None)
+
+
 @register_plot("learning_curves")
 def learning_curves(records: Records):
     """Test metric against inner steps: learned biases vs the baseline, every seed."""
@@ -68,11 +77,7 @@ def learning_curves(records: Records):
     if metric is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
-    for tag, color in (("learned", "C0"), ("baseline", "C1")):
-        for i, (_seed, (xs, ys)) in enumerate(
-            sorted(_series(records, f"meta_test/{tag}/{metric}", "inner_step").items())
-        ):
-            ax.plot(xs, ys, color=color, alpha=0.8, label=tag if i == 0 else None)
+    _learned_vs_baseline(ax, records, metric)
     ax.set(xlabel="inner step", ylabel=metric.replace("_", " "), title="meta-test learning curves")
     ax.legend()
     return fig
@@ -151,11 +156,7 @@ def update_statistics(records: Records):
         (axes[0], "update_rms", "RMS of one update"),
         (axes[1], "update_to_weight", "‖Δθ‖ / ‖θ‖"),
     ):
-        for tag, color in (("learned", "C0"), ("baseline", "C1")):
-            for i, (_seed, (xs, ys)) in enumerate(
-                sorted(_series(records, f"meta_test/{tag}/{key}", "inner_step").items())
-            ):
-                ax.plot(xs, ys, color=color, alpha=0.8, label=tag if i == 0 else None)
+        _learned_vs_baseline(ax, records, key)
         ax.set(xlabel="inner step", ylabel=label, yscale="log")
         ax.legend()
     fig.suptitle("optimizer updates during meta-test")
