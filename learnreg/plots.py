@@ -54,6 +54,12 @@ def _series(records: Records, key: str, axis: str) -> dict[int, tuple[list, list
     return dict(out)
 
 
+def _scale(ax) -> str:
+    """``log`` when every plotted value is positive (a diverged run logs 0 or NaN)."""
+    values = [y for line in ax.get_lines() for y in line.get_ydata()]
+    return "log" if values and all(y > 0 for y in values) else "linear"
+
+
 def _learned_vs_baseline(ax, records: Records, metric: str) -> None:
     """One line per seed of a meta-test metric against inner steps, learned vs baseline."""
     for tag, color in (("learned", "C0"), ("baseline", "C1")):
@@ -135,12 +141,8 @@ def grad_scale(records: Records):
     fig, ax = plt.subplots(figsize=(6, 4))
     for seed, (xs, ys) in sorted(series.items()):
         ax.plot(xs, ys, label=f"seed {seed}")
-    ax.set(
-        xlabel="inner step",
-        ylabel="gradient-scale ratio",
-        yscale="log",
-        title="learned vs task-loss gradient scale",
-    )
+    ax.set(xlabel="inner step", ylabel="gradient-scale ratio")
+    ax.set(title="learned vs task-loss gradient scale", yscale=_scale(ax))
     ax.legend()
     return fig
 
@@ -157,7 +159,7 @@ def update_statistics(records: Records):
         (axes[1], "update_to_weight", "‖Δθ‖ / ‖θ‖"),
     ):
         _learned_vs_baseline(ax, records, key)
-        ax.set(xlabel="inner step", ylabel=label, yscale="log")
+        ax.set(xlabel="inner step", ylabel=label, yscale=_scale(ax))
         ax.legend()
     fig.suptitle("optimizer updates during meta-test")
     return fig
