@@ -53,33 +53,74 @@ def sweep(
         params: ``key=v1,v2`` strings; the grid is their product.
         out: the sweep directory (one run directory per point inside it).
         overrides: ``key=value`` overrides applied to every point.
-        wandb: log every run to W&B, grouped under the sweep's directory name.
+        wandb: log every run to W&B, grouped under the sweep's directory name; when W&B
+            is online, the grid runs as a W&B sweep (``wandb.sweep`` + a local agent).
         progress: show progress bars.
 
     Returns:
         One row per point: the parameter values, the learned and baseline test metrics.
     """
-    from learnreg.runner import run
+    from learnreg.tracking.loggers import wandb_mode
 
     out = Path(out)
-    rows = []
-    for point in grid(params):
-        extra = [
-            f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-            for k, v in point.items()
+    points = grid(params)
+    if wandb and wandb_mode() == "online":
+        rows = _wandb_sweep(config, params, points, out, overrides or [], progress)
+    else:
+        rows = [
+            _run_point(config, point, out, overrides or [], wandb, progress) for point in points
         ]
-        if wandb:
-            extra += ["logger.backends=[console,wandb]", f"logger.group={out.name}"]
-        summary = run(config, [*(overrides or []), *extra], out / point_name(point), progress)
-        row = dict(point)
-        row.update({f"learned_{m}": v for m, v in summary["test"].items()})
-        row.update(
-            {f"baseline_{m}": v for m, v in summary.get("baseline", {}).get("test", {}).items()}
-        )
-        row["seconds"] = round(summary["meta_train_seconds"] + summary["meta_test_seconds"], 1)
-        rows.append(row)
     write_table(rows, out)
     return rows
+
+
+def _run_point(config, point: dict, out: Path, overrides, wandb: bool, progress: bool) -> dict:
+    """One grid point as an ordinary run directory; its row of the comparison table."""
+    from learnreg.runner import run
+
+    extra = [
+        f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+        for k, v in point.items()
+    ]
+    if wandb:
+        extra += ["logger.backends=[console,wandb]", f"logger.group={out.name}"]
+    summary = run(config, [*overrides, *extra], out / point_name(point), progress)
+    row = dict(point)
+    row.update({f"learned_{m}": v for m, v in summary["test"].items()})
+    row.update({f"baseline_{m}": v for m, v in summary.get("baseline", {}).get("test", {}).items()})
+    row["seconds"] = round(summary["meta_train_seconds"] + summary["meta_test_seconds"], 1)
+    return row
+
+
+def _wandb_sweep(config, params, points, out: Path, overrides, progress) -> list[dict]:
+    """The grid as a W&B sweep (online only): W&B's controller hands out the points, a
+    local agent runs each as an ordinary run directory whose W&B run is the sweep's run."""
+    import wandb
+
+    from learnreg import config as configlib
+
+    cfg = configlib.load(config, overrides)
+    project = cfg["logger"]["project"] or f"learnreg-{cfg['method']}"
+    spec = {
+        "method": "grid",
+        "name": out.name,
+        "parameters": {k: {"values": v} for k, v in (parse_param(p) for p in params)},
+    }
+    sweep_id = wandb.sweep(spec, project=project)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+
+    def one_point():
+        # The sweep's run for this point (W&B files under the sweep directory).
+        run = wandb.init(project=project, group=out.name, dir=str(out))
+        point = {k: run.config[k] for k in points[0]}
+        run_dir = out / point_name(point)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "wandb_id").write_text(run.id)  # the run's W&B logger adopts this run
+        rows.append(_run_point(config, point, out, overrides, True, progress))
+
+    wandb.agent(sweep_id, function=one_point, project=project, count=len(points))
+    return sorted(rows, key=lambda r: points.index({k: r[k] for k in points[0]}))
 
 
 def write_table(rows: list[dict], out: Path) -> None:

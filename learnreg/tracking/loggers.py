@@ -129,7 +129,22 @@ class WandbLogger:
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)
         mode = wandb_mode()
-        self.run = wandb.init(
+        if wandb.run is not None and wandb.run.id == run_id:
+            self.run = wandb.run  # already started for this directory (a W&B sweep's agent)
+            self.run.config.update(config, allow_val_change=True)
+        else:
+            self.run = self._init(wandb, run_dir, config, project, group, tags, run_id, mode)
+        for axis, prefixes in {
+            "meta_step": ("meta/*", "search/*"),
+            "inner_step": ("meta_test/*",),
+        }.items():
+            self.run.define_metric(axis)
+            for prefix in prefixes:
+                self.run.define_metric(prefix, step_metric=axis)
+
+    @staticmethod
+    def _init(wandb, run_dir, config, project, group, tags, run_id, mode):
+        return wandb.init(
             project=project or f"learnreg-{config.get('method', 'custom')}",
             group=group,
             tags=list(tags),
@@ -141,13 +156,6 @@ class WandbLogger:
             reinit="create_new",
             settings=wandb.Settings(silent=True, console="off"),
         )
-        for axis, prefixes in {
-            "meta_step": ("meta/*", "search/*"),
-            "inner_step": ("meta_test/*",),
-        }.items():
-            self.run.define_metric(axis)
-            for prefix in prefixes:
-                self.run.define_metric(prefix, step_metric=axis)
 
     def log(self, metrics: dict[str, float], **axes: int) -> None:
         seed = axes.pop("seed", None)
