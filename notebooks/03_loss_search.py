@@ -40,6 +40,7 @@ taylor_fast = ["meta_steps=3", "estimator.searcher.population=6", "estimator.fit
 evomal_fast = [
     "meta_steps=2", "estimator.searcher.population=4", "estimator.fitness_steps=100",
     "estimator.local_search.steps=20", "meta_test.steps=300", "meta_test.seeds=1",
+    "estimator.filters=[{_component_: prediction_descent, steps: 100}]",
 ]
 
 # %%
