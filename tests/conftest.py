@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -62,6 +63,24 @@ def regression_task():
     return tiny_task("regression", c=2)
 
 
-def device() -> torch.device:
-    """The device the suite runs on (``LEARNREG_DEVICE=cuda make test`` on a GPU)."""
-    return torch.device(os.environ.get("LEARNREG_DEVICE", "cpu"))
+class Interrupt(Exception):
+    """Stands for a run killed mid-way (the SIGKILL tests kill real processes)."""
+
+
+@contextlib.contextmanager
+def interrupted_at(cls, method: str, call: int):
+    """Within the block, ``cls.method`` raises :class:`Interrupt` on its ``call``-th call."""
+    original, calls = getattr(cls, method), 0
+
+    def failing(self, *args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == call:
+            raise Interrupt
+        return original(self, *args, **kwargs)
+
+    setattr(cls, method, failing)
+    try:
+        yield
+    finally:
+        setattr(cls, method, original)

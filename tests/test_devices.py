@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import Interrupt, interrupted_at, tiny_task
 from safetensors.torch import load_file
 from torch import nn
 
@@ -32,23 +33,9 @@ CONFIG = {
 }
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def _interrupted_then_resumed(tmp_path, monkeypatch, first: str, second: str) -> dict:
+def _interrupted_then_resumed(tmp_path, first: str, second: str) -> dict:
     """Meta-trains on ``first`` until meta-step 5, then resumes the run on ``second``."""
-    original = TruncatedUnroll.step
-    calls = {"n": 0}
-
-    def failing_step(self, ctx):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise _Interrupt
-        return original(self, ctx)
-
-    with monkeypatch.context() as patch, pytest.raises(_Interrupt):
-        patch.setattr(TruncatedUnroll, "step", failing_step)
+    with interrupted_at(TruncatedUnroll, "step", 5), pytest.raises(Interrupt):
         learnreg.run({**CONFIG, "device": first}, out=tmp_path, progress=False)
     return learnreg.run({**CONFIG, "device": second}, out=tmp_path, progress=False)
 
@@ -63,7 +50,7 @@ def test_a_run_resumes_under_a_different_device_setting(tmp_path, monkeypatch):
     # halves run the same arithmetic (the CPU<->GPU case is the test below).
     monkeypatch.setenv("LEARNREG_DEVICE", "cpu")
     reference = learnreg.run({**CONFIG, "device": "cpu"}, out=tmp_path / "ref", progress=False)
-    resumed = _interrupted_then_resumed(tmp_path / "run", monkeypatch, "cpu", "auto")
+    resumed = _interrupted_then_resumed(tmp_path / "run", "cpu", "auto")
     assert resumed["test"] == reference["test"]
     for name, value in _learned(tmp_path / "ref").items():
         assert torch.equal(_learned(tmp_path / "run")[name], value)
@@ -71,11 +58,9 @@ def test_a_run_resumes_under_a_different_device_setting(tmp_path, monkeypatch):
 
 @needs_cuda
 @pytest.mark.parametrize("first,second", [("cuda", "cpu"), ("cpu", "cuda")])
-def test_a_run_checkpointed_on_one_device_resumes_on_the_other(
-    tmp_path, monkeypatch, first, second
-):
+def test_a_run_checkpointed_on_one_device_resumes_on_the_other(tmp_path, first, second):
     reference = learnreg.run({**CONFIG, "device": first}, out=tmp_path / "ref", progress=False)
-    resumed = _interrupted_then_resumed(tmp_path / "run", monkeypatch, first, second)
+    resumed = _interrupted_then_resumed(tmp_path / "run", first, second)
     assert resumed["device"].startswith(second)
     # Same arithmetic on two devices: equal up to float32 rounding.
     for name, value in _learned(tmp_path / "ref").items():
@@ -86,8 +71,6 @@ def test_a_run_checkpointed_on_one_device_resumes_on_the_other(
 @needs_cuda
 def test_meta_gradient_on_cuda_equals_cpu():
     """The exact one-step hypergradient (fast path) on the GPU, against the CPU in float64."""
-    from conftest import tiny_task
-
     from learnreg.core.bias import Biases
     from learnreg.core.objectives import TaskLoss
     from learnreg.core.outer import OuterOptimizer

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from conftest import Interrupt, interrupted_at
 from test_population_eval import digits
 
 import learnreg
@@ -131,7 +132,7 @@ def _records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_search_run_writes_its_outputs_and_resumes(tmp_path, monkeypatch):
+def test_a_search_run_writes_its_outputs_and_resumes(tmp_path):
     reference = learnreg.run(RUN, out=tmp_path / "ref", progress=False)
     learned = tmp_path / "ref" / "learned"
     for name in (
@@ -157,26 +158,15 @@ def test_a_search_run_writes_its_outputs_and_resumes(tmp_path, monkeypatch):
     assert len(tables[0]["rows"]) == 6
     assert reference["baseline"]["test"]["error"] >= 0
 
-    calls = {"n": 0}
-    original = Evolution.step
-
-    def interrupted(self, ctx):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, ctx)
-
-    monkeypatch.setattr(Evolution, "step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at(Evolution, "step", 3), pytest.raises(Interrupt):
         learnreg.run(RUN, out=tmp_path / "run", progress=False)
-    monkeypatch.undo()
     resumed = learnreg.run(RUN, out=tmp_path / "run", progress=False)
     strip = lambda s: {k: v for k, v in s.items() if not k.endswith("_seconds")}  # noqa: E731
     assert strip(resumed) == strip(reference)
     assert _records(tmp_path / "run") == records
 
 
-def test_a_cmaes_search_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+def test_a_cmaes_search_run_resumes_to_the_uninterrupted_result(tmp_path):
     """The CMA-ES state (numpy arrays, its RNG) comes back from a checkpoint read onto the
     run's device (a GPU where there is one)."""
     run = {
@@ -186,17 +176,7 @@ def test_a_cmaes_search_run_resumes_to_the_uninterrupted_result(tmp_path, monkey
         "estimator": {"_component_": "evolution", **CMAES},
     }
     reference = learnreg.run(run, out=tmp_path / "ref", progress=False)
-    calls = {"n": 0}
-    original = Evolution.step
-
-    def interrupted(self, ctx):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, ctx)
-
-    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(Evolution, "step", interrupted)
+    with interrupted_at(Evolution, "step", 3), pytest.raises(Interrupt):
         learnreg.run(run, out=tmp_path / "run", progress=False)
     resumed = learnreg.run(run, out=tmp_path / "run", progress=False)
     strip = lambda s: {k: v for k, v in s.items() if not k.endswith("_seconds")}  # noqa: E731

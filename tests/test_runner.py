@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import Interrupt, interrupted_at
 
 import learnreg
 from learnreg import losses
 from learnreg.core.trainer import MetaTrainer
 from learnreg.errors import ConfigError, RunLockedError
+from learnreg.estimators import TruncatedUnroll
 from learnreg.tracking import RunLock
 from learnreg.tracking.wandb_offline import read_run
 
@@ -71,38 +73,18 @@ def test_run_directory_contents(tmp_path):
     )
 
 
-class _Interrupt(Exception):
-    pass
-
-
-@pytest.mark.parametrize("stop_at", [("fit", 10), ("meta_test", 1)])
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, stop_at):
+# Killed during meta-training (meta-step 10), or during meta-test (the learned model of
+# the second seed: the 3rd meta-test run, after seed 0's learned and baseline runs).
+@pytest.mark.parametrize(
+    "cls,method,call",
+    [(TruncatedUnroll, "step", 10), (MetaTrainer, "meta_test_run", 3)],
+    ids=["fit", "meta_test"],
+)
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, cls, method, call):
     reference = learnreg.run(CONFIG, out=tmp_path / "ref", progress=False)
-
-    phase, when = stop_at
-    original_fit_step = learnreg.estimators.TruncatedUnroll.step
-    original_eval = MetaTrainer.meta_test_run
-    calls = {"n": 0}
-
-    def failing_step(self, ctx):
-        calls["n"] += 1
-        if calls["n"] == when:
-            raise _Interrupt
-        return original_fit_step(self, ctx)
-
-    def failing_eval(self, biases, task, index, *args, **kw):
-        if index == when:
-            raise _Interrupt
-        return original_eval(self, biases, task, index, *args, **kw)
-
-    if phase == "fit":
-        monkeypatch.setattr(learnreg.estimators.TruncatedUnroll, "step", failing_step)
-    else:
-        monkeypatch.setattr(MetaTrainer, "meta_test_run", failing_eval)
-    with pytest.raises(_Interrupt):
+    with interrupted_at(cls, method, call), pytest.raises(Interrupt):
         learnreg.run(CONFIG, out=tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "summary.json").exists()
-    monkeypatch.undo()
 
     resumed = learnreg.run(CONFIG, out=tmp_path / "run", progress=False)
     assert _strip(resumed) == _strip(reference)

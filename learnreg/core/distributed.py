@@ -77,11 +77,7 @@ def all_reduce_mean_(tensors: list[Tensor]) -> None:
         return
     flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= dist.get_world_size()
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset : offset + t.numel()].view_as(t))
-        offset += t.numel()
+    _unflatten_into(flat / dist.get_world_size(), tensors)
 
 
 def broadcast_(tensors: list[Tensor], src: int = 0) -> None:
@@ -91,10 +87,13 @@ def broadcast_(tensors: list[Tensor], src: int = 0) -> None:
     with torch.no_grad():
         flat = torch.cat([t.detach().reshape(-1) for t in tensors])
         dist.broadcast(flat, src)
-        offset = 0
-        for t in tensors:
-            t.copy_(flat[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
+        _unflatten_into(flat, tensors)
+
+
+def _unflatten_into(flat: Tensor, tensors: list[Tensor]) -> None:
+    """Copy consecutive slices of ``flat`` back into ``tensors`` (the inverse of ``cat``)."""
+    for t, chunk in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(chunk.view_as(t))
 
 
 def shard(count: int, what: str = "meta_batch") -> int:
