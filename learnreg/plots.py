@@ -139,8 +139,13 @@ def grad_scale(records: Records):
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
-    for seed, (xs, ys) in sorted(series.items()):
-        ax.plot(xs, ys, label=f"seed {seed}")
+    many = len(series) > 8  # e.g. 600 meta-test episodes: one faint line each, no legend row
+    for i, (seed, (xs, ys)) in enumerate(sorted(series.items())):
+        if many:
+            label = f"each of {len(series)} seeds" if i == 0 else None
+            ax.plot(xs, ys, color="C0", alpha=0.15, lw=0.6, label=label)
+        else:
+            ax.plot(xs, ys, label=f"seed {seed}")
     ax.set(xlabel="inner step", ylabel="gradient-scale ratio")
     ax.set(title="learned vs task-loss gradient scale", yscale=_scale(ax))
     ax.legend()

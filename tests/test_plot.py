@@ -135,3 +135,16 @@ def test_plots_reach_the_runs_wandb_record(tmp_path, monkeypatch):
 def test_plot_of_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(DataError, match="metrics.jsonl not found"):
         learnreg.plot(tmp_path)
+
+
+def test_many_meta_test_seeds_still_lay_out(tmp_path, recwarn):
+    """600 meta-test episodes once made the gradient-scale legend taller than the figure."""
+    rows = [
+        {"inner_step": step, "seed": seed, "meta_test/learned/grad_scale": 1.0 + seed / 600}
+        for seed in range(600)
+        for step in (5, 10)
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path,) = learnreg.plot(tmp_path, names=["grad_scale"])
+    _assert_real_png(path)
+    assert not [w for w in recwarn if "layout" in str(w.message).lower()]

@@ -139,7 +139,10 @@ def test_wandb_offline_run_records_config_metrics_and_artifacts(tmp_path, monkey
     }
     learnreg.run(cfg, out=tmp_path, progress=False)
     record = read_run(tmp_path)
-    assert record["config"]["method"] == "ml3" and record["config"]["meta_steps"] == 5
+    # seen once under xdist on a loaded machine: a record without its config; say what was read
+    files = {str(p.relative_to(tmp_path)): p.stat().st_size for p in tmp_path.rglob("*.wandb")}
+    assert record["config"].get("method") == "ml3", (files, len(record["history"]))
+    assert record["config"]["meta_steps"] == 5
     logged = [row for row in record["history"] if "meta/meta_loss" in row]
     jsonl = [r for r in _records(tmp_path) if "meta_step" in r]
     assert [row["meta_step"] for row in logged] == [1, 2, 3, 4, 5]
