@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import learnreg
+from learnreg import components
 from learnreg import config as configlib
 from learnreg.core.inner import InnerState
 from learnreg.eval import sharpness
@@ -65,14 +66,14 @@ def meta_train(rule: str, teacher: str, args) -> Path:
 def fashion_mnist_task():
     """The presets' Fashion-MNIST task (the same subsets as meta-training)."""
     cfg = configlib.read_yaml(PRESETS / "lstm_none.yaml")
-    return configlib.instantiate("task", cfg["task"]["datasets"][0])
+    return components.instantiate("task", cfg["task"]["datasets"][0])
 
 
 def train_optimizee(task, arch: dict, seed: int, make_optimizer, steps: int):
     """Train one optimizee with a torch.optim optimizer; returns the model."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(10_000 + seed)  # same weights for every optimizer of a seed
-        model = configlib.instantiate(
+        model = components.instantiate(
             "model", arch, input_shape=task.input_shape, out_features=task.out_features
         )
     opt = make_optimizer(model)

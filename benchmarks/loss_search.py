@@ -97,6 +97,20 @@ QUALITY = {
         ],
         "GP 8 x 5 gens, local search 20, filter 300, fitness 200; 10k train images; test 2000 steps",
     ),
+    "taylorglo_diabetes": (
+        "taylorglo/digits_mlp",
+        [
+            "task=diabetes",  # the polynomial in (target, prediction) covers regression too
+            "task.batch_size=128",
+            "model.hidden=[1000,1000]",
+            "estimator.filters=[]",  # the invariant is stated for softmax classifiers
+            "estimator.searcher.population=10",
+            "meta_steps=6",
+            "estimator.fitness_steps=500",
+            "meta_test.steps=2000",
+        ],
+        "CMA-ES 10 x 6 gens, fitness 500 steps; MLP 10-1000-1000-1; test 2000 steps",
+    ),
     "evomal_diabetes": (
         "evomal/diabetes_mlp",
         [

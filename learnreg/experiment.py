@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from learnreg import config as configlib
+from learnreg import components
 from learnreg.core.bias import Biases
 from learnreg.core.task import SingleTask, Task, TaskFamily
 from learnreg.core.trainer import MetaTrainer
@@ -32,7 +32,7 @@ class Experiment:
 
 def build_family(cfg: dict) -> TaskFamily:
     """The task family of a config: a registered family, or one task with its model."""
-    built = configlib.instantiate("task", cfg["task"], model=cfg["model"])
+    built = components.instantiate("task", cfg["task"], model=cfg["model"])
     if isinstance(built, TaskFamily):
         return built
     if not isinstance(built, Task):
@@ -43,11 +43,11 @@ def build_family(cfg: dict) -> TaskFamily:
         raise ConfigError(
             "the config has no `model` section; e.g. `model: {_component_: mlp, hidden: [100]}`."
         )
-    configlib.check_component(
-        "model", configlib.normalize_component(cfg["model"], "model"), where="model"
+    components.check_component(
+        "model", components.normalize_component(cfg["model"], "model"), where="model"
     )
     built.model_fn = functools.partial(
-        configlib.instantiate,
+        components.instantiate,
         "model",
         cfg["model"],
         input_shape=built.input_shape,
@@ -77,9 +77,9 @@ def build_biases(cfg: dict, task: Task, loss=None, optimizer=None, init=None) ->
     """Loss, optimizer and init roles from the config, or from the given specs."""
     ctx = role_context(task, cfg["seed"])
     return Biases(
-        configlib.instantiate("loss", loss or cfg["loss"] or default_loss(task.kind), **ctx),
-        configlib.instantiate("optimizer", optimizer or cfg["optimizer"], **ctx),
-        configlib.instantiate("init", init or cfg["init"], **ctx),
+        components.instantiate("loss", loss or cfg["loss"] or default_loss(task.kind), **ctx),
+        components.instantiate("optimizer", optimizer or cfg["optimizer"], **ctx),
+        components.instantiate("init", init or cfg["init"], **ctx),
     )
 
 
@@ -98,7 +98,7 @@ def build_baseline(cfg: dict, task: Task, learned: Biases) -> Biases:
 
 
 def _meta_optimizer(spec: dict):
-    return lambda params: configlib.instantiate("meta_optimizer", spec, params=params)
+    return lambda params: components.instantiate("meta_optimizer", spec, params=params)
 
 
 def _schedule(cfg: dict):
@@ -106,7 +106,7 @@ def _schedule(cfg: dict):
     spec = cfg["meta_lr_schedule"]
     if spec is None:
         return None
-    return lambda optimizer: configlib.instantiate(
+    return lambda optimizer: components.instantiate(
         "meta_lr_schedule", spec, optimizer=optimizer, total_steps=cfg["meta_steps"]
     )
 
@@ -117,11 +117,11 @@ def build(cfg: dict, logger=None) -> Experiment:
     family = build_family(cfg)
     task = family.representative()
     biases = build_biases(cfg, task)
-    estimator = configlib.instantiate("estimator", cfg["estimator"])
+    estimator = components.instantiate("estimator", cfg["estimator"])
     trainer = MetaTrainer(
         family,
         biases,
-        configlib.instantiate("objective", cfg["objective"]),
+        components.instantiate("objective", cfg["objective"]),
         estimator,
         _meta_optimizer(cfg["meta_optimizer"]),
         seed=cfg["seed"],
@@ -135,5 +135,5 @@ def build(cfg: dict, logger=None) -> Experiment:
         meta_lr_schedule=_schedule(cfg),
     )
     adapt = cfg["meta_test"]["adapt"]
-    adapt = configlib.instantiate("estimator", adapt) if adapt is not None else None
+    adapt = components.instantiate("estimator", adapt) if adapt is not None else None
     return Experiment(cfg, trainer, build_baseline(cfg, task, biases), adapt)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import FASHION_MNIST
 
+from learnreg import components
 from learnreg import config as configlib
 from learnreg.data.optimizees import OptimizeeFamily
 from learnreg.errors import ConfigError
@@ -59,6 +60,6 @@ def test_presets_build_with_the_sklearn_fallback(path):
 @pytest.mark.skipif(not os.path.isdir(FASHION_MNIST), reason="Fashion-MNIST not installed")
 def test_presets_use_real_fashion_mnist():
     cfg = configlib.load(PRESETS[0])
-    family = configlib.instantiate("task", cfg["task"], model=cfg["model"])
+    family = components.instantiate("task", cfg["task"], model=cfg["model"])
     task = family.sample(0)
     assert task.input_shape == (784,) and len(task.train) == 10000 and len(task.test) == 2000

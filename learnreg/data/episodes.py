@@ -44,9 +44,9 @@ def model_builder(model, input_shape: tuple[int, ...], out_features: int) -> Cal
         return None
     if callable(model):
         return functools.partial(model, input_shape=input_shape, out_features=out_features)
-    from learnreg import config as configlib
+    from learnreg import components
 
-    return configlib.builder("model", model, input_shape=input_shape, out_features=out_features)
+    return components.builder("model", model, input_shape=input_shape, out_features=out_features)
 
 
 class EpisodeFamily(TaskFamily):

@@ -7,7 +7,7 @@ import itertools
 import random
 from dataclasses import replace
 
-from learnreg import config as configlib
+from learnreg import components
 from learnreg.core.task import Task, TaskFamily
 from learnreg.errors import ConfigError
 from learnreg.registry import register
@@ -56,11 +56,11 @@ class OptimizeeFamily(TaskFamily):
     ):
         if not datasets:
             raise ConfigError("optimizee_family needs at least one dataset")
-        self.dataset_specs = [configlib.normalize_component(d, "datasets[]") for d in datasets]
+        self.dataset_specs = [components.normalize_component(d, "datasets[]") for d in datasets]
         self.architectures = [
             {"_component_": "mlp", "hidden": list(w), "activation": a}
             for w, a in itertools.product(widths, activations)
-        ] + [configlib.normalize_component(m, "models[]") for m in models]
+        ] + [components.normalize_component(m, "models[]") for m in models]
         if not self.architectures:
             raise ConfigError(
                 "optimizee_family needs at least one width and activation, or a model"
@@ -71,10 +71,10 @@ class OptimizeeFamily(TaskFamily):
             raise ConfigError(
                 f"optimizee_family.meta_test: unknown keys {sorted(unknown)}; use task, model"
             )
-        self.test_task_spec = configlib.normalize_component(
+        self.test_task_spec = components.normalize_component(
             meta_test.get("task") or self.dataset_specs[0], "meta_test.task"
         )
-        self.test_model_spec = configlib.normalize_component(
+        self.test_model_spec = components.normalize_component(
             meta_test.get("model") or model or self.architectures[0], "meta_test.model"
         )
         self.seed = seed
@@ -101,7 +101,7 @@ class OptimizeeFamily(TaskFamily):
             task,
             name=f"{task.name}/{label}",
             model_fn=functools.partial(
-                configlib.instantiate,
+                components.instantiate,
                 "model",
                 arch,
                 input_shape=task.input_shape,
@@ -114,7 +114,7 @@ class OptimizeeFamily(TaskFamily):
 def _load_cached(key: str) -> Task:
     import json
 
-    return configlib.instantiate("task", json.loads(key))
+    return components.instantiate("task", json.loads(key))
 
 
 def _load(spec: dict) -> Task:

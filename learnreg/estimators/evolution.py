@@ -23,7 +23,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-from learnreg import config as configlib
+from learnreg import components
 from learnreg.errors import ConfigError
 from learnreg.estimators.base import Estimator, MetaContext, derive_seed
 from learnreg.estimators.evaluators.backends import Evaluator
@@ -253,7 +253,7 @@ class Evolution(Estimator):
 
 def _component(kind: str, spec):
     if isinstance(spec, (str, dict)):
-        return configlib.instantiate(kind, spec)
+        return components.instantiate(kind, spec)
     return spec
 
 
@@ -266,7 +266,7 @@ def _local_search(spec: dict | None) -> LocalSearch | None:
         )
     spec = dict(spec)
     if "objective" in spec:
-        spec["objective"] = configlib.instantiate("objective", spec["objective"])
+        spec["objective"] = components.instantiate("objective", spec["objective"])
     try:
         search = LocalSearch(**spec)
     except TypeError as exc:

@@ -78,9 +78,11 @@ def film_model(input_shape, out_features: int, base: dict | str = "conv4") -> nn
         input_shape, out_features: injected.
         base: the model spec to modulate (``{_component_: conv4, hidden: 32}``).
     """
-    from learnreg import config as configlib
+    from learnreg import components
 
-    model = configlib.instantiate("model", base, input_shape=input_shape, out_features=out_features)
+    model = components.instantiate(
+        "model", base, input_shape=input_shape, out_features=out_features
+    )
     return add_film(model)
 
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from learnreg import config as configlib
-from learnreg import registry
+from learnreg import components, registry
 from learnreg.errors import CheckpointError, ConfigError
 from learnreg.optimizers.flat import FlatRule, compute_dtype
 from learnreg.tracking.export import load_bias
@@ -52,7 +51,7 @@ def resolve_rule(rule, params: list[Tensor]) -> FlatRule:
             f"unknown rule {str(rule)!r}: not a file, a run directory or a registered "
             f"rule name ({', '.join(names)})"
         )
-    built = configlib.instantiate(
+    built = components.instantiate(
         "optimizer", {"_component_": str(rule)}, shapes=[list(p.shape) for p in params]
     )
     return _check(built, rule)
