@@ -22,7 +22,7 @@ run: install
 
 # Tests and notebooks (executed with nbmake, LEARNREG_FAST=1: small budgets).
 test: install
-	LEARNREG_FAST=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup --nbmake --nbmake-timeout=600 tests notebooks
+	LEARNREG_FAST=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup --nbmake --nbmake-timeout=600 --durations=15 tests notebooks
 
 test-fast: install
 	$(BIN)/python -m pytest -q -x -m "not slow"
