@@ -88,14 +88,14 @@ QUALITY = {
             "task.train_size=10000",
             "task.val_size=2000",
             "task.batch_size=64",
-            "estimator.searcher.population=8",
-            "meta_steps=5",
+            "estimator.searcher.population=25",  # EvoMAL's; with 8 the filter left too few
+            "meta_steps=10",
             "estimator.local_search.steps=20",
             "estimator.fitness_steps=200",
             "estimator.filters=[{_component_: prediction_descent, steps: 300}]",
             "meta_test.steps=2000",
         ],
-        "GP 8 x 5 gens, local search 20, filter 300, fitness 200; 10k train images; test 2000 steps",
+        "GP 25 x 10 gens, local search 20, filter 300, fitness 200; 10k train images; test 2000 steps",
     ),
     "taylorglo_diabetes": (
         "taylorglo/digits_mlp",
