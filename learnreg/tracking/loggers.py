@@ -14,8 +14,11 @@ import math
 import os
 import sys
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
+
+from learnreg.tracking.wandb_offline import wait_until_complete
 
 
 class Logger(Protocol):
@@ -183,7 +186,14 @@ class WandbLogger:
         self.run.log_artifact(artifact)
 
     def close(self) -> None:
+        log_file = self.run.settings.sync_file if self.run.offline else None
         self.run.finish()
+        if log_file and not wait_until_complete(log_file):
+            warnings.warn(
+                f"W&B's offline log {log_file} was not complete 60 s after finish(); "
+                "`wandb sync` may miss its last records",
+                stacklevel=2,
+            )
 
 
 class MultiLogger:

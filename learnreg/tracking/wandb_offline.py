@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 _BLOCK = 32768
@@ -61,6 +62,35 @@ def read_run(path: str | Path) -> dict:
     for segment in segments:
         _read_segment(segment, out)
     return out
+
+
+def wait_until_complete(path: str | Path, timeout: float = 60.0) -> bool:
+    """Wait until an offline run's transaction log ends with its ``exit`` record.
+
+    ``wandb.Run.finish()`` can return before wandb-core has flushed the log: on a loaded
+    machine a run read back right after ``finish()`` was seen holding only its 7-byte
+    header. Call this after ``finish()`` before reading the file (or copying it away).
+
+    Args:
+        path: the run's ``run-<id>.wandb`` file.
+        timeout: seconds to wait at most.
+
+    Returns:
+        Whether the exit record was seen in time.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    path, deadline = Path(path), time.monotonic() + timeout
+    while True:
+        if path.exists():
+            for chunk in _chunks(path.read_bytes()):
+                record = pb.Record()
+                record.ParseFromString(chunk)
+                if record.WhichOneof("record_type") == "exit":
+                    return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def _read_segment(path: Path, out: dict) -> None:
