@@ -131,12 +131,22 @@ class WandbLogger:
         id_file = run_dir / "wandb_id"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)
-        mode = wandb_mode()
         if wandb.run is not None and wandb.run.id == run_id:
             self.run = wandb.run  # already started for this directory (a W&B sweep's agent)
             self.run.config.update(config, allow_val_change=True)
         else:
-            self.run = self._init(wandb, run_dir, config, project, group, tags, run_id, mode)
+            self.run = wandb.init(
+                project=project or f"learnreg-{config.get('method', 'custom')}",
+                group=group,
+                tags=list(tags),
+                config=config,
+                dir=str(run_dir),
+                id=run_id,
+                resume="allow",
+                mode=wandb_mode(),
+                reinit="create_new",
+                settings=wandb.Settings(silent=True, console="off"),
+            )
         for axis, prefixes in {
             "meta_step": ("meta/*", "search/*"),
             "inner_step": ("meta_test/*",),
@@ -144,21 +154,6 @@ class WandbLogger:
             self.run.define_metric(axis)
             for prefix in prefixes:
                 self.run.define_metric(prefix, step_metric=axis)
-
-    @staticmethod
-    def _init(wandb, run_dir, config, project, group, tags, run_id, mode):
-        return wandb.init(
-            project=project or f"learnreg-{config.get('method', 'custom')}",
-            group=group,
-            tags=list(tags),
-            config=config,
-            dir=str(run_dir),
-            id=run_id,
-            resume="allow",
-            mode=mode,
-            reinit="create_new",
-            settings=wandb.Settings(silent=True, console="off"),
-        )
 
     def log(self, metrics: dict[str, float], **axes: int) -> None:
         seed = axes.pop("seed", None)

@@ -78,28 +78,27 @@ def wait_until_complete(path: str | Path, timeout: float = 60.0) -> bool:
     Returns:
         Whether the exit record was seen in time.
     """
-    from wandb.proto import wandb_internal_pb2 as pb
-
     path, deadline = Path(path), time.monotonic() + timeout
     while True:
-        if path.exists():
-            for chunk in _chunks(path.read_bytes()):
-                record = pb.Record()
-                record.ParseFromString(chunk)
-                if record.WhichOneof("record_type") == "exit":
-                    return True
+        if path.exists() and any(kind == "exit" for kind, _ in _records(path)):
+            return True
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
 
 
-def _read_segment(path: Path, out: dict) -> None:
+def _records(path: Path):
+    """``(kind, record)`` for every wandb ``Record`` in the log, in order."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     for chunk in _chunks(path.read_bytes()):
         record = pb.Record()
         record.ParseFromString(chunk)
-        kind = record.WhichOneof("record_type")
+        yield record.WhichOneof("record_type"), record
+
+
+def _read_segment(path: Path, out: dict) -> None:
+    for kind, record in _records(path):
         if kind == "run":
             out["config"].update(_config(record.run.config))
         elif kind == "config":
