@@ -57,7 +57,14 @@ SCHEMA: dict[str, Any] = {
         "eval_every": 100,
         "baseline": True,
     },
-    "baseline": {"loss": None, "optimizer": None},
+    # tune: the baseline's learning rate chosen on validation from a grid (learnreg.eval.baselines);
+    # controls: extra meta-trained comparisons (learned_lr: the task loss with a learned step size).
+    "baseline": {
+        "loss": None,
+        "optimizer": None,
+        "tune": {"enabled": True, "grid": None, "learned": False},
+        "controls": [],
+    },
     "logger": {"backends": ["console"], "project": None, "group": None, "tags": [], "every": 50},
     "checkpoint_every": 50,
     "max_bad_steps": 10,
@@ -193,6 +200,8 @@ def validate(raw: dict) -> dict:
             )
     if cfg["device"] not in ("auto", "cpu", "cuda") and not str(cfg["device"]).startswith("cuda:"):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg['device']!r}")
+    cfg["baseline"]["tune"] = _baseline_tune(cfg["baseline"]["tune"])
+    cfg["baseline"]["controls"] = _baseline_controls(cfg["baseline"]["controls"])
     for sub in ("loss", "optimizer"):
         if cfg["baseline"][sub] is not None:
             cfg["baseline"][sub] = normalize_component(cfg["baseline"][sub], f"baseline.{sub}")
@@ -207,6 +216,47 @@ def validate(raw: dict) -> dict:
         )
         check_component("estimator", cfg["meta_test"]["adapt"], where="meta_test.adapt")
     return cfg
+
+
+TUNE_DEFAULT = SCHEMA["baseline"]["tune"]
+CONTROLS = ("learned_lr",)
+
+
+def _baseline_tune(value: Any) -> dict:
+    """``baseline.tune`` as a mapping: ``true``/``false``, ``learned`` (tune the learned
+    side's learning rate too) or ``{enabled, grid, learned}``."""
+    if isinstance(value, bool) or value is None:
+        return {**TUNE_DEFAULT, "enabled": bool(value)}
+    if value == "learned":
+        return {**TUNE_DEFAULT, "learned": True}
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"baseline.tune must be true, false, learned or a mapping {{enabled, grid, learned}}, got {value!r}"
+        )
+    _check_keys("baseline.tune", value, TUNE_DEFAULT)
+    tune = {**TUNE_DEFAULT, **value}  # a copy: the schema's default stays untouched
+    grid = tune["grid"]
+    if grid is not None and (
+        not isinstance(grid, list)
+        or not grid
+        or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in grid)
+    ):
+        raise ConfigError(
+            f"baseline.tune.grid must be a list of positive learning rates (or null), got {grid!r}"
+        )
+    if not isinstance(tune["enabled"], bool) or not isinstance(tune["learned"], bool):
+        raise ConfigError("baseline.tune.enabled and baseline.tune.learned must be true or false")
+    return tune
+
+
+def _baseline_controls(value: Any) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list) or any(v not in CONTROLS for v in value):
+        raise ConfigError(
+            f"baseline.controls must be a list drawn from {list(CONTROLS)}, got {value!r}"
+        )
+    return list(value)
 
 
 def _check_keys(where: str, given: dict, allowed: Mapping) -> None:

@@ -83,9 +83,9 @@ def build_biases(cfg: dict, task: Task, loss=None, optimizer=None, init=None) ->
     )
 
 
-def build_baseline(cfg: dict, task: Task, learned: Biases) -> Biases:
-    """The comparison: the task's own loss (unless set) and the same fixed optimizer
-    (Adam when the optimizer itself is learned), from the model's random init."""
+def baseline_optimizer(cfg: dict, learned: Biases) -> dict:
+    """The baseline's optimizer spec: ``baseline.optimizer``, else the run's own fixed
+    optimizer (Adam, lr 1e-3, when the optimizer itself is learned)."""
     optimizer = cfg["baseline"]["optimizer"]
     if optimizer is None:
         optimizer = (
@@ -93,7 +93,14 @@ def build_baseline(cfg: dict, task: Task, learned: Biases) -> Biases:
             if not learned.optimizer.is_learned
             else {"_component_": "adam", "lr": 1e-3}
         )
+    return optimizer
+
+
+def build_baseline(cfg: dict, task: Task, learned: Biases) -> Biases:
+    """The comparison: the task's own loss (unless set) and the same fixed optimizer
+    (Adam when the optimizer itself is learned), from the model's random init."""
     loss = cfg["baseline"]["loss"] or default_loss(task.kind)
+    optimizer = baseline_optimizer(cfg, learned)
     return build_biases(cfg, task, loss=loss, optimizer=optimizer, init={"_component_": "random"})
 
 

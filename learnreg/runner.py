@@ -4,7 +4,9 @@ Layout of a run directory::
 
     config.yaml        the resolved config
     metrics.jsonl      every logged record (meta-steps, meta-test curves)
-    summary.json       final test metrics, learned vs baseline, and timings
+    summary.json       final test metrics, learned vs the baselines (same settings, tuned,
+                       controls), paired statistics, and timings
+    controls/          the meta-trained controls' own run directories (controls/learned_lr)
     checkpoints/       last.pt (atomic; a re-run resumes from it)
     learned/           exported biases (safetensors + JSON), one pair per learned role
     final/             the meta-test models' final parameters and buffers, per role and seed
@@ -27,16 +29,19 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from learnreg import config as configlib
 from learnreg.core import distributed
 from learnreg.core.trainer import aggregate
 from learnreg.errors import ConfigError, NumericalError
-from learnreg.experiment import Experiment, build
+from learnreg.eval import comparison, probes
+from learnreg.eval.baselines import base_lr, lr_grid, primary_metric, tune_seed
+from learnreg.experiment import Experiment, baseline_optimizer, build
 from learnreg.plots import plot
 from learnreg.tracking.atomic import atomic_write_bytes
 from learnreg.tracking.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from learnreg.tracking.export import save_bias, save_state
+from learnreg.tracking.export import load_bias, save_bias, save_state
 from learnreg.tracking.lock import RunLock
 from learnreg.tracking.loggers import (
     ConsoleLogger,
@@ -140,6 +145,11 @@ class Run:
             "meta_test_seconds": 0.0,
         }
         self.checkpoint_path = out / "checkpoints" / "last.pt"
+        tune = cfg["baseline"]["tune"]
+        if tune["enabled"] and cfg["meta_test"]["baseline"]:  # fail now, not after meta-training
+            base_lr(self.exp.baseline.optimizer)
+            if tune["learned"]:
+                base_lr(self.exp.trainer.biases.optimizer)
 
     def execute(self) -> dict:
         try:
@@ -147,6 +157,8 @@ class Run:
             if self.progress_state["phase"] == "fit":
                 self._fit()
             self._meta_test()
+            self._tune()
+            self._controls()
             summary = self._summary()
             atomic_write_bytes(
                 self.out / "summary.json", json.dumps(strict_json(summary), indent=2).encode()
@@ -161,7 +173,15 @@ class Run:
         trainer, cfg = self.exp.trainer, self.cfg
         started = time.perf_counter()
 
+        probing = bool({"console", "wandb"} & set(cfg["logger"]["backends"]))
+
         def on_step(tr) -> None:
+            if (
+                probing
+                and cfg["meta_test"]["baseline"]
+                and tr.meta_step % cfg["logger"]["every"] == 0
+            ):
+                self._probe(tr)
             if tr.meta_step % cfg["checkpoint_every"] == 0:
                 self._save(time.perf_counter() - started)
 
@@ -208,6 +228,51 @@ class Run:
             on_seed,
         )
 
+    def _probe(self, trainer) -> None:
+        """Interpretable meta-training diagnostics (:mod:`learnreg.eval.probes`)."""
+        metrics = probes.one_step_gain(trainer.ctx, self.exp.baseline, trainer.meta_step)
+        metrics.update(probes.short_validation(trainer, self.exp.baseline))
+        self.logger.log(metrics, meta_step=trainer.meta_step)
+
+    def _tune(self) -> None:
+        """The baseline's learning rate (and with ``tune.learned`` the learned side's)
+        on every grid point, seed by seed, checkpointed after each seed."""
+        tune, mt = self.cfg["baseline"]["tune"], self.cfg["meta_test"]
+        if not (tune["enabled"] and mt["baseline"]):
+            return
+        sides = [("tuned", self.exp.baseline, None)]
+        if tune["learned"]:
+            sides.append(("learned_tuned", self.exp.trainer.biases, self.exp.adapt))
+        done = self.progress_state.setdefault("tuning", {})
+        started = time.perf_counter()
+        for name, biases, adapt in sides:
+            lrs = lr_grid(base_lr(biases.optimizer), tune["grid"])
+            rows = done.setdefault(name, {"lrs": lrs, "seeds": []})["seeds"]
+            for index in tqdm(
+                range(len(rows), mt["seeds"]),
+                desc=f"tune lr ({name})",
+                disable=not self.progress or None,
+                leave=False,
+            ):
+                rows.append(tune_seed(self.exp.trainer, biases, index, mt["steps"], lrs, adapt))
+                self._save(0.0)
+        self.progress_state["tune_seconds"] = self.progress_state.get("tune_seconds", 0.0) + (
+            time.perf_counter() - started
+        )
+        self._save(0.0)
+
+    def _controls(self) -> None:
+        """Meta-train and meta-test each control in its own run directory (resumable),
+        with the run's estimator, budget, seeds and meta-test protocol."""
+        if not self.cfg["meta_test"]["baseline"]:
+            return
+        for name in self.cfg["baseline"]["controls"]:
+            run(
+                control_config(self.cfg, self.exp),
+                out=self.out / "controls" / name,
+                progress=self.progress,
+            )
+
     def _save(self, fit_seconds: float) -> None:
         state = dict(self.progress_state)
         state["meta_train_seconds"] += fit_seconds
@@ -251,26 +316,87 @@ class Run:
         }
 
     def _summary(self) -> dict:
-        stats = aggregate(self.progress_state["meta_test"])
+        per_seed = self.progress_state["meta_test"]
+        stats = aggregate(per_seed)
         learned = stats.get("learned", {})
-        return {
+        n_test = self._n_test()
+        baselines = self._baselines(stats, n_test)
+        learned_rows = [r["learned"] for r in per_seed]
+        summary = {
             "method": self.cfg["method"],
             "task": self.exp.family.name,
             "seed": self.cfg["seed"],
             "meta_steps": self.exp.trainer.meta_step,
             "meta_test_steps": self.cfg["meta_test"]["steps"],
-            "meta_test_seeds": len(self.progress_state["meta_test"]),
+            "meta_test_seeds": len(per_seed),
             "test": learned.get("test", {}),
             "test_std": learned.get("test_std", {}),
             "test_ci95": learned.get("test_ci95", {}),
+            "n": len(per_seed),
+            "n_test": n_test,
             "diverged": learned.get("diverged", 0),
-            "baseline": {k: v for k, v in stats.get("baseline", {}).items() if k != "per_seed"},
-            "per_seed": self.progress_state["meta_test"],
+            "baselines": baselines,
+            # old readers: `baseline` is the tuned baseline (same settings when untuned)
+            "baseline": baselines.get("tuned", baselines.get("same_settings", {})),
+            "paired": comparison.paired_table(learned_rows, baselines),
+            "per_seed": per_seed,
             "meta_train_seconds": self.progress_state["meta_train_seconds"],
             "meta_test_seconds": self.progress_state["meta_test_seconds"],
+            "tune_seconds": self.progress_state.get("tune_seconds", 0.0),
             "device": str(self.exp.trainer.device),
             "torch": torch.__version__,
         }
+        tuned_learned = self.progress_state.get("tuning", {}).get("learned_tuned")
+        if tuned_learned:  # both sides tuned with the same grid and budget
+            summary["learned_tuned"] = comparison.tuned_block(
+                tuned_learned["lrs"], tuned_learned["seeds"], self._metric(), n_test, {}
+            )
+            summary["paired"]["learned_tuned_vs_tuned"] = comparison.paired_table(
+                summary["learned_tuned"]["per_seed"],
+                {"tuned": baselines.get("tuned", {"per_seed": []})},
+            ).get("tuned", {})
+        return summary
+
+    def _metric(self) -> str:
+        return primary_metric(self.exp.family.meta_test_task(0).kind)
+
+    def _n_test(self) -> int:
+        """Test examples behind each seed's test metrics (one meta-test task's split)."""
+        return len(self.exp.family.meta_test_task(0).test)
+
+    def _baselines(self, stats: dict, n_test: int) -> dict:
+        """``same_settings``, ``tuned`` and each control, in the same block shape."""
+        out = {}
+        if "baseline" in stats:
+            spec = baseline_optimizer(self.cfg, self.exp.trainer.biases)
+            settings = {"optimizer": spec, "loss": self.cfg["baseline"]["loss"] or "task loss"}
+            lr = self.exp.baseline.optimizer.init_args.get("lr")
+            out["same_settings"] = comparison.block(
+                stats["baseline"]["per_seed"], n_test, {**settings, "lr": lr}
+            )
+        tuned = self.progress_state.get("tuning", {}).get("tuned")
+        if tuned:
+            out["tuned"] = comparison.tuned_block(
+                tuned["lrs"],
+                tuned["seeds"],
+                self._metric(),
+                n_test,
+                {"optimizer": baseline_optimizer(self.cfg, self.exp.trainer.biases)},
+            )
+        for name in self.cfg["baseline"]["controls"] if "baseline" in stats else []:
+            sub_dir = self.out / "controls" / name
+            sub = json.loads((sub_dir / "summary.json").read_text())
+            rule = load_bias(sub_dir / "learned" / "optimizer", "optimizer")
+            settings = {
+                "run_dir": f"controls/{name}",
+                "optimizer": configlib.read_yaml(sub_dir / "config.yaml")["optimizer"],
+                "meta_learned_scale": rule.scale,
+                "meta_learned_lr": rule.lr,
+                "meta_steps": sub["meta_steps"],
+                "meta_train_seconds": sub["meta_train_seconds"],
+            }
+            out[name] = comparison.block([r["learned"] for r in sub["per_seed"]], n_test, settings)
+        return out
 
     def _print(self, summary: dict) -> None:
         if "console" not in self.cfg["logger"]["backends"]:
@@ -279,24 +405,63 @@ class Run:
 
 
 def format_summary(summary: dict) -> str:
-    """Learned vs baseline test metrics, one line each."""
-    lines = [
-        f"{summary['method']} on {summary['task']} ({summary['meta_test_seeds']} meta-test seeds):"
-    ]
-    for name, block in (("learned ", summary), ("baseline", summary.get("baseline") or {})):
-        if block.get("test"):
-            parts = [
-                f"{m} {v:.4f} ± {block['test_std'].get(m, 0.0):.4f}"
-                for m, v in block["test"].items()
-                if m != "accuracy"
-            ]
-            lines.append(f"  {name}  test " + ", ".join(parts))
-    for name, block in (("learned", summary), ("baseline", summary.get("baseline") or {})):
+    """The learned result and every baseline (mean ± Student-t 95% CI, n), and the
+    paired verdicts; summaries written before the baselines protocol print as before."""
+    n = summary.get("n", summary["meta_test_seeds"])
+    n_test = f", {summary['n_test']} test examples each" if "n_test" in summary else ""
+    lines = [f"{summary['method']} on {summary['task']} ({n} meta-test seeds{n_test}):"]
+    if "baselines" in summary:
+        lines += comparison.format_comparison(summary)
+    else:
+        for name, block in (("learned ", summary), ("baseline", summary.get("baseline") or {})):
+            if block.get("test"):
+                parts = [
+                    f"{m} {v:.4f} ± {block['test_std'].get(m, 0.0):.4f}"
+                    for m, v in block["test"].items()
+                    if m != "accuracy"
+                ]
+                lines.append(f"  {name}  test " + ", ".join(parts))
+    blocks = [("learned", summary), *summary.get("baselines", {}).items()]
+    for name, block in blocks:
         if block.get("diverged"):
             lines.append(
                 f"  WARNING: {block['diverged']} {name} run(s) diverged (per_seed.diverged_at)"
             )
     lines.append(
         f"  meta-train {summary['meta_train_seconds']:.1f}s, meta-test {summary['meta_test_seconds']:.1f}s"
+        + (f", lr tuning {summary['tune_seconds']:.1f}s" if summary.get("tune_seconds") else "")
     )
     return "\n".join(lines)
+
+
+def control_config(cfg: dict, exp: Experiment, name: str = "learned_lr") -> dict:
+    """The config of a control run: the baseline's loss and init with a meta-learned
+    step size on the baseline's optimizer, trained by the run's own estimator for the
+    same meta-steps and meta-tested the same way (online adaptation included).
+
+    A search (an estimator without an outer optimizer: TaylorGLO, EvoMAL, GP-LFL) cannot
+    train a step size; its control uses a one-step unroll on the validation batch instead.
+    """
+    control = {k: v for k, v in cfg.items()}
+    control["method"] = f"{cfg['method']}-{name}-control"
+    control["loss"] = cfg["baseline"]["loss"]
+    control["optimizer"] = {
+        "_component_": "learned_lr",
+        "base": baseline_optimizer(cfg, exp.trainer.biases),
+    }
+    control["init"] = {"_component_": "random"}
+    if not exp.trainer.estimator.needs_outer:
+        control["estimator"] = {
+            "_component_": "truncated_unroll",
+            "window": 1,
+            "horizon": 1,
+            "objective_batch": "val",
+        }
+    control["meta_test"] = {**cfg["meta_test"], "baseline": False}
+    control["baseline"] = {
+        **cfg["baseline"],
+        "tune": {**cfg["baseline"]["tune"], "enabled": False},
+        "controls": [],
+    }
+    control["logger"] = {**cfg["logger"], "backends": []}
+    return control

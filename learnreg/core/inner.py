@@ -146,6 +146,7 @@ class InnerRun:
         self.val = task.stream("val", seed + 1)
         self.last_batch: Batch | None = None
         self.diverged_at: int | None = None  # inner step at which the base loss became non-finite
+        self.update_norms: dict[int, float] = {}  # ‖Δθ‖ at the logged meta-test steps
 
     def next_train(self) -> Batch:
         self.last_batch = self.train.next()

@@ -18,7 +18,7 @@ from learnreg.core.outer import OuterOptimizer
 from learnreg.errors import ConfigError
 from learnreg.estimators.base import Estimator, MetaContext
 from learnreg.eval.loss_shape import loss_profile, profile_argmin
-from learnreg.eval.metrics import evaluate_split, gradient_scale, summarize, update_statistics
+from learnreg.eval.metrics import evaluate_split, summarize, update_ratios, update_statistics
 
 MetaOptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 ScheduleFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -187,6 +187,8 @@ class MetaTrainer:
                     baseline, task, index, steps, None, "baseline", eval_every
                 )
             result = {tag: self._test_metrics(run) for tag, (run, _) in runs.items()}
+            if baseline is not None:
+                self._log_update_ratio(runs, index)
             per_seed.append(result)
             if on_seed is not None:
                 on_seed(index, result, runs)
@@ -217,14 +219,14 @@ class MetaTrainer:
         while run.state.step < steps:
             before = run.state.params  # functional updates: the old tensors stay valid
             if adapt is not None:
-                base_loss = adapt.step(ctx)["base_loss"]
+                inner_loss = adapt.step(ctx)["inner_loss"]
             else:
                 with torch.no_grad():
                     run.state, loss = inner_step(
                         run.model, run.state, run.next_train(), biases.loss, biases.optimizer
                     )
-                base_loss = float(loss)
-            if not math.isfinite(base_loss):  # report the divergence; never average it away
+                inner_loss = float(loss)
+            if not math.isfinite(inner_loss):  # report the divergence; never average it away
                 run.diverged_at = run.state.step
                 warnings.warn(
                     f"meta-test run {tag} seed {index} diverged at inner step {run.state.step}",
@@ -232,7 +234,7 @@ class MetaTrainer:
                 )
                 break
             if run.state.step % curve_every == 0 or run.state.step >= steps:
-                self._log_curve(run, biases, tag, index, base_loss, before)
+                self._log_curve(run, biases, tag, index, inner_loss, before)
         return run, biases
 
     @staticmethod
@@ -243,19 +245,16 @@ class MetaTrainer:
         return metrics
 
     def _log_curve(
-        self, run: InnerRun, biases: Biases, tag: str, index: int, base_loss: float, before
+        self, run: InnerRun, biases: Biases, tag: str, index: int, inner_loss: float, before
     ) -> None:
         metrics = {
             f"test_{k}": v
             for k, v in evaluate_split(run.model, run.state, run.task.test, run.task.kind).items()
         }
-        metrics["train_loss"] = base_loss
+        metrics["train_loss"] = inner_loss  # in the run's own loss's units
         metrics.update(update_statistics(before, run.state.params))
-        # On a fixed training subset, so the ratio is not the noise of one batch.
-        subset = (run.task.train.x[:512], run.task.train.y[:512])
-        metrics["grad_scale"] = gradient_scale(
-            run.model, run.state, subset, biases.loss, run.task.kind
-        )
+        # ‖Δθ‖ per logged step, for the update-size ratio against the baseline run.
+        run.update_norms[run.state.step] = metrics["update_norm"]
         if biases.loss.is_learned:  # how the loss looks now (it may still be adapting)
             grid, values = loss_profile(biases.loss, run.task.kind, run.task.num_classes)
             metrics["loss_argmin"] = profile_argmin(grid, values)
@@ -265,6 +264,12 @@ class MetaTrainer:
             inner_step=run.state.step,
             seed=index,
         )
+
+    def _log_update_ratio(self, runs: dict, index: int) -> None:
+        """``meta_test/update_ratio``: ‖Δθ_learned‖ / ‖Δθ_baseline‖ at each logged step."""
+        norms = [runs[tag][0].update_norms for tag in ("learned", "baseline")]
+        for step, ratio in update_ratios(*norms).items():
+            self._log({"meta_test/update_ratio": ratio}, inner_step=step, seed=index)
 
     def _log(self, metrics: dict, **axes) -> None:
         if self.logger is not None:

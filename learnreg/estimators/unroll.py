@@ -99,7 +99,8 @@ class TruncatedUnroll(Estimator):
         info = ctx.outer.step(meta_loss)
         if info["skipped"] and not self.attached:  # the states may be garbage: start again
             self.runs = []
-        return {"meta_loss": meta_loss, "base_loss": float(sum(base) / len(base)), **info}
+        # inner_loss: the inner loop's own (learned) loss, in that loss's units.
+        return {"meta_loss": meta_loss, "inner_loss": float(sum(base) / len(base)), **info}
 
     def unroll(self, ctx: MetaContext, run: InnerRun, scale: float = 1.0) -> tuple[float, float]:
         """Advance ``run`` by ``window`` steps and accumulate ``scale · ∂(meta-loss)`` into

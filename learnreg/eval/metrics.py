@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from learnreg.core.inner import InnerState, forward
+from learnreg.eval.stats import summarize  # noqa: F401  (re-exported: the old home)
 
 
 @torch.no_grad()
@@ -36,37 +35,10 @@ def evaluate_split(
     return {"mse": loss_sum / total}
 
 
-def summarize(values: list[float]) -> dict[str, float]:
-    """Mean, sample standard deviation, 95% confidence half-width (normal) and count."""
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return {"mean": mean, "std": std, "ci95": 1.96 * std / math.sqrt(n), "n": n}
-
-
-def gradient_scale(model: nn.Module, state: InnerState, batch, loss, kind: str) -> float:
-    """‖∇θ loss‖ / ‖∇θ task loss‖ on one batch: how much larger the learned loss's
-    gradients are than cross-entropy's (or MSE's). A ratio falling during training is
-    AdaLFL's implicit learning-rate schedule."""
-    from learnreg.core.objectives import task_loss
-
-    x, y = batch
-
-    def norm(fn) -> float:
-        grads = torch.func.grad(
-            lambda p: fn(forward(model, InnerState(p, state.buffers, None), x), y)
-        )(state.params)
-        return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads.values()])).item()
-
-    with torch.no_grad():
-        reference = norm(lambda pred, target: task_loss(pred, target, kind))
-        return norm(loss) / max(reference, 1e-12)
-
-
 def update_statistics(before: dict[str, Tensor], after: dict[str, Tensor]) -> dict[str, float]:
     """Statistics of the last inner update ``Δθ = after − before`` (what the optimizer
-    role did): its RMS over all coordinates, its norm relative to ‖θ‖, and the fraction of
-    coordinates it moved (a learned rule may leave many at rest)."""
+    role did): its norm, its RMS over all coordinates, its norm relative to ‖θ‖, and the
+    fraction of coordinates it moved (a learned rule may leave many at rest)."""
     with torch.no_grad():
         delta = torch.cat([(after[k] - before[k]).flatten() for k in after]).double()
         theta = torch.cat([after[k].flatten() for k in after]).double()
@@ -74,4 +46,23 @@ def update_statistics(before: dict[str, Tensor], after: dict[str, Tensor]) -> di
             "update_rms": delta.square().mean().sqrt().item(),
             "update_to_weight": (delta.norm() / theta.norm().clamp_min(1e-12)).item(),
             "update_active": (delta != 0).double().mean().item(),
+            "update_norm": delta.norm().item(),
         }
+
+
+def update_ratios(learned: dict[int, float], baseline: dict[int, float]) -> dict[int, float]:
+    """‖Δθ_learned‖ / ‖Δθ_baseline‖ at every inner step both runs logged.
+
+    Both runs share the model initialization and batch order, so the ratio at step t says
+    how much larger (or smaller) an update of the learned biases is than the baseline's at
+    the same point of training: a learned loss that only rescales the gradient shows up
+    as a constant ratio. Unlike a gradient-norm ratio on memorised training examples it
+    does not blow up when the task loss's gradient vanishes.
+
+    Args:
+        learned, baseline: ``{inner_step: ‖Δθ‖}`` of the two runs.
+    """
+    return {
+        step: learned[step] / max(baseline[step], 1e-30)
+        for step in sorted(learned.keys() & baseline.keys())
+    }

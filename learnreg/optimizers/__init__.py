@@ -4,6 +4,7 @@ from learnreg.optimizers import fixed, precond
 from learnreg.optimizers.base import OptimizerRole, TorchoptOptimizer
 from learnreg.optimizers.fixed import SGD, Adam
 from learnreg.optimizers.flat import FlatRule
+from learnreg.optimizers.learned_lr import LearnedLR
 from learnreg.optimizers.lstm import LSTMRule
 from learnreg.optimizers.meta_sgd import MetaSGD
 from learnreg.optimizers.mlp import MLPRule
@@ -18,6 +19,7 @@ __all__ = [
     "Adam",
     "PreconditionedSGD",
     "FlatRule",
+    "LearnedLR",
     "LSTMRule",
     "MLPRule",
     "MetaSGD",

@@ -1,0 +1,231 @@
+"""Learning-rate tuning on the validation split: the tuned baseline of every comparison.
+
+A learned loss compared with cross-entropy at an untuned learning rate mostly measures
+the learning rate. :func:`tune_lr` trains the same biases at every learning rate of a
+log-spaced grid, from the same model initializations and in the same batch order as the
+meta-test runs, and :func:`select` picks the rate with the best mean **validation**
+metric; the test metric of every grid point is kept for the report but never read by
+the selection.
+
+Where the optimizer's update is linear in its learning rate (SGD and Adam: their state
+does not depend on it), the grid trains as one vectorized run: the parameters of one
+model per learning rate are stacked, one ``torch.func.vmap`` computes every copy's
+gradient on the shared batch, and the optimizer at learning rate 1 is scaled per copy.
+Other optimizers, models with BatchNorm running statistics and online-adapting learned
+losses run the grid one rate after another.
+
+Validation data: a single task's own ``val`` split; for episodic families (whose query
+set is the test set) the meta-validation episodes, or meta-training episodes when the
+class split has no validation classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from learnreg.core.bias import Biases
+from learnreg.core.inner import InnerState
+from learnreg.errors import ConfigError, DataError
+from learnreg.eval.metrics import evaluate_split
+from learnreg.optimizers.fixed import SGD, Adam
+
+#: Grid factors around the preset learning rate: 10^(k/3), 0.1x to 46x, 9 points, 1x included.
+GRID_FACTORS = tuple(10 ** (k / 3) for k in range(-3, 6))
+LR_LINEAR = (SGD, Adam)  # updates ∝ lr, state independent of lr
+
+
+def lr_grid(lr: float, grid: list[float] | None = None) -> list[float]:
+    """The learning rates to try: ``grid`` or ``lr · GRID_FACTORS``, always with ``lr``
+    itself (so the tuned baseline can never be worse on validation than the untuned one)."""
+    values = list(grid) if grid else [lr * f for f in GRID_FACTORS]
+    if any(not (isinstance(v, (int, float)) and v > 0) for v in values):
+        raise ConfigError(f"baseline.tune.grid must hold positive learning rates, got {grid!r}")
+    return sorted({float(v) for v in values} | {float(lr)})
+
+
+def base_lr(optimizer: nn.Module) -> float:
+    """A fixed optimizer role's learning rate (the centre of the grid)."""
+    args = getattr(optimizer, "init_args", {})
+    if optimizer.is_learned or not isinstance(args.get("lr"), (int, float)):
+        raise ConfigError(
+            f"baseline.tune: the optimizer {type(optimizer).__name__} has no learning rate to "
+            "tune; set `baseline.tune: false` or use a fixed optimizer with an `lr`"
+        )
+    return float(args["lr"])
+
+
+def with_lr(optimizer: nn.Module, lr: float) -> nn.Module:
+    """A fresh copy of a fixed optimizer role at another learning rate."""
+    base_lr(optimizer)
+    return type(optimizer)(**{**optimizer.init_args, "lr": lr})
+
+
+def validation_task(family, index: int) -> tuple[object, str]:
+    """The task whose ``val`` split tunes seed ``index``, and where it comes from."""
+    test_task = family.meta_test_task(index)
+    if test_task.val is not test_task.test:
+        return test_task, "validation split"
+    meta_val = getattr(family, "meta_val_task", None)
+    if meta_val is not None:
+        with contextlib.suppress(DataError):  # no meta-validation classes in the split
+            return meta_val(index), "meta-validation episodes"
+    return family.sample(index), "meta-training episodes"
+
+
+def primary_metric(kind: str) -> str:
+    return "error" if kind == "classification" else "mse"
+
+
+def vectorizable(biases: Biases, model: nn.Module, adapt) -> bool:
+    """Whether :func:`train_grid` may train every learning rate as one vmapped run."""
+    no_running_stats = not any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        for m in model.modules()
+    )
+    return adapt is None and type(biases.optimizer) in LR_LINEAR and no_running_stats
+
+
+def train_grid(ctx, biases: Biases, task, index: int, steps: int, lrs: list[float]):
+    """Train one model per learning rate for ``steps`` inner steps as one vmapped run.
+
+    Every copy starts from the model initialization and reads the batches of
+    ``ctx.new_run("meta_test", index)``, exactly as the meta-test run of seed ``index``.
+
+    Returns:
+        ``(run, states, diverged_at)``: the run (its model and task), one
+        :class:`InnerState` per learning rate, and the inner step each copy's loss became
+        non-finite (None: never).
+    """
+    run = ctx.new_run("meta_test", index, task=task)
+    unit = with_lr(biases.optimizer, 1.0).to(ctx.device)
+    size = len(lrs)
+
+    def stack(t):
+        return t.detach().unsqueeze(0).expand(size, *t.shape).clone()
+
+    params = {k: stack(v) for k, v in run.state.params.items()}
+    buffers = {k: stack(v) for k, v in run.state.buffers.items()}
+    first = next(iter(params.values()))
+    rates = torch.tensor(lrs, dtype=first.dtype, device=first.device)
+
+    def member_loss(p, b, x, y):
+        return biases.loss(functional_call(run.model, (p, b), (x,)), y)
+
+    gradient = vmap(grad_and_value(member_loss), in_dims=(0, 0, None, None))
+    opt_state = unit.init(params)  # elementwise: the stacked state is every copy's state
+    diverged: list[int | None] = [None] * size
+    with torch.no_grad():
+        for step in range(1, steps + 1):
+            x, y = run.next_train()
+            grads, values = gradient(params, buffers, x, y)
+            updates, opt_state = unit(grads, opt_state, params)
+            params = {
+                k: p + rates.view(-1, *[1] * (p.dim() - 1)) * updates[k] for k, p in params.items()
+            }
+            bad = (~torch.isfinite(values)).tolist()
+            for g in range(size):
+                if bad[g] and diverged[g] is None:
+                    diverged[g] = step
+    states = [
+        InnerState(
+            {k: v[g] for k, v in params.items()}, {k: b[g] for k, b in buffers.items()}, None
+        )
+        for g in range(size)
+    ]
+    return run, states, diverged
+
+
+def grid_point_metrics(trainer, biases, task, index, steps, lrs, adapt, splits):
+    """Metrics on ``splits`` of a model trained at each learning rate (seed ``index``).
+
+    Returns:
+        One ``{"lr", "diverged_at", <split>: metrics...}`` dict per learning rate.
+    """
+    model = task.build_model(0)
+    if vectorizable(biases, model, adapt):
+        run, states, diverged = train_grid(trainer.ctx, biases, task, index, steps, lrs)
+        model = run.model
+    else:
+        states, diverged = [], []
+        logger, trainer.logger = trainer.logger, None  # grid runs log no curves
+        try:
+            for lr in lrs:
+                candidate = Biases(biases.loss, with_lr(biases.optimizer, lr), biases.init)
+                run, _ = trainer.meta_test_run(candidate, task, index, steps, adapt, "tune")
+                states.append(run.state)
+                diverged.append(run.diverged_at)
+                model = run.model
+        finally:
+            trainer.logger = logger
+    points = []
+    for lr, state, div in zip(lrs, states, diverged):
+        point = {"lr": lr, "diverged_at": div}
+        for split in splits:
+            point[split] = evaluate_split(model, state, getattr(task, split), task.kind)
+        points.append(point)
+    return points
+
+
+def tune_seed(trainer, biases, index: int, steps: int, lrs: list[float], adapt=None) -> dict:
+    """Every grid point of seed ``index``: validation metrics (for selection) and test
+    metrics (for the report), from the same model seed and batch order as the meta-test.
+
+    Returns:
+        ``{"tuned_on", "val": [metrics per lr], "test": [...], "diverged_at": [...]}``.
+    """
+    family, device = trainer.ctx.family, trainer.device
+    val_task, source = validation_task(family, index)
+    val_task = val_task.to(device)
+    test_task = family.meta_test_task(index).to(device)
+    if source == "validation split":  # one run gives both splits
+        points = grid_point_metrics(
+            trainer, biases, test_task, index, steps, lrs, adapt, ("val", "test")
+        )
+        val, test = [p["val"] for p in points], [p["test"] for p in points]
+    else:
+        val = [
+            p["val"]
+            for p in grid_point_metrics(
+                trainer, biases, val_task, index, steps, lrs, adapt, ("val",)
+            )
+        ]
+        points = grid_point_metrics(trainer, biases, test_task, index, steps, lrs, adapt, ("test",))
+        test = [p["test"] for p in points]
+    return {
+        "tuned_on": source,
+        "val": val,
+        "test": test,
+        "diverged_at": [p["diverged_at"] for p in points],
+    }
+
+
+def _score(value: float) -> float:
+    return value if math.isfinite(value) else math.inf  # a diverged rate is never chosen
+
+
+def select(lrs: list[float], seeds: list[dict], metric: str) -> int:
+    """The index of the learning rate with the best mean validation ``metric`` over seeds
+    (ties: the lower mean validation loss, then the smaller rate). Reads ``val`` only."""
+
+    def mean(split_key: str, g: int) -> float:
+        values = [_score(s["val"][g].get(split_key, math.nan)) for s in seeds]
+        return sum(values) / len(values)
+
+    return min(range(len(lrs)), key=lambda g: (mean(metric, g), mean("loss", g), lrs[g]))
+
+
+def grid_table(lrs: list[float], seeds: list[dict]) -> list[dict]:
+    """Per learning rate: mean validation and test metrics over seeds, and divergences."""
+    table = []
+    for g, lr in enumerate(lrs):
+        row = {"lr": lr, "diverged": sum(s["diverged_at"][g] is not None for s in seeds)}
+        for split in ("val", "test"):
+            names = seeds[0][split][g]
+            row[split] = {m: sum(s[split][g][m] for s in seeds) / len(seeds) for m in names}
+        table.append(row)
+    return table
