@@ -89,19 +89,50 @@ def learning_curves(records: Records):
     return fig
 
 
+def _smoothed(values: list[float], window: int) -> list[float]:
+    """Trailing moving average over ``window`` points (shorter at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 @register_plot("meta_training")
 def meta_training(records: Records):
-    """Meta-loss against meta-steps, with skipped (non-finite) steps marked."""
+    """Meta-loss against meta-steps (raw and smoothed), with skipped (non-finite) steps
+    marked, and the inner loss: the learned loss's own value, in its own units (so it is
+    not comparable with the task loss)."""
     series = _series(records, "meta/meta_loss", "meta_step").get(0)
     if not series:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(*series, lw=0.8)
+    inner = next(  # `meta/base_loss`: run directories written before the rename
+        (
+            s
+            for key in ("meta/inner_loss", "meta/base_loss")
+            if (s := _series(records, key, "meta_step").get(0))
+        ),
+        None,
+    )
+    fig, axes = plt.subplots(1, 2 if inner else 1, figsize=(11 if inner else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    xs, ys = series
+    window = max(1, len(ys) // 20)
+    ax.plot(xs, ys, lw=0.6, alpha=0.35, color="C0", label="meta-loss")
+    ax.plot(xs, _smoothed(ys, window), lw=1.6, color="C0", label=f"moving average ({window})")
     skipped = [r["meta_step"] for r in records if r.get("meta/skipped") == 1.0]
     if skipped:
         ax.scatter(skipped, [0] * len(skipped), marker="x", color="red", label="skipped")
-        ax.legend()
     ax.set(xlabel="meta step", ylabel="meta-loss", title="meta-training")
+    ax.legend()
+    if inner:
+        ax = axes[0][1]
+        ax.plot(*inner, lw=0.6, alpha=0.35, color="C2")
+        ax.plot(inner[0], _smoothed(inner[1], window), lw=1.6, color="C2")
+        ax.set(xlabel="meta step", ylabel="inner loss (the learned loss's own units)")
+        ax.set(title="inner loss")
     return fig
 
 
@@ -132,10 +163,12 @@ def loss_shape(records: Records):
     return fig
 
 
-@register_plot("grad_scale")
-def grad_scale(records: Records):
-    """‖∇ learned loss‖ / ‖∇ task loss‖ against inner steps (implicit learning-rate schedule)."""
-    series = _series(records, "meta_test/learned/grad_scale", "inner_step")
+@register_plot("update_ratio")
+def update_ratio(records: Records):
+    """‖Δθ_learned‖ / ‖Δθ_baseline‖ against inner steps: how much larger the learned
+    biases' updates are than the same-settings baseline's at the same step (same model
+    initialization and batches). A constant ratio is a learning rate in disguise."""
+    series = _series(records, "meta_test/update_ratio", "inner_step")
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -145,9 +178,10 @@ def grad_scale(records: Records):
             label = f"each of {len(series)} seeds" if i == 0 else None
             ax.plot(xs, ys, color="C0", alpha=0.15, lw=0.6, label=label)
         else:
-            ax.plot(xs, ys, label=f"seed {seed}")
-    ax.set(xlabel="inner step", ylabel="gradient-scale ratio")
-    ax.set(title="learned vs task-loss gradient scale", yscale=_scale(ax))
+            ax.plot(xs, ys, marker=".", label=f"seed {seed}")
+    ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+    ax.set(xlabel="inner step", ylabel="‖Δθ learned‖ / ‖Δθ baseline‖")
+    ax.set(title="update size: learned vs baseline", yscale=_scale(ax))
     ax.legend()
     return fig
 

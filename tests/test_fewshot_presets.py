@@ -53,7 +53,8 @@ def test_short_episodic_run_reports_confidence_intervals(tmp_path):
     mean = sum(accuracies) / 12
     std = math.sqrt(sum((a - mean) ** 2 for a in accuracies) / 11)
     assert summary["test"]["accuracy"] == pytest.approx(mean)
-    assert summary["test_ci95"]["accuracy"] == pytest.approx(1.96 * std / math.sqrt(12))
+    t = 2.200985160091639  # Student t_{0.975} with 11 degrees of freedom
+    assert summary["test_ci95"]["accuracy"] == pytest.approx(t * std / math.sqrt(12))
     assert (tmp_path / "learned" / "init.safetensors").is_file()
     assert (tmp_path / "learned" / "optimizer.json").is_file()
 

@@ -38,7 +38,7 @@ def test_every_plot_is_a_real_png(run_dir):
         "learning_curves",
         "meta_training",
         "loss_shape",
-        "grad_scale",
+        "update_ratio",
         "update_statistics",
     }
     for path in paths:
@@ -123,7 +123,7 @@ def test_plots_reach_the_runs_wandb_record(tmp_path, monkeypatch):
         row for row in read_run(tmp_path)["history"] if any(k.startswith("plots/") for k in row)
     ]
     images = {k.rsplit("/", 1)[0]: row for row in rows for k in row if k.endswith("/_type")}
-    expected = {"learning_curves", "meta_training", "loss_shape", "grad_scale", "update_statistics"}
+    expected = {"learning_curves", "meta_training", "loss_shape", "update_ratio", "update_statistics"}
     assert set(images) == {f"plots/{name}" for name in expected}
     for name, row in images.items():
         assert row[f"{name}/_type"] == "image-file" and row[f"{name}/height"] >= 300
@@ -138,13 +138,13 @@ def test_plot_of_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_many_meta_test_seeds_still_lay_out(tmp_path, recwarn):
-    """600 meta-test episodes once made the gradient-scale legend taller than the figure."""
+    """600 meta-test episodes once made the update-ratio (then gradient-scale) legend taller than the figure."""
     rows = [
-        {"inner_step": step, "seed": seed, "meta_test/learned/grad_scale": 1.0 + seed / 600}
+        {"inner_step": step, "seed": seed, "meta_test/update_ratio": 1.0 + seed / 600}
         for seed in range(600)
         for step in (5, 10)
     ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (path,) = learnreg.plot(tmp_path, names=["grad_scale"])
+    (path,) = learnreg.plot(tmp_path, names=["update_ratio"])
     _assert_real_png(path)
     assert not [w for w in recwarn if "layout" in str(w.message).lower()]

@@ -10,6 +10,7 @@ into ``summary.json`` under ``"eval"`` and into ``metrics.jsonl`` (and the conso
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from learnreg.eval import robustness, sharpness
 from learnreg.eval.metrics import evaluate_split, summarize
 from learnreg.tracking.atomic import atomic_write_bytes
 from learnreg.tracking.export import load_state
-from learnreg.tracking.loggers import JsonlLogger
+from learnreg.tracking.loggers import JsonlLogger, strict_json
 
 FINAL = re.compile(r"^(?P<tag>[a-z_]+)_seed(?P<seed>\d+)\.safetensors$")
 
@@ -124,7 +125,7 @@ def evaluate_run(
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     summary["eval"] = result
-    atomic_write_bytes(summary_path, json.dumps(summary, indent=2).encode())
+    atomic_write_bytes(summary_path, json.dumps(strict_json(summary), indent=2).encode())
     from learnreg.plots import plot
 
     plot(run_dir, names=["pga"])  # plots/pga.png, and to the run's W&B run when it has one
@@ -139,16 +140,25 @@ def _aggregate(rows: list[dict]) -> dict:
     return {
         "mean": {k: s["mean"] for k, s in stats.items()},
         "std": {k: s["std"] for k, s in stats.items()},
+        "ci95": {k: s["ci95"] for k, s in stats.items()},  # Student-t, for n seeds
+        "n": len(rows),
         "per_seed": rows,
     }
 
 
 def format_eval(result: dict) -> str:
-    """A markdown table: one row per model role, mean ± std of each metric."""
+    """A markdown table: one row per model role, mean ± Student-t 95% half-width of each
+    metric, with the number of seeds n in the header (no interval when n < 2)."""
     tags = list(result)
     names = list(result[tags[0]]["mean"])
-    lines = ["| metric | " + " | ".join(tags) + " |", "|---" * (len(tags) + 1) + "|"]
+    header = [f"{t} (n={result[t].get('n', len(result[t]['per_seed']))})" for t in tags]
+    lines = ["| metric | " + " | ".join(header) + " |", "|---" * (len(tags) + 1) + "|"]
     for name in names:
-        cells = [f"{result[t]['mean'][name]:.4g} ± {result[t]['std'][name]:.2g}" for t in tags]
+        cells = []
+        for t in tags:
+            ci = result[t].get("ci95", {}).get(name, math.nan)
+            half = f" ± {ci:.2g}" if math.isfinite(ci) else ""
+            cells.append(f"{result[t]['mean'][name]:.4g}{half}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("(mean ± 95% Student-t half-width over n seeds)")
     return "\n".join(lines)

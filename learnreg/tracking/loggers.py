@@ -87,6 +87,9 @@ class ConsoleLogger:
         if step is None and "inner_step" in axes:
             return  # learning curves go to the files, not the terminal
         where = " ".join(f"{k}={v}" for k, v in axes.items())
+        if "meta/one_step_gain" in metrics:  # the meta-training probes, in plain words
+            print(f"[{where}] {probe_line(metrics)}", file=self.stream)
+            return
         body = " ".join(
             f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))
         )
@@ -103,6 +106,20 @@ class ConsoleLogger:
 
     def close(self) -> None:
         return None
+
+
+def probe_line(metrics: dict[str, float]) -> str:
+    """The probes of :mod:`learnreg.eval.probes` as one readable console line."""
+    text = (
+        f"one step lowers the meta-objective by {metrics['meta/one_step_gain']:.4g} "
+        f"(task loss: {metrics['meta/one_step_gain_task_loss']:.4g})"
+    )
+    for key, value in metrics.items():
+        if key.startswith("meta/val_") and not key.endswith("_task_loss"):
+            _, metric, steps = key.rsplit("_", 2)
+            reference = metrics.get(f"{key}_task_loss", float("nan"))
+            text += f"; val {metric} after {steps} steps {value:.4g} (task loss: {reference:.4g})"
+    return text
 
 
 class WandbLogger:

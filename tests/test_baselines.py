@@ -1,0 +1,175 @@
+"""The comparison protocol: paired statistics, the learning-rate grid tuned on validation,
+the learned-lr control and the summary's comparison blocks."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import tiny_task
+
+from learnreg.core.bias import Biases
+from learnreg.core.objectives import TaskLoss
+from learnreg.core.task import SingleTask, Split
+from learnreg.core.trainer import MetaTrainer
+from learnreg.estimators import TruncatedUnroll
+from learnreg.eval import stats
+from learnreg.eval.baselines import lr_grid, select, train_grid, tune_seed
+from learnreg.eval.metrics import evaluate_split
+from learnreg.inits.random import RandomInit
+from learnreg.losses.fixed import MSE, CrossEntropy
+from learnreg.optimizers import SGD, Adam, LearnedLR
+
+T_975_3 = 3.1824463052837078  # Student t quantile, 0.975, 3 degrees of freedom (tables)
+
+
+def _t3_cdf(t: float) -> float:
+    """The Student-t CDF with 3 degrees of freedom in closed form."""
+    u = t / math.sqrt(3)
+    return 0.5 + (u / (1 + u * u) + math.atan(u)) / math.pi
+
+
+def test_paired_statistics_match_a_hand_computation():
+    learned = [0.10, 0.12, 0.11, 0.13]
+    baseline = [0.12, 0.13, 0.12, 0.15]
+    d = stats.paired(learned, baseline, "error")
+    # differences -0.02, -0.01, -0.01, -0.02: mean -0.015, sd = sqrt(4 · 0.005² / 3)
+    sd = math.sqrt(4 * 0.005**2 / 3)
+    assert d["mean_diff"] == pytest.approx(-0.015)
+    assert d["ci95"] == pytest.approx(T_975_3 * sd / 2)
+    assert d["ci95_low"] == pytest.approx(-0.015 - T_975_3 * sd / 2)
+    t = -0.015 / (sd / 2)
+    assert d["p_value"] == pytest.approx(2 * _t3_cdf(t), rel=1e-6)
+    assert d["wins"] == 4 and d["n"] == 4 and d["verdict"] == "learned better"
+    # accuracy: higher is better, so the same numbers are a loss for the learned side
+    assert stats.paired(learned, baseline, "accuracy")["verdict"] == "baseline better"
+    assert stats.paired(learned, baseline, "accuracy")["wins"] == 0
+
+
+def test_an_interval_through_zero_is_no_significant_difference():
+    d = stats.paired([0.10, 0.14, 0.11], [0.12, 0.12, 0.12], "error")
+    assert d["ci95_low"] < 0 < d["ci95_high"]
+    assert d["verdict"] == "no significant difference" and d["wins"] == 2
+    assert stats.paired([0.1], [0.2], "error")["verdict"] == "too few seeds"
+
+
+def test_confidence_intervals_use_student_t_for_the_n_they_have():
+    s = stats.summarize([1.0, 3.0])  # std √2: the 2-seed interval is 12.706 · √2 / √2
+    assert s["ci95"] == pytest.approx(12.706204736174694) and s["n"] == 2
+    assert math.isnan(stats.summarize([1.0])["ci95"])
+
+
+def test_grid_is_log_spaced_wide_and_holds_the_preset_rate():
+    grid = lr_grid(0.01)
+    assert len(grid) >= 7 and 0.01 in grid
+    assert grid[0] <= 0.1 * 0.01 + 1e-15 and grid[-1] >= 30 * 0.01
+    ratios = [b / a for a, b in zip(grid, grid[1:])]
+    assert max(ratios) == pytest.approx(min(ratios))
+    assert lr_grid(0.01, [0.5, 0.1]) == [0.01, 0.1, 0.5]
+
+
+def _trainer(task, optimizer):
+    biases = Biases(CrossEntropy(), optimizer, RandomInit())
+    trainer = MetaTrainer(SingleTask(task), biases, TaskLoss(), TruncatedUnroll(), device="cpu")
+    return trainer, biases
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3), Adam(lr=0.01)],
+    ids=["sgd", "adam"],
+)
+def test_vectorized_grid_trains_exactly_the_sequential_runs(optimizer):
+    task = tiny_task()
+    trainer, biases = _trainer(task, optimizer)
+    lrs = [0.003, 0.05, 0.4]
+    run, states, diverged = train_grid(trainer.ctx, biases, task, 1, 12, lrs)
+    assert diverged == [None] * 3
+    for lr, state in zip(lrs, states):
+        one = Biases(CrossEntropy(), type(optimizer)(**{**optimizer.init_args, "lr": lr}), RandomInit())
+        reference, _ = trainer.meta_test_run(one, task, 1, 12, None, "check")
+        for name, value in reference.state.params.items():
+            torch.testing.assert_close(state.params[name], value, rtol=1e-10, atol=1e-12)
+
+
+def test_tuned_baseline_is_never_worse_on_validation_than_the_same_settings():
+    task = tiny_task(n=96)
+    lr, steps, seeds = 0.02, 30, 3
+    trainer, biases = _trainer(task, SGD(lr=lr))
+    lrs = lr_grid(lr)
+    rows = [tune_seed(trainer, biases, i, steps, lrs) for i in range(seeds)]
+    chosen = select(lrs, rows, "error")
+    # the same-settings baseline, trained the ordinary (sequential) way
+    same = []
+    for i in range(seeds):
+        run, _ = trainer.meta_test_run(biases, task, i, steps, None, "baseline")
+        same.append(evaluate_split(run.model, run.state, task.val, task.kind))
+    tuned_val = sum(r["val"][chosen]["error"] for r in rows) / seeds
+    same_val = sum(m["error"] for m in same) / seeds
+    assert tuned_val <= same_val
+    at_preset = lrs.index(lr)
+    for r, m in zip(rows, same):  # the grid's preset-rate point is that same run
+        assert r["val"][at_preset]["loss"] == pytest.approx(m["loss"], rel=1e-9)
+    assert lrs[chosen] != lr  # this task is under-trained at 0.02: the tuning matters
+
+
+def test_grid_selection_reads_the_validation_split_only():
+    task = tiny_task(n=96)
+    trainer, biases = _trainer(task, SGD(lr=0.02))
+    lrs = lr_grid(0.02)
+    rows = [tune_seed(trainer, biases, i, 30, lrs) for i in range(2)]
+    # the same runs with the test labels scrambled: test metrics change, nothing else
+    scrambled = replace(task, test=Split(task.test.x, task.test.y.flip(0)))
+    other, other_biases = _trainer(scrambled, SGD(lr=0.02))
+    rows2 = [tune_seed(other, other_biases, i, 30, lrs) for i in range(2)]
+    assert [r["val"] for r in rows] == [r["val"] for r in rows2]
+    assert [r["test"] for r in rows] != [r["test"] for r in rows2]
+    assert select(lrs, rows, "error") == select(lrs, rows2, "error")
+    # and select() looks at `val` alone: a test split that prefers another rate is ignored
+    fake = [
+        {
+            "val": [{"error": e, "loss": 1.0} for e in (0.3, 0.1, 0.2)],
+            "test": [{"error": e, "loss": 1.0} for e in (0.0, 0.9, 0.9)],
+            "diverged_at": [None] * 3,
+        }
+    ]
+    assert select([1.0, 2.0, 3.0], fake, "error") == 1
+
+
+def test_a_diverging_rate_is_recorded_and_never_chosen():
+    task = tiny_task("regression", n=96)
+    biases = Biases(MSE(), SGD(lr=0.05), RandomInit())
+    trainer = MetaTrainer(SingleTask(task), biases, TaskLoss(), TruncatedUnroll(), device="cpu")
+    rows = [tune_seed(trainer, biases, 0, 30, [0.05, 1e6])]
+    assert rows[0]["diverged_at"][1] is not None and rows[0]["diverged_at"][0] is None
+    assert not math.isfinite(rows[0]["val"][1]["mse"])
+    assert select([0.05, 1e6], rows, "mse") == 0
+
+
+@pytest.mark.parametrize("base", [SGD, Adam], ids=["sgd", "adam"])
+@pytest.mark.parametrize("window", [1, 3])
+def test_learned_lr_meta_gradient_matches_central_finite_differences(base, window):
+    task = tiny_task(seed=2)
+    spec = {"_component_": base.__name__.lower(), "lr": 0.05}
+    rule = LearnedLR(spec, scale=1.3).double()
+    biases = Biases(CrossEntropy(), rule, RandomInit())
+    trainer = MetaTrainer(
+        SingleTask(task), biases, TaskLoss(), TruncatedUnroll(window=window, horizon=window), device="cpu"
+    )
+    def meta_loss(log_scale: float) -> float:
+        with torch.no_grad():
+            rule.log_scale.fill_(log_scale)
+        fresh = trainer.ctx.new_run("meta_train", 0)  # same seed: same init and batches
+        return trainer.estimator.unroll(trainer.ctx, fresh)[0]
+
+    centre, eps = math.log(1.3), 1e-5
+    rule.log_scale.grad = None
+    meta_loss(centre)  # accumulates ∂ meta-loss / ∂ log_scale into .grad
+    analytic = rule.log_scale.grad.item()
+    numeric = (meta_loss(centre + eps) - meta_loss(centre - eps)) / (2 * eps)
+    assert analytic == pytest.approx(numeric, rel=1e-6)
+    assert abs(analytic) > 1e-6  # a real signal, not two zeros
+    assert rule.lr == pytest.approx(0.05 * math.exp(centre - eps))
