@@ -343,6 +343,9 @@ class Run:
             "meta_train_seconds": self.progress_state["meta_train_seconds"],
             "meta_test_seconds": self.progress_state["meta_test_seconds"],
             "tune_seconds": self.progress_state.get("tune_seconds", 0.0),
+            "controls_seconds": sum(
+                b["settings"].get("seconds", 0.0) for b in baselines.values() if "settings" in b
+            ),
             "device": str(self.exp.trainer.device),
             "torch": torch.__version__,
         }
@@ -394,6 +397,7 @@ class Run:
                 "meta_learned_lr": rule.lr,
                 "meta_steps": sub["meta_steps"],
                 "meta_train_seconds": sub["meta_train_seconds"],
+                "seconds": sub["meta_train_seconds"] + sub["meta_test_seconds"],
             }
             out[name] = comparison.block([r["learned"] for r in sub["per_seed"]], n_test, settings)
         return out
@@ -430,6 +434,11 @@ def format_summary(summary: dict) -> str:
     lines.append(
         f"  meta-train {summary['meta_train_seconds']:.1f}s, meta-test {summary['meta_test_seconds']:.1f}s"
         + (f", lr tuning {summary['tune_seconds']:.1f}s" if summary.get("tune_seconds") else "")
+        + (
+            f", controls {summary['controls_seconds']:.1f}s"
+            if summary.get("controls_seconds")
+            else ""
+        )
     )
     return "\n".join(lines)
 
@@ -440,7 +449,8 @@ def control_config(cfg: dict, exp: Experiment, name: str = "learned_lr") -> dict
     same meta-steps and meta-tested the same way (online adaptation included).
 
     A search (an estimator without an outer optimizer: TaylorGLO, EvoMAL, GP-LFL) cannot
-    train a step size; its control uses a one-step unroll on the validation batch instead.
+    train a step size, and its fitness (validation error) has no gradient; its control
+    uses a one-step unroll on the validation loss instead, for the same meta-steps.
     """
     control = {k: v for k, v in cfg.items()}
     control["method"] = f"{cfg['method']}-{name}-control"
@@ -457,6 +467,7 @@ def control_config(cfg: dict, exp: Experiment, name: str = "learned_lr") -> dict
             "horizon": 1,
             "objective_batch": "val",
         }
+        control["objective"] = {"_component_": "task_loss"}
     control["meta_test"] = {**cfg["meta_test"], "baseline": False}
     control["baseline"] = {
         **cfg["baseline"],

@@ -89,7 +89,9 @@ def test_vectorized_grid_trains_exactly_the_sequential_runs(optimizer):
     run, states, diverged = train_grid(trainer.ctx, biases, task, 1, 12, lrs)
     assert diverged == [None] * 3
     for lr, state in zip(lrs, states):
-        one = Biases(CrossEntropy(), type(optimizer)(**{**optimizer.init_args, "lr": lr}), RandomInit())
+        one = Biases(
+            CrossEntropy(), type(optimizer)(**{**optimizer.init_args, "lr": lr}), RandomInit()
+        )
         reference, _ = trainer.meta_test_run(one, task, 1, 12, None, "check")
         for name, value in reference.state.params.items():
             torch.testing.assert_close(state.params[name], value, rtol=1e-10, atol=1e-12)
@@ -157,8 +159,13 @@ def test_learned_lr_meta_gradient_matches_central_finite_differences(base, windo
     rule = LearnedLR(spec, scale=1.3).double()
     biases = Biases(CrossEntropy(), rule, RandomInit())
     trainer = MetaTrainer(
-        SingleTask(task), biases, TaskLoss(), TruncatedUnroll(window=window, horizon=window), device="cpu"
+        SingleTask(task),
+        biases,
+        TaskLoss(),
+        TruncatedUnroll(window=window, horizon=window),
+        device="cpu",
     )
+
     def meta_loss(log_scale: float) -> float:
         with torch.no_grad():
             rule.log_scale.fill_(log_scale)
@@ -173,3 +180,64 @@ def test_learned_lr_meta_gradient_matches_central_finite_differences(base, windo
     assert analytic == pytest.approx(numeric, rel=1e-6)
     assert abs(analytic) > 1e-6  # a real signal, not two zeros
     assert rule.lr == pytest.approx(0.05 * math.exp(centre - eps))
+
+
+BLOCK_KEYS = {"test", "test_std", "test_ci95", "n", "n_test", "per_seed", "settings"}
+PAIRED_KEYS = {"mean_diff", "ci95", "p_value", "wins", "n"}
+TINY = ["meta_test.steps=12", "meta_test.seeds=2", "logger.backends=[]", "device=cpu"]
+FAMILIES = {
+    "loss_learning": ("ml3/digits_mlp", ["meta_steps=2", "model.hidden=[8]"]),
+    "search": (
+        "taylorglo/digits_mlp",
+        ["meta_steps=1", "estimator.fitness_steps=5", "estimator.searcher.population=4"],
+    ),
+    "few_shot": (
+        "maml/digits_5w1s",
+        [
+            "meta_steps=2",
+            "model.hidden=4",
+            "estimator.meta_batch=2",
+            "baseline.controls=[learned_lr]",
+        ],
+    ),
+    "learned_optimizer": (
+        "lo/mlp_none",
+        [
+            "task.datasets=[digits]",
+            "task.widths=[[8]]",
+            "task.meta_test.model.hidden=[8]",
+            "optimizer.hidden=[4]",
+            "meta_steps=2",
+            "estimator.window=2",
+            "estimator.horizon=4",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_summary_schema_of_every_preset_family(family, tmp_path):
+    import learnreg
+
+    preset, overrides = FAMILIES[family]
+    summary = learnreg.run(preset, [*overrides, *TINY], out=tmp_path, progress=False)
+    assert {"test", "test_std", "test_ci95", "n", "n_test"} <= set(summary) and summary["n"] == 2
+    assert set(summary["baselines"]) == {"same_settings", "tuned", "learned_lr"}
+    for name, block in summary["baselines"].items():
+        assert BLOCK_KEYS <= set(block), name
+        assert block["n"] == 2 and len(block["per_seed"]) == 2 and block["n_test"] > 0
+    assert summary["baseline"] == summary["baselines"]["tuned"]
+    tuned = summary["baselines"]["tuned"]["settings"]
+    assert len(tuned["grid"]) >= 7 and tuned["lr"] in tuned["grid"]
+    assert [p["lr"] for p in tuned["points"]] == tuned["grid"]
+    assert all({"val", "test", "diverged"} <= set(p) for p in tuned["points"])
+    metric = "error" if "error" in summary["test"] else "mse"
+    for name, block in summary["baselines"].items():
+        d = summary["paired"][name][metric]
+        assert PAIRED_KEYS <= set(d)
+        learned = [r["learned"][metric] for r in summary["per_seed"]]
+        base = [r[metric] for r in block["per_seed"]]
+        assert d["mean_diff"] == pytest.approx(sum(learned) / 2 - sum(base) / 2)
+    same = summary["baselines"]["same_settings"]["per_seed"]
+    assert same == [r["baseline"] for r in summary["per_seed"]]
+    assert (tmp_path / "controls" / "learned_lr" / "summary.json").is_file()

@@ -123,7 +123,13 @@ def test_plots_reach_the_runs_wandb_record(tmp_path, monkeypatch):
         row for row in read_run(tmp_path)["history"] if any(k.startswith("plots/") for k in row)
     ]
     images = {k.rsplit("/", 1)[0]: row for row in rows for k in row if k.endswith("/_type")}
-    expected = {"learning_curves", "meta_training", "loss_shape", "update_ratio", "update_statistics"}
+    expected = {
+        "learning_curves",
+        "meta_training",
+        "loss_shape",
+        "update_ratio",
+        "update_statistics",
+    }
     assert set(images) == {f"plots/{name}" for name in expected}
     for name, row in images.items():
         assert row[f"{name}/_type"] == "image-file" and row[f"{name}/height"] >= 300
