@@ -240,3 +240,41 @@ def test_summary_schema_of_every_preset_family(family, tmp_path):
     same = summary["baselines"]["same_settings"]["per_seed"]
     assert same == [r["baseline"] for r in summary["per_seed"]]
     assert (tmp_path / "controls" / "learned_lr" / "summary.json").is_file()
+
+
+def _without_timings(value):
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if not k.endswith("seconds")}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("where", ["tuning", "control"])
+def test_a_run_killed_while_tuning_or_training_a_control_resumes_to_the_same_result(
+    tmp_path, monkeypatch, where
+):
+    import learnreg
+    from conftest import Interrupt
+    from test_runner import CONFIG
+
+    cfg = {**CONFIG, "baseline": {"controls": ["learned_lr"]}}
+    reference = learnreg.run(cfg, out=tmp_path / "ref", progress=False)
+    calls = {"n": 0}
+    target = (learnreg.runner, "tune_seed") if where == "tuning" else (TruncatedUnroll, "step")
+    original = getattr(*target)
+    kill_at = 2 if where == "tuning" else CONFIG["meta_steps"] + 5  # inside the control's fit
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == kill_at:
+            raise Interrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(*target, dying)
+    with pytest.raises(Interrupt):
+        learnreg.run(cfg, out=tmp_path / "run", progress=False)
+    monkeypatch.setattr(*target, original)
+    assert not (tmp_path / "run" / "summary.json").exists()
+    resumed = learnreg.run(cfg, out=tmp_path / "run", progress=False)
+    assert _without_timings(resumed) == _without_timings(reference)
