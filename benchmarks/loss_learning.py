@@ -1,11 +1,20 @@
-"""AdaLFL and ML3 against the task loss (CE or MSE), same budgets and seeds.
+"""AdaLFL and ML3 against the task loss under the comparison protocol, paired seeds.
 
-Each preset runs once per seed (meta-training included, so its randomness counts); the
-baseline of a seed shares the learned run's model initialization and batch order. For
-AdaLFL the gradient-scale ratio ‖∇ learned‖ / ‖∇ task loss‖ at the first and last
-evaluation shows the implicit learning-rate schedule.
+Each seed is a whole run of the preset (meta-training included, so its randomness
+counts) with one meta-test seed. Every run also trains, from the same model
+initialization and in the same batch order: the task loss (CE or MSE) at the preset's
+learning rate ("same settings"), the task loss at the learning rate its validation
+split prefers from the grid of :mod:`learnreg.eval.baselines` ("tuned"), and the
+learned-lr control (the task loss with a meta-learned step size, same estimator and
+budget). The table gives means with Student-t 95% intervals over the seeds finished so
+far, and learned minus each baseline paired by seed (mean, t-interval, paired t-test
+p-value, verdict). The update-size ratio ‖Δθ learned‖ / ‖Δθ same settings‖ at the first
+and last evaluation replaces the old gradient-scale ratio.
 
-    python -m benchmarks.loss_learning [--seeds 5] [--presets adalfl/digits_mlp ml3/digits_mlp ...]
+Resumable: finished runs are read back, so re-running the command continues where it
+stopped; ``--table`` prints the table of what exists without running anything.
+
+    python -m benchmarks.loss_learning [--seeds 10] [--presets ml3/digits_mlp ...] --out DIR
 """
 
 from __future__ import annotations
@@ -13,11 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 from pathlib import Path
 
 import learnreg
 from benchmarks.common import machine
+from learnreg.eval import stats
 
 PRESETS = [
     "ml3/digits_mlp",
@@ -27,71 +36,111 @@ PRESETS = [
     "ml3/fmnist_cnn",
     "adalfl/fmnist_cnn",
 ]
+BASELINES = ("same_settings", "tuned", "learned_lr")
 
 
-def _mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4f} ± {std:.4f}"
-
-
-def grad_scale_trend(run_dir: Path) -> tuple[float, float] | None:
+def update_ratio_trend(run_dir: Path) -> tuple[float, float] | None:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    scales = [
-        r["meta_test/learned/grad_scale"] for r in rows if "meta_test/learned/grad_scale" in r
-    ]
-    return (scales[0], scales[-1]) if scales else None
+    ratios = [r["meta_test/update_ratio"] for r in rows if "meta_test/update_ratio" in r]
+    return (ratios[0], ratios[-1]) if ratios else None
 
 
-def run_preset(preset: str, seeds: int, root: Path, overrides: list[str]) -> dict:
-    learned, baseline, seconds, trends = [], [], [], []
-    for seed in range(seeds):
-        out = root / preset.replace("/", "-") / f"seed{seed}"
-        summary = learnreg.run(
-            f"configs/{preset}.yaml",
-            [f"seed={seed}", "logger.backends=[]", *overrides],
-            out,
-            progress=False,
+def run_dir(root: Path, preset: str, seed: int) -> Path:
+    return root / preset.replace("/", "-") / f"seed{seed}"
+
+
+def run_seed(preset: str, seed: int, root: Path, overrides: list[str]) -> dict:
+    return learnreg.run(
+        f"configs/{preset}.yaml",
+        [f"seed={seed}", "meta_test.seeds=1", "logger.backends=[]", *overrides],
+        run_dir(root, preset, seed),
+        progress=False,
+    )
+
+
+def finished(root: Path, preset: str) -> list[tuple[Path, dict]]:
+    out = []
+    for path in sorted((root / preset.replace("/", "-")).glob("seed*/summary.json")):
+        out.append((path.parent, json.loads(path.read_text())))
+    return sorted(out, key=lambda t: t[1]["seed"])
+
+
+def _mean(values: list[float], scale: float) -> str:
+    s = stats.summarize([v * scale for v in values])
+    return stats.format_mean(s, 2 if scale == 100 else 3)
+
+
+def table_row(preset: str, runs: list[tuple[Path, dict]]) -> str:
+    metric = "error" if "error" in runs[0][1]["test"] else "mse"
+    scale = 100 if metric == "error" else 1
+    learned = [s["test"][metric] for _, s in runs]
+    cells = [preset, f"test {metric}" + (" (%)" if scale == 100 else ""), str(len(runs))]
+    cells.append(_mean(learned, scale))
+    verdicts = []
+    for name in BASELINES:
+        base = [s["baselines"][name]["test"][metric] for _, s in runs]
+        cells.append(_mean(base, scale))
+        d = stats.paired(learned, base, metric)
+        verdicts.append(
+            f"{d['mean_diff'] * scale:+.2f} ± {d['ci95'] * scale:.2f}, p={d['p_value']:.2g}, "
+            f"{d['wins']}/{d['n']}: {d['verdict']}"
         )
-        metric = "error" if "error" in summary["test"] else "mse"
-        learned.append(summary["test"][metric])
-        baseline.append(summary["baseline"]["test"][metric])
-        seconds.append(summary["meta_train_seconds"] + summary["meta_test_seconds"])
-        trend = grad_scale_trend(out)
-        if trend:
-            trends.append(trend)
-    wins = sum(a <= b for a, b in zip(learned, baseline))
-    return {
-        "preset": preset,
-        "metric": metric,
-        "learned": _mean_std(learned),
-        "baseline": _mean_std(baseline),
-        "wins": f"{wins}/{seeds}",
-        "seconds": statistics.mean(seconds),
-        "grad_scale": f"{statistics.mean(t[0] for t in trends):.2f} → {statistics.mean(t[1] for t in trends):.2f}"
+    lrs = [s["baselines"]["tuned"]["settings"]["lr"] for _, s in runs]
+    control = [s["baselines"]["learned_lr"]["settings"]["meta_learned_lr"] for _, s in runs]
+    cells.append(f"{statistics.median(lrs):.3g} / {statistics.median(control):.3g}")
+    cells += verdicts
+    trends = [t for t in (update_ratio_trend(d) for d, _ in runs) if t]
+    cells.append(
+        f"{statistics.mean(t[0] for t in trends):.2f} → {statistics.mean(t[1] for t in trends):.2f}"
         if trends
-        else "",
-    }
+        else ""
+    )
+    minutes = [
+        (s["meta_train_seconds"] + s["meta_test_seconds"] + s.get("tune_seconds", 0.0)) / 60
+        + s.get("controls_seconds", 0.0) / 60
+        for _, s in runs
+    ]
+    cells.append(f"{statistics.mean(minutes):.0f}")
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = (
+    "| preset | metric | n | learned | task loss, same settings | task loss, tuned lr | "
+    "learned-lr control | tuned lr / control lr (median) | learned − same settings | "
+    "learned − tuned | learned − control | update ratio (first → last eval) | min/seed |\n"
+    "|---|---|---:|---|---|---|---|---|---|---|---|---|---:|"
+)
+
+
+def print_table(root: Path, presets: list[str]) -> None:
+    print(f"machine: {machine()}\n")
+    print(HEADER)
+    for preset in presets:
+        runs = finished(root, preset)
+        if runs:
+            print(table_row(preset, runs))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--presets", nargs="*", default=PRESETS)
-    parser.add_argument("--out", help="keep the run directories here (default: a temporary folder)")
+    parser.add_argument("--out", required=True, help="run directories (re-runs resume here)")
+    parser.add_argument("--table", action="store_true", help="only print what is finished")
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every preset")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(args.out or tmp)
-        rows = [run_preset(p, args.seeds, root, args.overrides) for p in args.presets]
-    print(f"machine: {machine()}\n")
-    print(
-        "| preset | test metric | learned | baseline (task loss) | learned ≤ baseline | grad-scale ratio (start → end) | s/seed |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['preset']} | {r['metric']} | {r['learned']} | {r['baseline']} | {r['wins']} | {r['grad_scale']} | {r['seconds']:.0f} |"
-        )
+    root = Path(args.out)
+    if not args.table:
+        for seed in range(args.seeds):  # seed-major: every preset's partial n grows together
+            for preset in args.presets:
+                run_seed(preset, seed, root, args.overrides)
+                (root / "table.md").write_text(_table_text(root, args.presets))
+    print_table(root, args.presets)
+
+
+def _table_text(root: Path, presets: list[str]) -> str:
+    rows = [table_row(p, runs) for p in presets if (runs := finished(root, p))]
+    return HEADER + "\n" + "\n".join(rows) + "\n"
 
 
 if __name__ == "__main__":
