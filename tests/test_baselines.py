@@ -278,3 +278,21 @@ def test_a_run_killed_while_tuning_or_training_a_control_resumes_to_the_same_res
     assert not (tmp_path / "run" / "summary.json").exists()
     resumed = learnreg.run(cfg, out=tmp_path / "run", progress=False)
     assert _without_timings(resumed) == _without_timings(reference)
+
+
+def test_tune_learned_tunes_the_learned_side_on_the_same_grid(tmp_path):
+    import learnreg
+    from test_runner import CONFIG
+
+    cfg = {**CONFIG, "baseline": {"tune": "learned"}}
+    summary = learnreg.run(cfg, out=tmp_path, progress=False)
+    side = summary["learned_tuned"]
+    assert side["settings"]["grid"] == summary["baselines"]["tuned"]["settings"]["grid"]
+    # the grid's point at the run's own rate is the learned meta-test run itself
+    own = side["settings"]["grid"].index(CONFIG["optimizer"]["lr"])
+    learned_test = [r["learned"]["error"] for r in summary["per_seed"]]
+    point = side["settings"]["points"][own]["test"]["error"]
+    assert point == pytest.approx(sum(learned_test) / len(learned_test), abs=1e-9)
+    assert {"mean_diff", "ci95", "p_value", "wins", "n"} <= set(
+        summary["paired"]["learned_tuned_vs_tuned"]["error"]
+    )
