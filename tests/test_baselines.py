@@ -254,9 +254,10 @@ def _without_timings(value):
 def test_a_run_killed_while_tuning_or_training_a_control_resumes_to_the_same_result(
     tmp_path, monkeypatch, where
 ):
-    import learnreg
     from conftest import Interrupt
     from test_runner import CONFIG
+
+    import learnreg
 
     cfg = {**CONFIG, "baseline": {"controls": ["learned_lr"]}}
     reference = learnreg.run(cfg, out=tmp_path / "ref", progress=False)
@@ -281,8 +282,9 @@ def test_a_run_killed_while_tuning_or_training_a_control_resumes_to_the_same_res
 
 
 def test_tune_learned_tunes_the_learned_side_on_the_same_grid(tmp_path):
-    import learnreg
     from test_runner import CONFIG
+
+    import learnreg
 
     cfg = {**CONFIG, "baseline": {"tune": "learned"}}
     summary = learnreg.run(cfg, out=tmp_path, progress=False)
