@@ -73,12 +73,12 @@ def _mean(values: list[float], scale: float) -> str:
 def table_row(preset: str, runs: list[tuple[Path, dict]]) -> str:
     metric = "error" if "error" in runs[0][1]["test"] else "mse"
     scale = 100 if metric == "error" else 1
-    learned = [s["test"][metric] for _, s in runs]
+    learned = [float(s["test"][metric]) for _, s in runs]  # float(): "nan" in summary.json
     cells = [preset, f"test {metric}" + (" (%)" if scale == 100 else ""), str(len(runs))]
     cells.append(_mean(learned, scale))
     verdicts = []
     for name in BASELINES:
-        base = [s["baselines"][name]["test"][metric] for _, s in runs]
+        base = [float(s["baselines"][name]["test"][metric]) for _, s in runs]
         cells.append(_mean(base, scale))
         d = stats.paired(learned, base, metric)
         verdicts.append(

@@ -159,10 +159,10 @@ class Run:
             self._meta_test()
             self._tune()
             self._controls()
-            summary = self._summary()
-            atomic_write_bytes(
-                self.out / "summary.json", json.dumps(strict_json(summary), indent=2).encode()
-            )
+            # as written: NaN (an interval of one seed, a diverged run) is the string "nan",
+            # so a fresh run's summary equals the one a finished run reads back
+            summary = strict_json(self._summary())
+            atomic_write_bytes(self.out / "summary.json", json.dumps(summary, indent=2).encode())
             plot(self.out, logger=self.logger)  # through the open W&B run: one segment
         finally:
             self.logger.close()

@@ -101,7 +101,9 @@ def test_a_diverging_meta_test_run_is_reported_not_averaged(tmp_path):
     # Cross-entropy at lr 1e6 overflows; the learned loss saturates instead (finite).
     assert summary["baseline"]["diverged"] == 2 and summary["diverged"] == 0
     assert all(seed["baseline"]["diverged_at"] == 5 for seed in summary["per_seed"])
-    assert "WARNING: 2 baseline run(s) diverged" in learnreg.runner.format_summary(summary)
+    printed = learnreg.runner.format_summary(summary)
+    assert "WARNING: 2 same_settings run(s) diverged" in printed
+    assert "WARNING: 2 tuned run(s) diverged" in printed  # every rate of its grid overflows too
     text = (tmp_path / "summary.json").read_text()
     assert "NaN" not in text and json.loads(text)["per_seed"][0]["baseline"]["loss"] == "nan"
 

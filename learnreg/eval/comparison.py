@@ -108,10 +108,11 @@ def format_comparison(summary: dict) -> list[str]:
         d = diffs.get(metric)
         if d is None:
             continue
-        ci = f" ± {d['ci95']:.4f}" if math.isfinite(d["ci95"]) else ""
-        p = f", p={d['p_value']:.3g}" if math.isfinite(d["p_value"]) else ""
+        half, p_value = float(d["ci95"]), float(d["p_value"])  # "nan" read back from JSON
+        ci = f" ± {half:.4f}" if math.isfinite(half) else ""
+        p = f", p={p_value:.3g}" if math.isfinite(p_value) else ""
         lines.append(
-            f"  learned − {LABELS.get(name, name)}: {metric} {d['mean_diff']:+.4f}{ci}"
+            f"  learned − {LABELS.get(name, name)}: {metric} {float(d['mean_diff']):+.4f}{ci}"
             f" (paired t, n={d['n']}{p}, learned better on {d['wins']}/{d['n']}): {d['verdict']}"
         )
     return lines

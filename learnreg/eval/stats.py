@@ -101,5 +101,6 @@ def verdict(diff: dict, higher_is_better: bool = False) -> str:
 
 def format_mean(s: dict, digits: int = 4) -> str:
     """``mean ± ci95 (n=…)``; the interval is omitted when it does not exist (n < 2)."""
-    ci = f" ± {s['ci95']:.{digits}f}" if math.isfinite(s.get("ci95", math.nan)) else ""
-    return f"{s['mean']:.{digits}f}{ci} (n={s['n']})"
+    half = float(s.get("ci95", math.nan))  # "nan" as summary.json writes it
+    ci = f" ± {half:.{digits}f}" if math.isfinite(half) else ""
+    return f"{float(s['mean']):.{digits}f}{ci} (n={s['n']})"
