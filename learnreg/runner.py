@@ -231,7 +231,8 @@ class Run:
     def _probe(self, trainer) -> None:
         """Interpretable meta-training diagnostics (:mod:`learnreg.eval.probes`)."""
         metrics = probes.one_step_gain(trainer.ctx, self.exp.baseline, trainer.meta_step)
-        metrics.update(probes.short_validation(trainer, self.exp.baseline))
+        steps = min(probes.PROBE_STEPS, self.cfg["meta_test"]["steps"])  # few-shot: its 5 steps
+        metrics.update(probes.short_validation(trainer, self.exp.baseline, steps))
         self.logger.log(metrics, meta_step=trainer.meta_step)
 
     def _tune(self) -> None:
