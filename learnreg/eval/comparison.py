@@ -82,7 +82,9 @@ LABELS = {
 def _label(name: str, base: dict) -> str:
     settings = base.get("settings", {})
     label = LABELS.get(name, name)
-    lr = settings.get("meta_learned_lr", settings.get("lr"))
+    if isinstance(settings.get("meta_learned_lr"), (int, float)):  # where meta-test starts
+        return f"{label} (meta-learned lr {settings['meta_learned_lr']:.3g})"
+    lr = settings.get("lr")
     return f"{label} (lr {lr:.3g})" if isinstance(lr, (int, float)) else label
 
 
