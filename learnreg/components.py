@@ -32,7 +32,12 @@ def normalize_component(value: Any, where: str) -> dict:
 
 
 def check_component(kind: str, spec: dict, where: str) -> None:
-    """Validate a component spec's name and keyword arguments against its signature."""
+    """Validate a component spec's name and keyword arguments against its signature.
+
+    Specs nested in the arguments (an estimator's ``searcher``) are checked against the
+    allow-list too, so no name in a file is imported or called before it is allowed.
+    """
+    check_nested(spec, where)
     target = registry.lookup(kind, spec[COMPONENT])
     params, hints = _signature(target)
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
@@ -49,6 +54,23 @@ def check_component(kind: str, spec: dict, where: str) -> None:
                 f"Valid arguments: {', '.join(sorted(accepted - set(CONTEXT_NAMES))) or '(none)'}."
             )
         _check_type(f"{where}.{key}", value, hints.get(key))
+
+
+def check_nested(spec: dict, where: str) -> None:
+    """Refuse any ``_component_`` nested in ``spec``'s arguments that the allow-list does
+    not admit (the spec's own name is checked against its kind by the caller)."""
+    stack = [(f"{where}.{k}", v) for k, v in spec.items() if k != COMPONENT]
+    while stack:
+        at, value = stack.pop()
+        if isinstance(value, dict):
+            if COMPONENT in value:
+                try:
+                    registry.lookup(None, value[COMPONENT])
+                except ConfigError as exc:
+                    raise ConfigError(f"{at}: {exc}") from None
+            stack.extend((f"{at}.{k}", v) for k, v in value.items() if k != COMPONENT)
+        elif isinstance(value, list):
+            stack.extend((f"{at}[{i}]", v) for i, v in enumerate(value))
 
 
 #: Constructor arguments filled from the run context when a config leaves them out.
