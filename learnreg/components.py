@@ -40,7 +40,9 @@ def check_component(kind: str, spec: dict, where: str) -> None:
     check_nested(spec, where)
     target = registry.lookup(kind, spec[COMPONENT])
     params, hints = _signature(target)
+    args = {k: v for k, v in spec.items() if k != COMPONENT}
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        _check_args_hook(target, args, where)
         return
     accepted = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     for key, value in spec.items():
@@ -54,6 +56,49 @@ def check_component(kind: str, spec: dict, where: str) -> None:
                 f"Valid arguments: {', '.join(sorted(accepted - set(CONTEXT_NAMES))) or '(none)'}."
             )
         _check_type(f"{where}.{key}", value, hints.get(key))
+        _check_range(f"{where}.{key}", key, value)
+    _check_args_hook(target, args, where)
+
+
+#: Integer arguments that count something (a size, a number of layers or examples):
+#: zero or negative is always a mistake, whichever component takes them.
+POSITIVE_ARGS = frozenset(
+    {"batch_size", "hidden", "width", "channels", "blocks", "depth", "layers"}
+    | {"ways", "shots", "queries", "meta_batch", "window", "population", "val_batch"}
+    | {"fitness_steps", "fitness_seeds", "max_batch"}
+)
+#: Seeds feed torch, numpy and scikit-learn generators; numpy's take [0, 2**32).
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def check_seed(where: str, value: Any) -> None:
+    """Refuse a seed outside the range every generator accepts."""
+    if isinstance(value, int) and not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise ConfigError(
+            f"{where} must be a seed between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {value}"
+        )
+
+
+def _check_range(where: str, key: str, value: Any) -> None:
+    if key == "seed" or key.endswith("_seed"):
+        check_seed(where, value)
+    elif key in POSITIVE_ARGS:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, int) and not isinstance(v, bool) and v < 1:
+                raise ConfigError(f"{where} must be positive (at least 1), got {value!r}")
+
+
+def _check_args_hook(target, args: dict, where: str) -> None:
+    """A component class may define ``check_args(**kwargs)``, refusing argument
+    combinations its signature cannot express; it runs when the config is loaded."""
+    hook = getattr(target, "check_args", None) if inspect.isclass(target) else None
+    if hook is None:
+        return
+    try:
+        hook(**args)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def check_nested(spec: dict, where: str) -> None:

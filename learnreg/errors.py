@@ -27,3 +27,7 @@ class NumericalError(LearnregError, FloatingPointError):
 
 class ShapeError(LearnregError, ValueError):
     """Predictions, targets or inputs have shapes that do not fit together."""
+
+
+class StorageError(LearnregError, OSError):
+    """A run directory cannot be created or written (not a directory, read-only, full)."""
