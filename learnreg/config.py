@@ -209,7 +209,7 @@ def validate(raw: dict) -> dict:
         ("max_bad_steps", cfg["max_bad_steps"], 1),
         ("meta_test.steps", cfg["meta_test"]["steps"], 0),
         ("meta_test.seeds", cfg["meta_test"]["seeds"], 1),
-        ("meta_test.eval_every", cfg["meta_test"]["eval_every"], 1),
+        ("meta_test.eval_every", cfg["meta_test"]["eval_every"], 0),  # 0: at the end only
         ("logger.every", cfg["logger"]["every"], 1),
     ):
         if value < low:

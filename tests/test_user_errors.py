@@ -182,7 +182,7 @@ def test_every_file_of_a_run_directory_follows_the_umask(tmp_path, umask):
         ("logger.every=0", "logger.every must be at least 1"),
         ("meta_steps=-1", "meta_steps must be at least 0"),
         ("meta_test.seeds=0", "meta_test.seeds must be at least 1"),
-        ("meta_test.eval_every=0", "meta_test.eval_every must be at least 1"),
+        ("meta_test.eval_every=-1", "meta_test.eval_every must be at least 0"),
         ("max_bad_steps=0", "max_bad_steps must be at least 1"),
         ("task.batch_size=0", "task.batch_size must be positive"),
         ("task.batch_size=-5", "task.batch_size must be positive"),

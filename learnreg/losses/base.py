@@ -43,7 +43,7 @@ def _check_labels(target: Tensor, classes: int) -> None:
     if target.numel() == 0 or target.is_floating_point():
         return
     try:
-        low, high = int(target.min()), int(target.max())
+        low, high = (int(v) for v in torch.aminmax(target))  # one reduction
     except RuntimeError:  # under torch.func.vmap labels cannot be read; the data was checked
         return
     if low < 0 or high >= classes:
