@@ -31,8 +31,7 @@ import torch
 
 from learnreg import config as configlib
 from learnreg.core import distributed
-from learnreg.core.trainer import aggregate
-from learnreg.core.trainer import resolve_device
+from learnreg.core.trainer import aggregate, resolve_device
 from learnreg.errors import ConfigError, LearnregError, NumericalError, RunLockedError
 from learnreg.experiment import Experiment, build
 from learnreg.plots import plot
