@@ -86,7 +86,7 @@ def _check_range(where: str, key: str, value: Any) -> None:
         values = value if isinstance(value, (list, tuple)) else [value]
         for v in values:
             if isinstance(v, int) and not isinstance(v, bool) and v < 1:
-                raise ConfigError(f"{where} must be positive (at least 1), got {value!r}")
+                raise ConfigError(f"{where} must be >= 1 (a positive count), got {value!r}")
 
 
 def _check_args_hook(target, args: dict, where: str) -> None:
@@ -102,13 +102,15 @@ def _check_args_hook(target, args: dict, where: str) -> None:
 
 
 def check_nested(spec: dict, where: str) -> None:
-    """Refuse any ``_component_`` nested in ``spec``'s arguments that the allow-list does
-    not admit (the spec's own name is checked against its kind by the caller)."""
+    """Refuse any dotted ``_component_`` path nested in ``spec``'s arguments that the
+    allow-list does not admit (the spec's own name is checked against its kind by the
+    caller). Plain nested names are left to their owner, which resolves them from a fixed
+    table (an estimator's ``filters``); only a dotted path can reach a module."""
     stack = [(f"{where}.{k}", v) for k, v in spec.items() if k != COMPONENT]
     while stack:
         at, value = stack.pop()
         if isinstance(value, dict):
-            if COMPONENT in value:
+            if "." in str(value.get(COMPONENT, "")):
                 try:
                     registry.lookup(None, value[COMPONENT])
                 except ConfigError as exc:
