@@ -123,6 +123,15 @@ def test_unwrapped_os_errors_from_writes_are_one_line(monkeypatch, capsys):
     _one_error_line(err)
 
 
+def test_an_export_below_a_file_is_a_storage_error(tmp_path):
+    from learnreg.losses import NeuralLoss
+    from learnreg.tracking.export import save_bias
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StorageError, match="a parent of it is a file"):
+        save_bias(NeuralLoss("classification", 3), tmp_path / "file" / "learned" / "loss")
+
+
 # --- leftovers and permissions ----------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from learnreg import registry
 from learnreg.components import COMPONENT, check_component
 from learnreg.core.bias import Bias
 from learnreg.errors import CheckpointError, ConfigError
-from learnreg.tracking.atomic import atomic_write_bytes
+from learnreg.tracking.atomic import atomic_write_bytes, storage_error
 
 FORMAT = "learnreg-bias"
 VERSION = 1
@@ -53,7 +53,10 @@ def save_bias(module: nn.Module, path: str | Path, metadata: dict[str, Any] | No
     if not role or "init_args" not in module.__dict__:
         raise TypeError(f"{type(module).__name__} is not a learnreg Bias; cannot export it")
     meta_path, tensor_path = _paths(path)
-    meta_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        meta_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(exc, meta_path.parent) from None
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     atomic_write_bytes(tensor_path, safetensors.torch.save(tensors))
     description = module.describe() if hasattr(module, "describe") else repr(module)
