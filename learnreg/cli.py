@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from learnreg.errors import LearnregError
+from learnreg.errors import ConfigError, LearnregError
 
 
 def cmd_run(args) -> int:
@@ -63,6 +63,11 @@ def cmd_list(args) -> int:
     from learnreg import registry
     from learnreg.config import PRESETS
 
+    if args.kind not in (None, "preset", *registry.KINDS):
+        raise ConfigError(
+            f"`learnreg list {args.kind}`: unknown kind; choose one of "
+            f"{', '.join([*registry.KINDS, 'preset'])}, or none to list everything"
+        )
     for kind in registry.KINDS:
         entries = registry.entries(kind)
         if entries and (args.kind in (None, kind)):

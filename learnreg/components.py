@@ -187,6 +187,8 @@ def _check_type(where: str, value: Any, hint: Any) -> None:
     """Reject obviously wrong scalar types (a string where a float is expected...)."""
     if hint is None or value is None:
         return
+    if isinstance(value, float) and value != value:
+        raise ConfigError(f"{where} is NaN; give a number")
     if typing.get_origin(hint) is typing.Literal and value not in typing.get_args(hint):
         choices = [str(a) for a in typing.get_args(hint)]
         close = difflib.get_close_matches(str(value), choices, n=1)

@@ -134,7 +134,11 @@ def read_yaml(path: Path) -> dict:
             f"{PRESETS}). Try `learnreg list preset`."
         )
     try:
-        data = parse_yaml(path.read_text())
+        data = parse_yaml(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(
+            f"{path}: cannot read it as a YAML text file ({exc}); pass a UTF-8 YAML config"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(
             f"{path}: malformed YAML: {exc}. Fix the syntax at the position shown."

@@ -181,6 +181,18 @@ def test_every_file_of_a_run_directory_follows_the_umask(tmp_path, umask):
     assert set(modes.values()) == {0o666 & ~umask}, modes
 
 
+def test_unreadable_configs_unknown_list_kinds_and_nan(tmp_path, capsys):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(128, 256)))
+    rc, err = _main(capsys, "run", str(binary), "--out", str(tmp_path / "r"))
+    assert rc == 2 and "UTF-8 YAML" in err and not (tmp_path / "r").exists()
+    _one_error_line(err)
+    rc, err = _main(capsys, "list", "losses")
+    assert rc == 2 and "unknown kind" in err and "loss" in err
+    with pytest.raises(ConfigError, match="optimizer.lr is NaN"):
+        config.load(BASE, ["optimizer.lr=.nan"])
+
+
 # --- config values ----------------------------------------------------------------------
 
 
