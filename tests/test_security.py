@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -257,3 +259,45 @@ def _cli(*args, cwd=None):
         cwd=cwd,
         timeout=120,
     )
+
+
+def _cifar_folder(root, batch=None):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        content = batch or {
+            "batch_label": name,
+            "labels": rng.integers(0, 10, 4).tolist(),
+            "data": rng.integers(0, 255, (4, 3072), dtype=np.uint8),
+            "filenames": [f"{name}_{i}.png" for i in range(4)],
+        }
+        with (folder / name).open("wb") as f:
+            pickle.dump(content, f)
+    return folder
+
+
+def test_cifar10_batches_are_read_without_running_code(tmp_path, monkeypatch):
+    from learnreg.data import vision
+    from learnreg.errors import DataError
+
+    monkeypatch.setenv("LEARNREG_DATA", str(tmp_path / "good"))
+    folder = _cifar_folder(tmp_path / "good")
+    task = vision.cifar10(val_size=4)
+    assert task.train.x.shape == (16, 3, 32, 32) and len(task.test) == 4
+    with (folder / "test_batch").open("rb") as f:
+        raw = pickle.load(f)
+    image = raw["data"][0].reshape(3, 32, 32).transpose(1, 2, 0)  # channels last on disk
+    assert np.array_equal(vision.cifar10_arrays(tmp_path / "good", False)[2][0], image)
+
+    marker = tmp_path / "PWNED"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    monkeypatch.setenv("LEARNREG_DATA", str(tmp_path / "evil"))
+    _cifar_folder(tmp_path / "evil", batch={"data": Exploit(), "labels": [0]})
+    with pytest.raises(DataError, match="names posix.system|names os.system"):
+        vision.cifar10(val_size=1)
+    assert not marker.exists()

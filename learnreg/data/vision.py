@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from learnreg.core.task import Split, Task
+from learnreg.data.cifar import cifar10_arrays
 from learnreg.data.splits import check_split
 from learnreg.errors import DataError
 from learnreg.registry import partial, register
@@ -186,6 +187,8 @@ def _torchvision_arrays(name: str, download: bool):
     import torchvision
 
     root = data_root()
+    if name == "CIFAR10":
+        return cifar10_arrays(root, download)
     cls = getattr(torchvision.datasets, name)
     try:
         if name == "SVHN":
