@@ -5,7 +5,6 @@ half-written; numbers and overrides as users write them; configurations that wou
 from __future__ import annotations
 
 import errno
-import gzip
 import os
 import struct
 import subprocess
@@ -15,6 +14,7 @@ import tempfile
 import numpy as np
 import pytest
 import torch
+from test_data import _write_idx
 
 from learnreg import cli, config, registry
 from learnreg.errors import ConfigError, DataError, ShapeError, StorageError
@@ -298,12 +298,6 @@ def test_overrides_may_follow_options(monkeypatch, capsys, tmp_path):
 
 
 # --- IDX files -----------------------------------------------------------------------------
-
-
-def _write_idx(path, array, compress=False):
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    with (gzip.open if compress else open)(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
 
 
 def _idx_folder(folder, train=(30, 28, 28), train_labels=30, compress=False):
