@@ -224,6 +224,10 @@ class Evolution(Estimator):
         columns = ["generation", "candidate", "genome", "fitness", "status", "reason"]
         logger.log_table("search/population", columns, rows, meta_step=self.generation)
 
+    def close(self) -> None:
+        """Close the evaluator (its process pool or local Ray instance)."""
+        self.evaluator.close()
+
     def export(self, directory, ctx: MetaContext) -> None:
         """Write the search's outputs: the loss's formula and plot, the fitness history."""
         from learnreg.estimators.report import write_search_report
