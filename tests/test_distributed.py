@@ -316,3 +316,70 @@ def test_when_one_rank_dies_the_other_exits_with_one_error_line(tmp_path, victim
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert lines[0].startswith(f"error: rank {1 - victim} of 2: another process of this run")
     assert "re-run the same command to resume" in lines[0] and "--max_restarts" in lines[0]
+
+
+def _search(rank: int = 0) -> dict:
+    """Three CMA-ES generations, the fitness computed one candidate at a time."""
+    from test_evolution import CMAES, make_trainer
+
+    from learnreg.estimators.evaluators.backends import SerialEvaluator
+    from learnreg.losses import TaylorLoss
+
+    class Recording(SerialEvaluator):
+        seen: list[int] = []
+
+        def evaluate(self, problem, losses):
+            Recording.seen.append(len(losses))
+            return super().evaluate(problem, losses)
+
+    trainer = make_trainer(TaylorLoss(), {**CMAES, "evaluator": Recording()})
+    trainer.fit(3, progress=False)
+    return {
+        "history": json.dumps(trainer.estimator.history, sort_keys=True),
+        "best": trainer.estimator.best["genome"],
+        "loss": {k: v.clone() for k, v in trainer.biases.loss.state_dict().items()},
+        "evaluated": Recording.seen,
+    }
+
+
+def _search_worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        torch.save(_search(rank), Path(out) / f"search{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_evolution_shards_the_population_over_ranks(tmp_path):
+    """Two ranks evaluate half of each generation each and end with the search a single
+    process runs (same history, best genome, loss role)."""
+    mp.spawn(_search_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"search{r}.pt", weights_only=True) for r in range(2)]
+    single = _search()
+    for r in ranks:
+        assert r["history"] == single["history"] and r["best"] == single["best"]
+        for k, v in single["loss"].items():
+            assert torch.equal(r["loss"][k], v)
+    for gen, total in enumerate(single["evaluated"]):  # each rank trained its half
+        assert ranks[0]["evaluated"][gen] + ranks[1]["evaluated"][gen] == total
+        assert abs(ranks[0]["evaluated"][gen] - ranks[1]["evaluated"][gen]) <= 1
+    assert sum(single["evaluated"]) > 0
+
+
+def test_evolution_refuses_the_ray_evaluator_under_torchrun(monkeypatch):
+    from test_evolution import CMAES, make_trainer
+
+    from learnreg.core import distributed
+    from learnreg.errors import ConfigError
+    from learnreg.estimators.evaluators.backends import RayEvaluator
+    from learnreg.losses import TaylorLoss
+
+    trainer = make_trainer(TaylorLoss(), {**CMAES, "evaluator": RayEvaluator()})
+    monkeypatch.setattr(distributed, "is_active", lambda: True)
+    with pytest.raises(ConfigError, match="under torchrun every process would start its own"):
+        trainer.fit(1, progress=False)
+    assert trainer.meta_step == 0 and not trainer.estimator.evaluator.started

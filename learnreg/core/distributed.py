@@ -130,6 +130,18 @@ def gather_to_main(obj) -> list | None:
     return gathered
 
 
+def all_gather(obj) -> list:
+    """Every rank's ``obj`` (tensors moved to the CPU), in rank order, on every rank.
+    A collective; without a process group: ``[obj]``."""
+    obj = optree.tree_map(lambda t: t.detach().cpu() if isinstance(t, Tensor) else t, obj)
+    if not is_active():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    with _collective("an all-gather of every rank's results"):
+        dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 _GATHERING = [False]
 
 

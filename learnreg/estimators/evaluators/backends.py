@@ -35,7 +35,14 @@ def split(items: list, parts: int) -> list[list]:
 
 
 class Evaluator:
-    """Computes the fitness of a list of candidate losses for one problem."""
+    """Computes the fitness of a list of candidate losses for one problem.
+
+    Attributes:
+        one_per_run: the evaluator spreads the work over machines itself (Ray), so a
+            multi-process run must not start one per process.
+    """
+
+    one_per_run = False
 
     def evaluate(self, problem: FitnessProblem, losses: list) -> list[Evaluation]:
         raise NotImplementedError
@@ -188,6 +195,8 @@ class RayEvaluator(Evaluator):
         runtime_env: Ray runtime environment (e.g. ``{"py_modules": [...]}`` when the
             cluster's nodes do not have learnreg installed).
     """
+
+    one_per_run = True
 
     def __init__(
         self,
