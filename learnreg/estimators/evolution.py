@@ -11,11 +11,9 @@ its reason, never stopping the search. The loss role always holds the best candi
 found so far. The whole search state is plain data, so the runner checkpoints it every
 generation and a resumed search ends exactly where an uninterrupted one does.
 
-Under ``torchrun`` the population is sharded: every process runs the same searcher
-(same seed, same proposals, same filters), evaluates a contiguous share of the
-candidates still to be trained, and the fitnesses are all-gathered, so every process
-tells the searcher the same numbers and the search is the single-process one. The Ray
-evaluator, which spreads a population over a cluster itself, is refused there.
+Under ``torchrun`` every process runs the same searcher and filters, trains its share
+of the candidates, and the fitnesses are all-gathered: the single-process search (the
+Ray evaluator, which spreads a population itself, is refused there).
 
 References:
     Gonzalez & Miikkulainen, TaylorGLO (arXiv 2002.00059).
@@ -104,10 +102,9 @@ class Evolution(Estimator):
             return
         if distributed.is_active() and getattr(self.evaluator, "one_per_run", False):
             raise ConfigError(
-                f"the {type(self.evaluator).__name__} spreads the population over a cluster "
-                "itself; under torchrun every process would start its own. Run the search as "
-                "one process (`learnreg run`, not torchrun), or pick the vmap, serial or "
-                "processes evaluator, whose work torchrun shards over its processes."
+                f"the {type(self.evaluator).__name__} spreads the population itself; under "
+                "torchrun every process would start its own. Run the search as one process, "
+                "or use the vmap, serial or processes evaluator (torchrun shards their work)"
             )
         self.template = copy.deepcopy(ctx.biases.loss)
         if self.local_search is not None and not ctx.biases.loss.is_learned:
@@ -175,8 +172,7 @@ class Evolution(Estimator):
             c.state = result.state or {k: v.detach().cpu() for k, v in loss.state_dict().items()}
 
     def _sharded_fitness(self, losses: list) -> list:
-        """The evaluator's results for ``losses``; with several processes each evaluates
-        its contiguous share and every process gets all results, in order."""
+        """The evaluator's results for ``losses``, each process evaluating its share."""
         rank, world = distributed.rank_and_world()
         if world == 1:
             return self.evaluator.evaluate(self.problem, losses)
