@@ -309,3 +309,23 @@ def test_options_that_must_agree_across_groups_are_refused_when_they_differ(name
     opt = CATALOG[name].build(_two_groups(model, {"eps": 1e-3}), LR)
     with pytest.raises(ValueError, match="'eps' must be the same in every parameter group"):
         _train(opt, model, data[:1])
+
+
+@pytest.mark.parametrize("name", ["learned-mlp", "asam"])
+def test_a_state_saved_before_an_option_existed_loads_with_its_default(name):
+    """Checkpoints written before weight_decay (LearnedOptimizer) or sam_eps (SAM around
+    Adam) existed load, with the option at its default (no KeyError at the next step)."""
+    entry = CATALOG[name]
+    model, data = _problem()
+    opt = entry.build(model.parameters(), LR)
+    _train(opt, model, data[:2])
+    saved = copy.deepcopy(opt.state_dict())
+    new_key = "weight_decay" if name.startswith("learned") else "sam_eps"
+    default = saved["param_groups"][0].pop(new_key)
+    twin = copy.deepcopy(model)
+    opt2 = entry.build(twin.parameters(), LR)
+    opt2.load_state_dict(saved)
+    assert opt2.param_groups[0][new_key] == default
+    _train(opt, model, data[2:])
+    _train(opt2, twin, data[2:])
+    _assert_equal(_params(model), _params(twin))

@@ -230,6 +230,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         """Load a state saved by :meth:`state_dict`, keeping the rule's float32 state
         for low-precision parameters (``torch.optim`` would cast it to their dtype)."""
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # saved before an option existed (weight_decay)
+            for name, value in self.defaults.items():
+                group.setdefault(name, value)
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         for pid, p in zip(saved_ids, self._params()):
             if pid in state_dict["state"]:
