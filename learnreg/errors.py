@@ -31,3 +31,7 @@ class ShapeError(LearnregError, ValueError):
 
 class StorageError(LearnregError, OSError):
     """A run directory cannot be created or written (not a directory, read-only, full)."""
+
+
+class DistributedError(LearnregError):
+    """Another process of a multi-process run died or cannot be reached."""
