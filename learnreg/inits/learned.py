@@ -44,6 +44,8 @@ class LearnedInit(InitRole):
         shapes: parameter shapes by name (used instead of ``model`` when loading an export).
     """
 
+    reads_model_weights = False
+
     def __init__(self, model: nn.Module | None = None, shapes: dict | None = None):
         super().__init__()
         if model is None and shapes is None:
