@@ -28,6 +28,7 @@ from torch.func import functional_call, grad, vmap
 
 from benchmarks.common import interleaved_ratio, machine
 from benchmarks.few_shot_throughput import trainer as fewshot_trainer
+from learnreg.estimators.base import derive_seed
 from learnreg.models import MLP
 
 
@@ -54,8 +55,6 @@ def _maml_reference(tr):
         return F.mse_loss(functional_call(model, params, (xq,)), yq)
 
     def step():
-        from learnreg.estimators.base import derive_seed
-
         xs, ys, xq, yq = [], [], [], []
         for j in range(est.meta_batch):
             index = state["next"] + j
@@ -80,33 +79,34 @@ def _maml_reference(tr):
     return step
 
 
+def _maml_row(meta_batch: int, args) -> str:
+    tr = fewshot_trainer("maml/sine", True, meta_batch)
+    reference = _maml_reference(tr)
+    captured = {}
+    outer_step = tr.ctx.outer.step
+
+    def capture(loss):
+        captured["grads"] = [p.grad.clone() for p in tr.ctx.biases.init.theta]
+        return outer_step(loss)
+
+    tr.ctx.outer.step = capture
+    metrics = tr.estimator.step(tr.ctx)
+    losses, grads = reference()
+    assert abs(metrics["meta_loss"] - float(losses.mean())) < 1e-5 * max(1.0, metrics["meta_loss"])
+    for a, b in zip(captured["grads"], grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    tr.ctx.outer.step = outer_step
+    r = interleaved_ratio(
+        lambda: tr.estimator.step(tr.ctx), reference, args.steps, args.repeats, warmup=2
+    )
+    return (
+        f"| MAML sine meta-step, B={meta_batch} | torchopt functional + vmap | "
+        f"{r['candidate_ms']:.1f} | {r['reference_ms']:.1f} | {r['ratio']:.2f}x |"
+    )
+
+
 def maml(args) -> list[str]:
-    rows = []
-    for meta_batch in (4, 16):
-        tr = fewshot_trainer("maml/sine", True, meta_batch)
-        reference = _maml_reference(tr)
-        captured = {}
-        outer_step = tr.ctx.outer.step
-
-        def capture(loss, outer_step=outer_step):
-            captured["grads"] = [p.grad.clone() for p in tr.ctx.biases.init.theta]
-            return outer_step(loss)
-
-        tr.ctx.outer.step = capture
-        metrics = tr.estimator.step(tr.ctx)
-        losses, grads = reference()
-        assert abs(metrics["meta_loss"] - float(losses.mean())) < 1e-5 * max(1.0, metrics["meta_loss"])
-        for a, b in zip(captured["grads"], grads):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-        tr.ctx.outer.step = outer_step
-        r = interleaved_ratio(
-            lambda: tr.estimator.step(tr.ctx), reference, args.steps, args.repeats, warmup=2
-        )
-        rows.append(
-            f"| MAML sine meta-step, B={meta_batch} | torchopt functional + vmap | "
-            f"{r['candidate_ms']:.1f} | {r['reference_ms']:.1f} | {r['ratio']:.2f}x |"
-        )
-    return rows
+    return [_maml_row(meta_batch, args) for meta_batch in (4, 16)]
 
 
 def sam(args) -> list[str]:
