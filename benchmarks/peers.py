@@ -12,6 +12,9 @@ ratio stays meaningful on a busy machine even when the absolute times do not.
   SGD steps with Nesterov momentum, Adam outer step with clipping) at meta-batch 4 and 16,
   learnreg's vmapped meta-batch vs torchopt's functional API under ``torch.func.vmap``
   doing the same vectorized computation on the same episodes and batches.
+* ``ml3``: one ML3 meta-step (``configs/ml3/digits_mlp.yaml``: a fresh model, one
+  differentiable SGD step on the learned loss, the task loss on the same batch, Adam)
+  vs the same step written with torchopt's functional API and with ``higher``.
 * ``population``: fitness of 16 TaylorGLO candidate losses, learnreg's evaluators vs a
   hand-written ``nn.Module`` + ``torch.optim.SGD`` loop over the candidates.
 * ``sam``: one SAM step (SGD base) on the 784-1024-1024-10 MLP, learnreg's
@@ -148,6 +151,87 @@ def sam(args) -> list[str]:
     ]
 
 
+def _ml3_trainer():
+    from learnreg import config as configlib
+    from learnreg.experiment import build
+
+    cfg = configlib.load("configs/ml3/digits_mlp.yaml", ["logger.backends=[none]", "device=cpu"])
+    return build(cfg).trainer
+
+
+def _ml3_peer(tr, peer: str):
+    """One ML3 meta-step the peer's way: a fresh seeded model and stream per step (as
+    learnreg's run set-up, same seeds), one differentiable SGD step on the learned loss,
+    the task loss on the same batch after it, Adam on a copy of the loss role."""
+    import copy
+
+    import higher
+
+    ctx = tr.ctx
+    loss = copy.deepcopy(ctx.biases.loss)
+    outer = torch.optim.Adam(loss.parameters(), lr=1e-3)
+    task, state = ctx.family.sample(0), {"next": 0}
+    sgd = torchopt.sgd(0.01)
+
+    def step():
+        seed = derive_seed(ctx.seed, "meta_train", state["next"])
+        state["next"] += 1
+        model = task.build_model(seed)
+        x, y = task.stream("train", seed).next()
+        outer.zero_grad()
+        if peer == "higher":
+            inner = torch.optim.SGD(model.parameters(), lr=0.01)
+            with higher.innerloop_ctx(model, inner, copy_initial_weights=True) as (fmodel, opt):
+                opt.step(loss(fmodel(x), y))
+                meta = F.cross_entropy(fmodel(x), y)
+                meta.backward()
+        else:
+            params = {k: v.detach().requires_grad_() for k, v in model.named_parameters()}
+            g = torch.autograd.grad(
+                loss(functional_call(model, params, (x,)), y),
+                tuple(params.values()),
+                create_graph=True,
+            )
+            updates, _ = sgd.update(dict(zip(params, g)), sgd.init(params), inplace=False)
+            new = torchopt.apply_updates(params, updates, inplace=False)
+            meta = F.cross_entropy(functional_call(model, new, (x,)), y)
+            meta.backward()
+        grads = [p.grad.clone() for p in loss.parameters()]
+        outer.step()
+        return float(meta.detach()), grads
+
+    return step
+
+
+def ml3(args) -> list[str]:
+    rows = []
+    for peer in ("torchopt", "higher"):
+        tr = _ml3_trainer()
+        reference = _ml3_peer(tr, peer)
+        captured = {}
+        outer_step = tr.ctx.outer.step
+
+        def capture(loss, captured=captured, tr=tr, outer_step=outer_step):
+            captured["grads"] = [p.grad.clone() for p in tr.ctx.biases.loss.parameters()]
+            return outer_step(loss)
+
+        tr.ctx.outer.step = capture
+        metrics = tr.estimator.step(tr.ctx)
+        meta, grads = reference()
+        assert abs(metrics["meta_loss"] - meta) < 1e-5 * max(1.0, meta), (metrics, meta)
+        for a, b in zip(captured["grads"], grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+        tr.ctx.outer.step = outer_step
+        r = interleaved_ratio(
+            lambda tr=tr: tr.estimator.step(tr.ctx), reference, args.steps, args.repeats, warmup=2
+        )
+        rows.append(
+            f"| ML3 meta-step, digits MLP 64-100-10, batch 64 | {peer} | "
+            f"{r['candidate_ms']:.1f} | {r['reference_ms']:.1f} | {r['ratio']:.2f}x |"
+        )
+    return rows
+
+
 def population(args) -> list[str]:
     """16 TaylorGLO candidates on digits (MLP 64-32-10, 100 SGD steps each): learnreg's
     vmapped and sequential evaluators vs the hand-written nn.Module + torch.optim.SGD loop
@@ -188,7 +272,7 @@ def population(args) -> list[str]:
     return rows
 
 
-BENCHES = {"maml": maml, "sam": sam, "population": population}
+BENCHES = {"maml": maml, "ml3": ml3, "sam": sam, "population": population}
 
 
 def main(argv: list[str] | None = None) -> None:
