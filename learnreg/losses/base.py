@@ -45,6 +45,51 @@ def probs_and_onehot(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return logits.softmax(-1), onehot
 
 
+def _traced(t: Tensor) -> bool:
+    """Inside ``torch.func`` transforms (vmap, grad) data-dependent checks cannot run."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def class_targets(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-class target probabilities (N, C) from integer labels (N,) or from
+    probability / one-hot rows (N, C), in the logits' dtype.
+
+    Raises:
+        ShapeError: shapes that do not fit, or labels outside ``[0, C)``.
+    """
+    if pred.dim() != 2:
+        raise ShapeError(f"classification loss expects logits (N, C), got {tuple(pred.shape)}")
+    if target.dim() == 2 and target.is_floating_point():
+        if target.shape != pred.shape:
+            raise ShapeError(
+                f"probability targets must have the logits' shape {tuple(pred.shape)}, "
+                f"got {tuple(target.shape)}"
+            )
+        return target.to(pred.dtype)
+    if target.dim() != 1 or target.shape[0] != pred.shape[0] or target.is_floating_point():
+        raise ShapeError(
+            "classification loss expects integer labels (N,) or probability targets (N, C) "
+            f"with logits (N, C), got {tuple(pred.shape)} and {tuple(target.shape)} "
+            f"({target.dtype})"
+        )
+    classes = pred.shape[1]
+    if not _traced(target) and target.numel() and (target.min() < 0 or target.max() >= classes):
+        raise ShapeError(
+            f"labels must lie in [0, {classes}) for logits with {classes} columns, got "
+            f"labels from {int(target.min())} to {int(target.max())}"
+        )
+    return torch.zeros_like(pred).scatter(-1, target.unsqueeze(-1), 1.0)
+
+
+def reduce_batch(values: Tensor, reduction: str) -> Tensor:
+    """``mean``, ``sum`` or ``none`` over the batch dimension."""
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    return values
+
+
 def log_one_minus_target_prob(logits: Tensor, target: Tensor) -> Tensor:
     """log(1 - p_target), stable when p_target -> 1 (logsumexp over the other logits)."""
     others = logits.scatter(-1, target.unsqueeze(-1), float("-inf"))
