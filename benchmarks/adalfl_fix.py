@@ -55,7 +55,9 @@ def table(preset: str, seeds: int, root: Path) -> str:
             ce = summary["baseline"]["test"]["error"]
         if ce is not None:
             cols["ce"].append(ce)
-        rows.append(f"| {seed} | {' | '.join(cells)} | {'–' if ce is None else f'{100 * ce:.2f}%'} |")
+        rows.append(
+            f"| {seed} | {' | '.join(cells)} | {'–' if ce is None else f'{100 * ce:.2f}%'} |"
+        )
 
     def mean(values: list[float]) -> str:
         if not values:

@@ -145,6 +145,23 @@ class NeuralLoss(LossRole):
         """The network on a grid of (prediction, target=y) pairs, for plots of its shape."""
         return self.net(torch.stack([p, torch.full_like(p, y)], -1)).squeeze(-1)
 
+    def describe(self) -> str:
+        """What the network is and which class counts it applies to."""
+        layers = [type(m).__name__ for m in self.net]
+        text = f"neural loss ({self.kind}): {' -> '.join(layers)}, {self.aggregation} over classes"
+        if self.kind == "classification":
+            text += (
+                f"\nmeta-trained on {self.num_classes} classes; the per-class network is "
+                "shared, so it applies to any class count (another count warns: it was "
+                "never seen in meta-training"
+                + (
+                    "; the sum over classes changes the scale)"
+                    if self.aggregation == "sum"
+                    else ")"
+                )
+            )
+        return text
+
     def _warn_classes(self, classes: int) -> None:
         if classes in self._warned_classes:
             return
