@@ -125,7 +125,8 @@ def test_online_adaptation_exports_the_adapted_loss(tmp_path):
         },
     }
     learnreg.run(cfg, out=tmp_path, progress=False)
-    before = losses.load(tmp_path / "learned" / "loss")
+    assert not (tmp_path / "learned" / "loss.json").exists()  # the names say which is which
+    before = losses.load(tmp_path / "learned" / "loss_offline")
     after = losses.load(tmp_path / "learned" / "loss_online_seed0")
     assert any((a != b).any() for a, b in zip(before.parameters(), after.parameters()))
 
