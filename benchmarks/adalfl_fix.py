@@ -18,10 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import warnings
 from pathlib import Path
+
+import scipy.stats
 
 import learnreg
 from benchmarks.common import machine
+from learnreg import losses
+from learnreg.eval.dead_loss import is_dead, loss_slopes
 
 VARIANTS = {"before": ["loss.output=softplus", "loss.aggregation=sum"], "after": []}
 
@@ -40,30 +45,59 @@ def run(preset: str, variant: str, seeds: int, root: Path) -> None:
         )
 
 
+def offline_loss_dead(directory: Path, classes: int) -> str:
+    """Whether the loss at the end of the offline warm-up is dead (the monitor's test)."""
+    for name in ("loss_offline", "loss"):  # run directories from before the export rename
+        if (directory / "learned" / f"{name}.json").exists():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                slopes = loss_slopes(losses.load(directory / "learned" / name), classes)
+            return "dead" if is_dead(slopes) else "ok"
+    return "?"
+
+
+def paired(a: list[float], b: list[float]) -> str:
+    """Mean paired difference a - b (percentage points) with a t-based 95% CI."""
+    diffs = [100 * (x - y) for x, y in zip(a, b)]
+    if len(diffs) < 2:
+        return f"n={len(diffs)}: too few pairs for a CI"
+    mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+    half = scipy.stats.t.ppf(0.975, len(diffs) - 1) * sd / len(diffs) ** 0.5
+    verdict = "no significant difference" if mean - half <= 0 <= mean + half else "significant"
+    return f"{mean:+.2f} pp [{mean - half:+.2f}, {mean + half:+.2f}] (n={len(diffs)}, {verdict})"
+
+
 def table(preset: str, seeds: int, root: Path) -> str:
-    rows, cols = [], {"before": [], "after": [], "ce": []}
+    rows, results = [], {}  # results[seed] = {"before": err, "after": err, "ce": err}
     for seed in range(seeds):
-        cells, ce = [], None
+        cells, found = [], {}
         for variant in VARIANTS:
-            path = run_dir(root, preset, variant, seed) / "summary.json"
-            if not path.exists():
+            directory = run_dir(root, preset, variant, seed)
+            if not (directory / "summary.json").exists():
                 cells.append("–")
                 continue
-            summary = json.loads(path.read_text())
-            cells.append(f"{100 * summary['test']['error']:.2f}%")
-            cols[variant].append(summary["test"]["error"])
+            summary = json.loads((directory / "summary.json").read_text())
+            found[variant] = summary["test"]["error"]
             ce = summary["baseline"]["test"]["error"]
-        if ce is not None:
-            cols["ce"].append(ce)
-        rows.append(
-            f"| {seed} | {' | '.join(cells)} | {'–' if ce is None else f'{100 * ce:.2f}%'} |"
-        )
+            # same seed, same model init and batches: the CE runs of both variants agree
+            if found.setdefault("ce", ce) != ce:
+                raise RuntimeError(f"seed {seed}: the CE baselines of before and after differ")
+            dead = offline_loss_dead(directory, 10)
+            cells.append(f"{100 * found[variant]:.2f}% ({dead})")
+        ce = f"{100 * found['ce']:.2f}%" if "ce" in found else "–"
+        rows.append(f"| {seed} | {' | '.join(cells)} | {ce} |")
+        results[seed] = found
 
-    def mean(values: list[float]) -> str:
+    def mean(variant: str) -> str:
+        values = [r[variant] for r in results.values() if variant in r]
         if not values:
             return "–"
         std = statistics.stdev(values) if len(values) > 1 else float("nan")
         return f"{100 * statistics.mean(values):.2f}% ± {100 * std:.2f} (n={len(values)})"
+
+    def pairs(a: str, b: str) -> str:
+        both = [r for r in results.values() if a in r and b in r]
+        return paired([r[a] for r in both], [r[b] for r in both])
 
     return "\n".join(
         [
@@ -72,7 +106,12 @@ def table(preset: str, seeds: int, root: Path) -> str:
             "| seed | before (Softplus, sum) | after (linear, mean) | CE, same settings |",
             "|---:|---|---|---|",
             *rows,
-            f"| mean ± std | {mean(cols['before'])} | {mean(cols['after'])} | {mean(cols['ce'])} |",
+            f"| mean ± std | {mean('before')} | {mean('after')} | {mean('ce')} |",
+            "",
+            "(dead/ok): the dead-loss test on the loss at the end of the offline warm-up.",
+            f"after - before: {pairs('after', 'before')}",
+            f"after - CE:     {pairs('after', 'ce')}",
+            f"before - CE:    {pairs('before', 'ce')}",
         ]
     )
 

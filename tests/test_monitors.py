@@ -116,10 +116,11 @@ def _trainer(policy: str, logger=None, at: int = 3) -> MetaTrainer:
 def test_dead_loss_is_logged_and_warned_under_warn():
     logger = ListLogger()
     trainer = _trainer("warn", logger)
-    with pytest.warns(UserWarning, match="learned loss is dead at meta-train step 3"):
+    with pytest.warns(UserWarning, match="learned loss is dead at meta-train step 3") as caught:
         trainer.fit(4, progress=False)
     flags = [r["meta/dead_loss"] for r in logger.records]
     assert flags == [0.0, 0.0, 1.0, 1.0]  # the dead loss stays in place
+    assert sum("is dead" in str(w.message) for w in caught) == 1  # warned once, logged twice
 
 
 def test_restart_restores_the_last_healthy_meta_parameters():

@@ -61,7 +61,7 @@ class DeadLossMonitor(Monitor):
 
     Logs ``meta/dead_loss`` (1 dead, 0 healthy) and ``meta/dead_loss_slope`` (the slope
     above ``p_min`` relative to the peak); on a dead loss warns on the console and applies
-    ``policy``.
+    ``policy`` (``warn`` warns when the loss dies, not again while it stays dead).
 
     Args:
         policy: ``off``, ``warn``, ``restart`` or ``stop``.
@@ -84,7 +84,7 @@ class DeadLossMonitor(Monitor):
             raise ConfigError(f"dead_loss.policy={policy!r} is not one of {', '.join(POLICIES)}")
         self.policy, self.every, self.p_min = policy, every, p_min
         self.rel_tol, self.max_restarts = rel_tol, max_restarts
-        self.restarts = 0
+        self.restarts, self.dead = 0, False
         self.healthy: tuple[dict, dict | None] | None = None
         self.detections: list[tuple[str, int]] = []  # (phase, step) of every dead check
 
@@ -96,6 +96,7 @@ class DeadLossMonitor(Monitor):
         relative = slopes["slope_above"] / slopes["slope_peak"] if slopes["slope_peak"] else 0.0
         metrics = {"meta/dead_loss": 0.0, "meta/dead_loss_slope": relative}
         if not is_dead(slopes, self.rel_tol):
+            self.dead = False
             outer_state = copy.deepcopy(outer.state_dict()) if outer is not None else None
             self.healthy = (snapshot(biases), outer_state)
             return metrics
@@ -120,8 +121,9 @@ class DeadLossMonitor(Monitor):
             )
         elif self.policy == "stop" or self.policy == "restart":
             raise NumericalError(message)
-        else:
+        elif not self.dead:  # warn when it dies, not at every check while it stays dead
             warnings.warn(message, stacklevel=3)
+        self.dead = self.policy == "warn"
         return metrics
 
     def after_meta_step(self, trainer) -> dict[str, float]:
@@ -141,7 +143,7 @@ class DeadLossMonitor(Monitor):
             return {}
         if run.state.step == 1:  # each online run starts from the meta-trained loss
             self.healthy = (snapshot(ctx.biases), copy.deepcopy(ctx.outer.state_dict()))
-            self.restarts = 0
+            self.restarts, self.dead = 0, False
         if run.state.step % self.every:
             return {}
         return self._check(
