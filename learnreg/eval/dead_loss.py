@@ -127,12 +127,14 @@ class DeadLossMonitor(Monitor):
         return metrics
 
     def after_meta_step(self, trainer) -> dict[str, float]:
-        task = trainer.ctx.family.representative()
-        if not self._applies(trainer.biases, task.kind):
+        if self.policy == "off" or not trainer.biases.loss.is_learned:
             return {}
-        if self.healthy is None:  # the initial meta-parameters count as healthy
+        if self.healthy is None:  # the first meta-parameters count as healthy
             self.healthy = (snapshot(trainer.biases), None)
         if trainer.meta_step % self.every:
+            return {}
+        task = trainer.ctx.family.representative()
+        if task.kind != "classification":
             return {}
         return self._check(
             trainer.biases, trainer.ctx.outer, task.num_classes, "meta-train", trainer.meta_step

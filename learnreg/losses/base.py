@@ -73,7 +73,7 @@ def class_targets(pred: Tensor, target: Tensor) -> Tensor:
             f"({target.dtype})"
         )
     classes = pred.shape[1]
-    if not _traced(target) and target.numel() and (target.min() < 0 or target.max() >= classes):
+    if not _traced(target) and bool(((target < 0) | (target >= classes)).any()):  # one sync
         raise ShapeError(
             f"labels must lie in [0, {classes}) for logits with {classes} columns, got "
             f"labels from {int(target.min())} to {int(target.max())}"
