@@ -45,9 +45,9 @@ def run(preset: str, variant: str, seeds: int, root: Path) -> None:
         )
 
 
-def offline_loss_dead(directory: Path, classes: int) -> str:
-    """Whether the loss at the end of the offline warm-up is dead (the monitor's test)."""
-    for name in ("loss_offline", "loss"):  # run directories from before the export rename
+def dead_or_ok(directory: Path, names: tuple[str, ...], classes: int) -> str:
+    """The dead-loss monitor's verdict on an exported loss (the first of ``names`` found)."""
+    for name in names:
         if (directory / "learned" / f"{name}.json").exists():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -82,8 +82,10 @@ def table(preset: str, seeds: int, root: Path) -> str:
             # same seed, same model init and batches: the CE runs of both variants agree
             if found.setdefault("ce", ce) != ce:
                 raise RuntimeError(f"seed {seed}: the CE baselines of before and after differ")
-            dead = offline_loss_dead(directory, 10)
-            cells.append(f"{100 * found[variant]:.2f}% ({dead})")
+            # run directories from before the export rename call the offline loss "loss"
+            offline = dead_or_ok(directory, ("loss_offline", "loss"), 10)
+            online = dead_or_ok(directory, ("loss_online_seed0",), 10)
+            cells.append(f"{100 * found[variant]:.2f}% ({offline}/{online})")
         ce = f"{100 * found['ce']:.2f}%" if "ce" in found else "–"
         rows.append(f"| {seed} | {' | '.join(cells)} | {ce} |")
         results[seed] = found
@@ -108,7 +110,8 @@ def table(preset: str, seeds: int, root: Path) -> str:
             *rows,
             f"| mean ± std | {mean('before')} | {mean('after')} | {mean('ce')} |",
             "",
-            "(dead/ok): the dead-loss test on the loss at the end of the offline warm-up.",
+            "(offline/online): the dead-loss test on the loss at the end of the offline warm-up"
+            " and at the end of the online meta-test run.",
             f"after - before: {pairs('after', 'before')}",
             f"after - CE:     {pairs('after', 'ce')}",
             f"before - CE:    {pairs('before', 'ce')}",
