@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -235,6 +236,12 @@ class Scripted(Estimator):
             ctx.biases.loss.scale.fill_(self.scales[self.steps])
         return {"loss": 0.0}
 
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state, ctx):
+        self.steps = state["steps"]
+
 
 class ScaledCE(LossRole):
     """Cross-entropy times a meta-parameter: scale 0 never trains the model."""
@@ -248,8 +255,6 @@ class ScaledCE(LossRole):
 
 
 def test_best_checkpoint_keeps_the_best_validated_meta_parameters_and_never_reads_test():
-    from dataclasses import replace
-
     base = tiny_task(n=96)
 
     def learnable(split):  # labels a function of the inputs, so training helps
@@ -276,6 +281,46 @@ def test_best_checkpoint_keeps_the_best_validated_meta_parameters_and_never_read
     assert selection.best_step == 2 and float(biases.loss.scale) == 1.0  # not the last (0.0)
     # the selection's own figure is the validation error of a run with the chosen loss
     assert selection.best_value == pytest.approx(values[1])
+
+
+def test_best_checkpoint_survives_a_checkpoint_and_resume(tmp_path):
+    from learnreg.tracking import load_checkpoint, save_checkpoint
+
+    base = tiny_task(n=96)
+
+    def learnable(split):
+        return Split(split.x, split.x[:, :3].argmax(-1))
+
+    task = SingleTask(replace(base, train=learnable(base.train), val=learnable(base.val)))
+
+    def trainer():
+        biases = Biases(ScaledCE(), SGD(lr=0.5), RandomInit())
+        return MetaTrainer(
+            task,
+            biases,
+            TaskLoss(),
+            Scripted(),
+            device="cpu",
+            monitors=[BestCheckpoint(every=0.25, steps=30)],
+        )
+
+    straight = trainer()
+    straight.target_meta_steps = 4
+    first = trainer()
+    first.target_meta_steps = 4  # interrupted after 2 of 4 meta-steps
+    while first.meta_step < 2:
+        first.estimator.step(first.ctx)
+        first.meta_step += 1
+        for monitor in first.monitors:
+            monitor.after_meta_step(first)
+    save_checkpoint(tmp_path / "t.pt", first.state_dict())
+    resumed = trainer()
+    resumed.load_state_dict(load_checkpoint(tmp_path / "t.pt"))
+    resumed.fit(4, progress=False)
+    straight.fit(4, progress=False)
+    a, b = straight.monitors[0], resumed.monitors[0]
+    assert (a.best_step, a.best_value) == (b.best_step, b.best_value) and a.best_step == 2
+    assert float(resumed.biases.loss.scale) == float(straight.biases.loss.scale) == 1.0
 
 
 def test_best_checkpoint_interval_is_a_tenth_and_includes_the_last_step():
