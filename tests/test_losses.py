@@ -152,3 +152,18 @@ def test_neural_loss_reductions_and_probability_targets():
         loss(logits, torch.tensor([0, 1, 2, 3, -1]))
     with pytest.raises(ValueError, match="loss.reduction='avg'"):
         NeuralLoss("classification", 4, reduction="avg")
+
+
+def test_taylor_and_symbolic_losses_take_other_class_counts_and_soft_targets():
+    from learnreg.losses import SymbolicLoss, TaylorLoss
+
+    torch.manual_seed(0)
+    for loss in (TaylorLoss("classification", 10), SymbolicLoss("classification", 10)):
+        logits, target = torch.randn(6, 3), torch.randint(0, 3, (6,))
+        with pytest.warns(UserWarning, match="applied to 3"):
+            three = loss(logits, target)
+        p, onehot = logits.softmax(-1), F.one_hot(target, 3).float()
+        torch.testing.assert_close(three, loss.elementwise(onehot, p).sum(-1).mean())
+        torch.testing.assert_close(loss(logits, onehot), three)
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+            loss(logits, torch.tensor([0, 1, 2, 3, 0, 0]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -79,6 +81,21 @@ def class_targets(pred: Tensor, target: Tensor) -> Tensor:
             f"labels from {int(target.min())} to {int(target.max())}"
         )
     return torch.zeros_like(pred).scatter(-1, target.unsqueeze(-1), 1.0)
+
+
+def warn_class_count(loss, classes: int, scale_changes: bool) -> None:
+    """Warn once per count when a per-class loss meets another class count than the one
+    it was meta-trained on (defined, since the per-class function is shared, but unseen)."""
+    seen = loss.__dict__.setdefault("_warned_classes", set())
+    if classes == loss.num_classes or classes in seen:
+        return
+    seen.add(classes)
+    warnings.warn(
+        f"a loss meta-trained on {loss.num_classes} classes is applied to {classes}; the "
+        "per-class function is shared, so this is defined, but it never saw this class count"
+        + (" (the sum over classes also changes its scale)" if scale_changes else ""),
+        stacklevel=4,
+    )
 
 
 def reduce_batch(values: Tensor, reduction: str) -> Tensor:

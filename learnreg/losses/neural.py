@@ -17,7 +17,6 @@ References:
 
 from __future__ import annotations
 
-import warnings
 from typing import Literal
 
 import torch
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from learnreg.errors import ConfigError
-from learnreg.losses.base import LossRole, check_pair, class_targets, reduce_batch
+from learnreg.losses.base import LossRole, check_pair, class_targets, reduce_batch, warn_class_count
 from learnreg.registry import register
 
 
@@ -101,7 +100,6 @@ class NeuralLoss(LossRole):
                 raise ConfigError(f"loss.{name}={value!r} is not one of {', '.join(choices)}")
         self.kind, self.num_classes = kind, num_classes
         self.aggregation, self.reduction = aggregation, reduction
-        self._warned_classes: set[int] = set()
         layers: list[nn.Module] = []
         width = 2
         for h in hidden:
@@ -123,10 +121,8 @@ class NeuralLoss(LossRole):
         if self.kind != "classification":
             check_pair(pred, target, self.kind)
             return torch.stack([pred, target], -1)
-        classes = pred.shape[-1] if pred.dim() == 2 else None
-        if classes is not None and classes != self.num_classes:
-            self._warn_classes(classes)
         targets = class_targets(pred, target)
+        warn_class_count(self, pred.shape[-1], self.aggregation == "sum")
         return torch.stack([pred.softmax(-1), targets], -1)
 
     def terms(self, pred: Tensor, target: Tensor) -> Tensor:
@@ -161,15 +157,3 @@ class NeuralLoss(LossRole):
                 )
             )
         return text
-
-    def _warn_classes(self, classes: int) -> None:
-        if classes in self._warned_classes:
-            return
-        self._warned_classes.add(classes)
-        warnings.warn(
-            f"a loss meta-trained on {self.num_classes} classes is applied to {classes}; "
-            "the per-class network is shared, so this is defined, but it never saw this "
-            "class count"
-            + (" (aggregation='sum' also changes its scale)" if self.aggregation == "sum" else ""),
-            stacklevel=3,
-        )
