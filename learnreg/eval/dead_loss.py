@@ -85,8 +85,7 @@ class DeadLossMonitor(Monitor):
         self.policy, self.every, self.p_min = policy, every, p_min
         self.rel_tol, self.max_restarts = rel_tol, max_restarts
         self.restarts, self.dead = 0, False
-        self.healthy: tuple[dict, dict | None] | None = None
-        self.detections: list[tuple[str, int]] = []  # (phase, step) of every dead check
+        self.healthy: tuple[dict, dict | None] | None = None  # (meta-params, outer state)
 
     def _applies(self, biases, kind: str) -> bool:
         return self.policy != "off" and kind == "classification" and biases.loss.is_learned
@@ -101,7 +100,6 @@ class DeadLossMonitor(Monitor):
             self.healthy = (snapshot(biases), outer_state)
             return metrics
         metrics["meta/dead_loss"] = 1.0
-        self.detections.append((where, step))
         message = (
             f"the learned loss is dead at {where} step {step}: |dloss/dp_target| above "
             f"p={self.p_min} is {relative:.1e} of its peak (no gradient once predictions "
@@ -153,7 +151,8 @@ class DeadLossMonitor(Monitor):
         )
 
     def state_dict(self) -> dict:
-        return {"restarts": self.restarts, "healthy": self.healthy}
+        return {"restarts": self.restarts, "healthy": self.healthy, "dead": self.dead}
 
     def load_state_dict(self, state: dict) -> None:
         self.restarts, self.healthy = state["restarts"], state["healthy"]
+        self.dead = state.get("dead", False)
