@@ -356,3 +356,23 @@ def test_diabetes_evomal_keeps_nesterov_and_taylorglo_has_the_paper_search():
     assert paper["searcher"]["population"] == 28 and paper["fitness_steps"] == 2000
     fast = configlib.load("taylorglo/digits_mlp_fast")["estimator"]
     assert fast["searcher"]["population"] == 20 and fast["fitness_steps"] == 1000
+
+
+def test_the_evaluator_is_closed_when_the_search_ends():
+    """Meta-training's end (or its failure) closes the evaluator: a Ray instance or a
+    process pool does not outlive the search."""
+    from learnreg.estimators.evaluators.backends import SerialEvaluator
+
+    class Counting(SerialEvaluator):
+        closed = 0
+
+        def close(self):
+            Counting.closed += 1
+
+    trainer = make_trainer(TaylorLoss(), {**CMAES, "evaluator": Counting()})
+    trainer.fit(2, progress=False)
+    assert Counting.closed == 1
+    trainer.estimator.evaluator.evaluate = lambda problem, losses: 1 / 0
+    with pytest.raises(ZeroDivisionError):
+        trainer.fit(4, progress=False)
+    assert Counting.closed == 2 and trainer.meta_step == 2
