@@ -88,6 +88,13 @@ def cmd_describe(args) -> int:
     if path.is_dir():  # a run directory, or its learned/ folder
         learned = path / "learned" if (path / "learned").is_dir() else path
         path = learned / args.role
+        online = learned / f"{args.role}_online_seed0"
+        if not path.with_suffix(".json").exists() and online.with_suffix(".json").exists():
+            print(
+                f"(online adaptation: {online.name} is meta-test seed 0's adapted "
+                f"{args.role}; {args.role}_offline is where every online run started)"
+            )
+            path = online
     module = load_bias(path, device="cpu")
     print(module.describe() if hasattr(module, "describe") else repr(module))
     return 0
