@@ -430,7 +430,10 @@ class Run:
         for name in self.cfg["baseline"]["controls"] if "baseline" in stats else []:
             sub_dir = self.out / "controls" / name
             sub = json.loads((sub_dir / "summary.json").read_text())
-            rule = load_bias(sub_dir / "learned" / "optimizer", "optimizer")
+            exported = sub_dir / "learned"  # `optimizer_offline` when it adapted online
+            offline = exported / "optimizer_offline"
+            path = offline if offline.with_suffix(".json").exists() else exported / "optimizer"
+            rule = load_bias(path, "optimizer")
             settings = {
                 "run_dir": f"controls/{name}",
                 "optimizer": configlib.read_yaml(sub_dir / "config.yaml")["optimizer"],

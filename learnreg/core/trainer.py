@@ -250,7 +250,9 @@ class MetaTrainer:
         while run.state.step < steps:
             before = run.state.params  # functional updates: the old tensors stay valid
             if adapt is not None:
-                inner_loss = adapt.step(ctx)["inner_loss"]
+                stepped = adapt.step(ctx)
+                # `base_loss`: estimators written before the rename to `inner_loss`
+                inner_loss = stepped.get("inner_loss", stepped.get("base_loss"))
                 checks: dict = {}
                 for monitor in self.monitors:
                     checks.update(monitor.after_inner_step(self, ctx, run, tag, index))
