@@ -165,3 +165,6 @@ def _load_builtin_components() -> None:
         "learnreg.tracking",
     ):
         importlib.import_module(pkg)
+    from learnreg.imports import load_entry_points  # installed packages' components
+
+    load_entry_points()

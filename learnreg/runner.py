@@ -33,7 +33,9 @@ from learnreg.core import distributed
 from learnreg.core.trainer import aggregate
 from learnreg.errors import ConfigError, NumericalError
 from learnreg.experiment import Experiment, build
+from learnreg.imports import import_recorded
 from learnreg.plots import plot
+from learnreg.threads import configure_threads
 from learnreg.tracking.atomic import atomic_write_bytes
 from learnreg.tracking.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from learnreg.tracking.export import save_bias, save_state
@@ -52,6 +54,7 @@ def run(
     overrides: list[str] | None = None,
     out: str | Path | None = None,
     progress: bool = True,
+    imports: list[str] | None = None,
 ) -> dict:
     """Meta-train and meta-test the method a config describes; write a run directory.
 
@@ -59,12 +62,17 @@ def run(
         config: a YAML path or a config mapping.
         overrides: ``dotted.key=value`` strings applied on top.
         out: the run directory (default ``runs/<method>-<task>-<time>``).
-        progress: show progress bars.
+        progress: show progress bars (on a terminal; elsewhere one line per interval).
+        imports: modules registering custom components (``--import``), recorded in the
+            run's ``config.yaml`` under ``imports``; resuming ``out`` re-imports those.
 
     Returns:
         The summary (also written to ``summary.json``).
     """
-    cfg = configlib.load(config, overrides)
+    if out is not None:  # a resume rebuilds the custom components its first run imported
+        imports = [*import_recorded(out), *(imports or [])]
+    cfg = configlib.load(config, overrides, imports)
+    configure_threads(cfg["threads"])
     if distributed.init_from_env(cfg["device"]):
         if out is None:
             raise ConfigError(
@@ -76,11 +84,11 @@ def run(
     with RunLock(out):
         previous = out / "config.yaml"
         # `device` may change between a checkpoint and its resume (GPU <-> CPU).
-        if previous.exists() and _without_device(configlib.read_yaml(previous)) != (
-            _without_device(cfg)
-        ):
+        changed = config_changes(configlib.read_yaml(previous), cfg) if previous.exists() else []
+        if changed:
             raise ConfigError(
-                f"{out} holds a run with a different config; choose a new --out to start another run"
+                f"{out} holds a run with a different config ({', '.join(changed[:8])} differ); "
+                "choose a new --out to start another run, or re-run with the same config"
             )
         if (out / "summary.json").exists():
             return json.loads((out / "summary.json").read_text())
@@ -88,8 +96,25 @@ def run(
         return Run(cfg, out, progress).execute()
 
 
-def _without_device(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k != "device"}
+def config_changes(previous: dict, cfg: dict) -> list[str]:
+    """The dotted keys whose values differ between a run directory's config and ``cfg``.
+
+    Where a run executes (``device``, ``threads``) may change between a checkpoint and its
+    resume; keys a config written by an older learnreg lacks count as their defaults."""
+    previous = {**configlib.SCHEMA, **previous}
+    return [
+        key for key in _differences(previous, cfg) if key.split(".")[0] not in ("device", "threads")
+    ]
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            found
+            for key in list(a) + [k for k in b if k not in a]
+            for found in _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        ]
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def follow(cfg: dict, out: Path) -> dict:
@@ -125,7 +150,16 @@ class Run:
         backends = cfg["logger"]["backends"]
         self.logger = MultiLogger(
             self.jsonl,
-            ConsoleLogger(cfg["logger"]["every"]) if "console" in backends else None,
+            ConsoleLogger(
+                cfg["logger"]["every"],
+                meta_steps=cfg["meta_steps"],
+                meta_test_steps=cfg["meta_test"]["steps"],
+                meta_test_seeds=cfg["meta_test"]["seeds"],
+                eval_every=cfg["meta_test"]["eval_every"],
+                runs_per_seed=2 if cfg["meta_test"]["baseline"] else 1,
+            )
+            if "console" in backends
+            else None,
             WandbLogger(
                 out, cfg, cfg["logger"]["project"], cfg["logger"]["group"], cfg["logger"]["tags"]
             )

@@ -13,10 +13,13 @@ import json
 import math
 import os
 import sys
+import time
 import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Protocol
+
+from tqdm.auto import tqdm
 
 from learnreg.tracking.wandb_offline import wait_until_complete
 
@@ -75,22 +78,88 @@ class JsonlLogger:
 
 
 class ConsoleLogger:
-    """Prints meta-training metrics every ``every`` meta-steps and meta-test results."""
+    """Prints a line every ``every`` meta-steps and every logged meta-test curve point
+    (each ``eval_every`` inner steps), with elapsed time and an ETA when the totals are
+    known: progress that shows in a log file or CI output as well as on a terminal.
 
-    def __init__(self, every: int = 50, stream=None):
+    Args:
+        every: meta-steps between meta-training lines.
+        stream: where to print (default ``sys.stderr``).
+        meta_steps: total meta-steps (for the meta-training ETA).
+        meta_test_steps: inner steps of one meta-test run.
+        meta_test_seeds: meta-test seeds.
+        eval_every: inner steps between meta-test curve points (0: only at the end).
+        runs_per_seed: meta-test runs per seed (learned, then baseline when there is one).
+    """
+
+    def __init__(
+        self,
+        every: int = 50,
+        stream=None,
+        meta_steps: int | None = None,
+        meta_test_steps: int | None = None,
+        meta_test_seeds: int | None = None,
+        eval_every: int = 0,
+        runs_per_seed: int = 2,
+    ):
         self.every, self.stream = every, stream or sys.stderr
+        self.meta_steps, self.meta_test_steps = meta_steps, meta_test_steps
+        self.meta_test_seeds, self.runs_per_seed = meta_test_seeds, runs_per_seed
+        self.eval_every = eval_every or meta_test_steps
+        self.clocks: dict[str, tuple[float, float]] = {}  # phase -> (start time, start fraction)
+        self.last_line = time.monotonic()  # a phase's clock starts at the previous line
 
     def log(self, metrics: dict[str, float], **axes: int) -> None:
         step = axes.get("meta_step")
         if step is not None and step % self.every != 0:
             return
         if step is None and "inner_step" in axes:
-            return  # learning curves go to the files, not the terminal
+            self._meta_test_line(metrics, axes)
+            return
         where = " ".join(f"{k}={v}" for k, v in axes.items())
         body = " ".join(
             f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))
         )
-        print(f"[{where}] {body}", file=self.stream)
+        total = self.meta_steps
+        timing = (
+            self._timing("meta_train", step / total, (step - self.every) / total)
+            if step is not None and total
+            else ""
+        )
+        self._print(f"[{where}] {body}{timing}")
+
+    def _meta_test_line(self, metrics: dict, axes: dict) -> None:
+        tag = next((k.split("/")[1] for k in metrics if k.startswith("meta_test/")), "?")
+        shown = " ".join(
+            f"{k.split('/')[-1]}={v:.4g}"
+            for k, v in metrics.items()
+            if k.split("/")[-1].startswith("test_") and isinstance(v, (int, float))
+        )
+        step, timing = axes["inner_step"], ""
+        if self.meta_test_steps and self.meta_test_seeds:
+            # Runs finished before this one: earlier seeds', then learned before baseline.
+            done = (axes.get("seed") or 0) * self.runs_per_seed + (tag == "baseline")
+            runs = self.meta_test_seeds * self.runs_per_seed
+            fraction = (done + step / self.meta_test_steps) / runs
+            interval = min(self.eval_every, step) / self.meta_test_steps / runs
+            timing = self._timing("meta_test", fraction, fraction - interval)
+        total = f"/{self.meta_test_steps}" if self.meta_test_steps else ""
+        self._print(f"[meta-test {tag} seed={axes.get('seed')} step={step}{total}] {shown}{timing}")
+
+    def _timing(self, phase: str, fraction: float, previous: float) -> str:
+        """Elapsed time of ``phase`` and its ETA; ``previous`` is the fraction done one
+        interval ago (where the phase stood when this process's clock started)."""
+        now = time.monotonic()
+        start, start_fraction = self.clocks.setdefault(phase, (self.last_line, max(previous, 0)))
+        self.last_line = now
+        elapsed, gained = now - start, fraction - start_fraction
+        eta = elapsed / gained * (1 - fraction) if gained > 0 else None
+        text = f" | {_duration(elapsed)} elapsed"
+        return text + (f", ETA {_duration(eta)}" if eta is not None else "")
+
+    def _print(self, line: str) -> None:
+        # Through tqdm, so that a progress bar on the same terminal is redrawn below it.
+        tqdm.write(line, file=self.stream)
 
     def log_table(self, name, columns, rows, **axes) -> None:
         return None  # tables go to the files and W&B, not the terminal
@@ -103,6 +172,15 @@ class ConsoleLogger:
 
     def close(self) -> None:
         return None
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class WandbLogger:
