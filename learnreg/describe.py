@@ -31,7 +31,8 @@ def describe_module(module: nn.Module, path: str | Path) -> str:
     params = sum(p.numel() for p in module.parameters())
     lines = [
         f"{role}: {doc.get('component')} ({type(module).__name__}({shown}))",
-        f"  {params:,} meta-parameters in {len(list(module.parameters()))} tensors",
+        f"  {params:,} meta-parameter{'s' * (params != 1)} "
+        f"in {len(list(module.parameters()))} tensor{'s' * (len(list(module.parameters())) != 1)}",
     ]
     meta = doc.get("metadata") or {}
     if meta:

@@ -125,7 +125,7 @@ def lookup(kind: str, name: str) -> Callable[..., Any]:
     close = difflib.get_close_matches(name, table.keys(), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ConfigError(
-        f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(sorted(table))} "
+        f"unknown {kind} {name!r}.{hint} Valid {kind} names: {', '.join(sorted(table))} "
         "(or a dotted path inside an allowed package; see `learnreg list`)."
     )
 

@@ -319,8 +319,9 @@ def format_summary(summary: dict) -> str:
     ]
     for name, block in (("learned ", summary), ("baseline", summary.get("baseline") or {})):
         if block.get("test"):
+            spread = summary["meta_test_seeds"] > 1  # one seed has no spread to show
             parts = [
-                f"{m} {v:.4f} ± {block['test_std'].get(m, 0.0):.4f}"
+                f"{m} {v:.4f}" + (f" ± {block['test_std'].get(m, 0.0):.4f}" if spread else "")
                 for m, v in block["test"].items()
                 if m != "accuracy"
             ]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from learnreg.core.bias import Biases
+from learnreg.core.bias import Biases, is_learned
 from learnreg.core.inner import InnerRun, inner_step
 from learnreg.core.outer import OuterOptimizer
 from learnreg.errors import ConfigError
@@ -256,7 +256,7 @@ class MetaTrainer:
         metrics["grad_scale"] = gradient_scale(
             run.model, run.state, subset, biases.loss, run.task.kind
         )
-        if biases.loss.is_learned:  # how the loss looks now (it may still be adapting)
+        if is_learned(biases.loss):  # how the loss looks now (it may still be adapting)
             grid, values = loss_profile(biases.loss, run.task.kind, run.task.num_classes)
             metrics["loss_argmin"] = profile_argmin(grid, values)
             metrics["loss_profile"] = values

@@ -151,6 +151,10 @@ def format_eval(result: dict) -> str:
     names = list(result[tags[0]]["mean"])
     lines = ["| metric | " + " | ".join(tags) + " |", "|---" * (len(tags) + 1) + "|"]
     for name in names:
-        cells = [f"{result[t]['mean'][name]:.4g} ± {result[t]['std'][name]:.2g}" for t in tags]
+        cells = [
+            f"{result[t]['mean'][name]:.4g}"
+            + (f" ± {result[t]['std'][name]:.2g}" if len(result[t]["per_seed"]) > 1 else "")
+            for t in tags
+        ]  # one seed has no spread to show
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
