@@ -93,7 +93,7 @@ def run(
         if (out / "summary.json").exists():
             return json.loads((out / "summary.json").read_text())
         atomic_write_bytes(previous, configlib.dump(cfg).encode())
-        return Run(cfg, out, progress).execute()
+        return Run(cfg, out, progress, source_name(config)).execute()
 
 
 def config_changes(previous: dict, cfg: dict) -> list[str]:
@@ -136,6 +136,16 @@ def follow(cfg: dict, out: Path) -> dict:
     return {}
 
 
+def source_name(config) -> str | None:
+    """A config's name: its preset (``adalfl/digits_mlp``) or file stem; None for a dict."""
+    if isinstance(config, Mapping):
+        return None
+    path = configlib.resolve_preset(config).resolve()
+    if path.is_relative_to(configlib.PRESETS):
+        return str(path.relative_to(configlib.PRESETS).with_suffix(""))
+    return path.stem
+
+
 def default_run_dir(cfg: dict) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{cfg['method']}-{cfg['task']['_component_']}-{stamp}"
@@ -144,8 +154,9 @@ def default_run_dir(cfg: dict) -> Path:
 class Run:
     """One run directory's life: build, resume, fit, export, meta-test, summarize."""
 
-    def __init__(self, cfg: dict, out: Path, progress: bool):
+    def __init__(self, cfg: dict, out: Path, progress: bool, source: str | None = None):
         self.cfg, self.out, self.progress = cfg, out, progress
+        setting = source or cfg["method"]  # the W&B group and name start with it
         self.jsonl = JsonlLogger(out / "metrics.jsonl")
         backends = cfg["logger"]["backends"]
         self.logger = MultiLogger(
@@ -161,7 +172,12 @@ class Run:
             if "console" in backends
             else None,
             WandbLogger(
-                out, cfg, cfg["logger"]["project"], cfg["logger"]["group"], cfg["logger"]["tags"]
+                out,
+                cfg,
+                cfg["logger"]["project"],
+                cfg["logger"]["group"] or setting,
+                cfg["logger"]["tags"],
+                name=f"{setting} seed={cfg['seed']} ({out.resolve().name})",
             )
             if "wandb" in backends
             else None,
@@ -185,6 +201,7 @@ class Run:
             atomic_write_bytes(
                 self.out / "summary.json", json.dumps(strict_json(summary), indent=2).encode()
             )
+            self.logger.log_summary(summary)
             plot(self.out, logger=self.logger)  # through the open W&B run: one segment
         finally:
             self.logger.close()

@@ -249,7 +249,8 @@ class MetaTrainer:
             f"test_{k}": v
             for k, v in evaluate_split(run.model, run.state, run.task.test, run.task.kind).items()
         }
-        metrics["train_loss"] = base_loss
+        # A learned loss is in its own units: keep it apart from cross-entropy's train_loss.
+        metrics["train_learned_loss" if is_learned(biases.loss) else "train_loss"] = base_loss
         metrics.update(update_statistics(before, run.state.params))
         # On a fixed training subset, so the ratio is not the noise of one batch.
         subset = (run.task.train.x[:512], run.task.train.y[:512])

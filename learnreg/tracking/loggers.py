@@ -193,6 +193,12 @@ class WandbLogger:
         project: W&B project (default ``learnreg-<method>``).
         group: W&B group (seeds and sweeps of one setting share it).
         tags: W&B tags.
+        name: the W&B run's display name.
+
+    Meta-test curves go under ``meta_test/<learned|baseline>/seed_<i>/<metric>``, one
+    series per meta-test seed (each row also carries ``seed``); :meth:`log_summary` puts
+    the run's final summary in ``run.summary`` under summary.json's keys, nested keys
+    joined with ``/``.
     """
 
     def __init__(
@@ -202,6 +208,7 @@ class WandbLogger:
         project: str | None = None,
         group: str | None = None,
         tags=(),
+        name: str | None = None,
     ):
         import wandb
 
@@ -216,6 +223,7 @@ class WandbLogger:
             self.run = wandb.init(
                 project=project or f"learnreg-{config.get('method', 'custom')}",
                 group=group,
+                name=name,
                 tags=list(tags),
                 config=config,
                 dir=str(run_dir),
@@ -234,11 +242,18 @@ class WandbLogger:
                 self.run.define_metric(prefix, step_metric=axis)
 
     def log(self, metrics: dict[str, float], **axes: int) -> None:
-        seed = axes.pop("seed", None)
-        if seed not in (None, 0):
-            return  # one curve per axis in the W&B UI; every seed is in metrics.jsonl
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        seed = axes.get("seed")
+        if seed is not None:  # one series per seed: `meta_test/learned/seed_1/test_error`
+            scalars = {_per_seed(k, seed): v for k, v in scalars.items()}
         self.run.log({**scalars, **axes})
+
+    def log_summary(self, summary: dict) -> None:
+        """The run's final summary in ``run.summary`` (the W&B runs table's columns)."""
+        flat = flatten(summary)
+        if "n" not in flat and "meta_test_seeds" in flat:
+            flat["n"] = flat["meta_test_seeds"]  # the sample size behind every mean and CI
+        self.run.summary.update(flat)
 
     def log_table(self, name: str, columns: list[str], rows: list[list], **axes: int) -> None:
         import wandb
@@ -269,6 +284,24 @@ class WandbLogger:
             )
 
 
+def _per_seed(key: str, seed: int) -> str:
+    head, sep, metric = key.rpartition("/")
+    return f"{head}/seed_{seed}/{metric}" if sep else f"seed_{seed}/{key}"
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested dicts as one level of ``a/b/c`` keys; scalars and strings only (per-seed
+    lists stay in summary.json)."""
+    out: dict = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}/"))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            out[name] = _json_number(value)
+    return out
+
+
 class MultiLogger:
     """Fans every call out to several backends."""
 
@@ -291,6 +324,11 @@ class MultiLogger:
     def log_artifact(self, path, name, kind) -> None:
         for lg in self.loggers:
             lg.log_artifact(path, name, kind)
+
+    def log_summary(self, summary: dict) -> None:
+        for lg in self.loggers:
+            if hasattr(lg, "log_summary"):  # the backends with a run summary (W&B)
+                lg.log_summary(summary)
 
     def close(self) -> None:
         for lg in self.loggers:
