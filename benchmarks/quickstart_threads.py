@@ -38,8 +38,11 @@ SETTINGS = {
 SPIN = "while True: pass"
 
 
-def run_point(config: str, setting: str, load: int, out: Path, overrides: list[str]) -> dict:
-    """One quickstart run beside ``load`` busy processes; wall and CPU seconds."""
+def run_point(
+    config: str, setting: str, load: int, out: Path, overrides: list[str], timeout=None
+) -> dict:
+    """One quickstart run beside ``load`` busy processes; wall and CPU seconds (a run
+    still going after ``timeout`` seconds is stopped and recorded as timed out)."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     env.update(SETTINGS[setting], WANDB_MODE="offline", WANDB_SILENT="true")
     shutil.rmtree(out, ignore_errors=True)
@@ -55,12 +58,24 @@ def run_point(config: str, setting: str, load: int, out: Path, overrides: list[s
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            wall = time.perf_counter() - started
+            if pid:
+                break
+            if timeout is not None and wall > timeout:
+                proc.kill()
+                _, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.2)
     finally:
         for p in busy:
             p.kill()
             p.wait()
+    row = {"setting": setting, "load": load, "loadavg_before": round(loadavg, 2)}
+    if timeout is not None and wall > timeout:
+        cpu = round(usage.ru_utime + usage.ru_stime, 1)
+        return {**row, "timed_out": True, "wall_s": round(wall, 1), "cpu_s": cpu}
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{setting} load {load}: the run failed (status {status}); see {out}")
     summary = json.loads((out / "summary.json").read_text())
@@ -72,6 +87,7 @@ def run_point(config: str, setting: str, load: int, out: Path, overrides: list[s
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "meta_train_s": round(summary["meta_train_seconds"], 1),
         "meta_test_s": round(summary["meta_test_seconds"], 1),
+        "overrides": " ".join(overrides),
     }
 
 
@@ -86,6 +102,10 @@ def table(rows: list[dict]) -> str:
         group = [r for r in rows if r["load"] == load and r["setting"] == setting]
 
         def med(key, group=group):
+            if any(r.get("timed_out") for r in group):  # stopped: a lower bound at most
+                return (
+                    f"> {min(r['wall_s'] for r in group):.0f} (stopped)" if key == "wall_s" else "-"
+                )
             return f"{statistics.median(r[key] for r in group):.1f}"
 
         seen = ", ".join(f"{r['loadavg_before']:.2f}" for r in group)
@@ -103,6 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loads", type=int, nargs="+", default=[0, 2], help="busy processes")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds before a point is stopped and recorded as such",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides (key=value)")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -120,7 +146,9 @@ def main(argv: list[str] | None = None) -> None:
                     for r in rows
                 ):
                     continue
-                row = run_point(args.config, setting, load, out / "runs" / setting, args.overrides)
+                row = run_point(
+                    args.config, setting, load, out / "runs" / setting, args.overrides, args.timeout
+                )
                 row["repeat"] = rep
                 rows.append(row)
                 with results.open("a") as f:
