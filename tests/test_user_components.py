@@ -251,3 +251,24 @@ def test_threads_env_wins_over_the_config_and_zero_keeps_torchs_default(monkeypa
         resolve_threads(None)
     with pytest.raises(ConfigError, match="threads must be"):
         learnreg.config.load({"task": "digits", "threads": -1})
+
+
+def test_entry_point_modules_are_imported(tmp_path, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from learnreg import imports, registry
+
+    (tmp_path / "ep_components.py").write_text(
+        "from learnreg.registry import register\n"
+        "@register('loss', 'from_entry_point')\n"
+        "def from_entry_point():\n    '''A loss from an installed package.'''\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    points = [EntryPoint("mine", "ep_components", imports.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(
+        imports.importlib.metadata,
+        "entry_points",
+        lambda group: points if group == imports.ENTRY_POINT_GROUP else [],
+    )
+    assert imports.load_entry_points() == ["ep_components"]
+    assert registry.lookup("loss", "from_entry_point").__name__ == "from_entry_point"
