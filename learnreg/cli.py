@@ -206,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_SILENT", "true")
+    # Idle OpenMP workers sleep instead of spinning (read when torch loads, so set before
+    # it is imported): with more than one thread on a busy machine, spinning workers made
+    # `make run` 15x slower (BENCHMARKS.md, "make run and intra-op threads").
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
