@@ -42,12 +42,12 @@ def sklearn_task(
     """
     loader, kind = _LOADERS[name]
     data = loader()
-    return array_task(
-        np.asarray(data.data, dtype=np.float64),
-        np.asarray(data.target),
+    return tensor_task(
+        data.data,
+        data.target,
         kind,
-        name,
         batch_size,
+        name,
         fractions,
         split_seed,
         standardize_inputs,
@@ -98,34 +98,6 @@ def tensor_task(
         kind = "classification" if np.issubdtype(y.dtype, np.integer) else "regression"
     if kind not in ("classification", "regression"):
         raise DataError(f"tensor_task: kind must be classification or regression, got {kind!r}")
-    return array_task(
-        x,
-        y,
-        kind,
-        name,
-        batch_size,
-        fractions,
-        split_seed,
-        standardize_inputs,
-        standardize_target,
-        num_classes,
-    )
-
-
-def array_task(
-    x: np.ndarray,
-    y: np.ndarray,
-    kind: str,
-    name: str,
-    batch_size: int,
-    fractions,
-    split_seed: int,
-    standardize_inputs: bool,
-    standardize_target: bool,
-    num_classes: int | None = None,
-) -> Task:
-    """The split and standardization rules :func:`sklearn_task` and :func:`tensor_task`
-    share (see theirs for the arguments)."""
     classification = kind == "classification"
     if classification and not np.issubdtype(y.dtype, np.integer):
         raise DataError(
