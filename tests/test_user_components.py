@@ -91,6 +91,7 @@ def user_run(tmp_path_factory):
     home = tmp_path_factory.mktemp("user")
     (home / "mymodule.py").write_text(MODULE)
     (home / "my.yaml").write_text(CONFIG)
+    (home / "elsewhere").mkdir()
     done = _cli(["run", "my.yaml", "--import", "mymodule", "--out", "run"], cwd=home)
     assert done.returncode == 0, done.stderr
     return home, done
@@ -150,6 +151,18 @@ def test_describe_and_eval_rebuild_the_recorded_components(user_run):
     for tag, block in (("learned", summary), ("baseline", summary["baseline"])):
         got = summary["eval"][tag]["mean"]["test_accuracy"]
         assert got == pytest.approx(block["test"]["accuracy"], abs=1e-6)
+
+
+def test_rerunning_without_import_reuses_the_recorded_modules(user_run):
+    home, _ = user_run
+    before = (home / "run" / "summary.json").read_text()
+    again = _cli(
+        ["run", str(home / "my.yaml"), "--out", str(home / "run")],
+        cwd=home / "elsewhere",
+        pythonpath=[home],
+    )
+    assert again.returncode == 0, again.stderr  # not "unknown task 'moons'", not "different config"
+    assert (home / "run" / "summary.json").read_text() == before
 
 
 def test_a_recorded_module_that_is_not_importable_is_one_error_line(user_run):
