@@ -27,3 +27,7 @@ class NumericalError(LearnregError, FloatingPointError):
 
 class ShapeError(LearnregError, ValueError):
     """Predictions, targets or inputs have shapes that do not fit together."""
+
+
+class DistributedError(LearnregError):
+    """Another process of a multi-process run died or cannot be reached."""

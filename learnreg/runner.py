@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -131,8 +132,23 @@ def follow(cfg: dict, out: Path) -> dict:
     exp = build(cfg)
     if state is not None:
         exp.trainer.load_state_dict(state["trainer"])
-        set_rng_state(state["rng"])
-    exp.trainer.fit(cfg["meta_steps"], progress=False)
+        ranks = state.get("rng_ranks") or []
+        set_rng_state(ranks[distributed.rank_and_world()[0]] if ranks else state["rng"])
+
+    def join_checkpoint(trainer) -> None:  # rank 0's Run._save, in step with it
+        with distributed.gathering_state():
+            trainer.state_dict()
+            distributed.gather_to_main(rng_state())
+
+    def on_step(trainer) -> None:
+        if trainer.meta_step % cfg["checkpoint_every"] == 0:
+            join_checkpoint(trainer)
+
+    try:
+        exp.trainer.fit(cfg["meta_steps"], on_step=on_step, progress=False)
+    except NumericalError:
+        join_checkpoint(exp.trainer)
+        raise
     return {}
 
 
@@ -262,12 +278,19 @@ class Run:
     def _save(self, fit_seconds: float) -> None:
         state = dict(self.progress_state)
         state["meta_train_seconds"] += fit_seconds
+        # While meta-training, every rank's live inner runs and RNG go into the checkpoint
+        # (the other ranks join in follow()); afterwards they have returned.
+        gather = state["phase"] == "fit" and distributed.is_active()
+        with distributed.gathering_state() if gather else nullcontext():
+            trainer = self.exp.trainer.state_dict()
+            rng_ranks = distributed.gather_to_main(rng_state()) if gather else []
         save_checkpoint(
             self.checkpoint_path,
             {
-                "trainer": self.exp.trainer.state_dict(),
+                "trainer": trainer,
                 "run": state,
                 "rng": rng_state(),
+                "rng_ranks": rng_ranks,
                 "log_lines": self.jsonl.lines,
             },
         )

@@ -117,6 +117,9 @@ class MetaTrainer:
             meta_steps: the total (a resumed trainer continues from ``self.meta_step``).
             on_step: called after every meta-step (checkpointing hooks here).
             progress: show a progress bar.
+
+        The estimator's :meth:`~learnreg.estimators.base.Estimator.close` runs when
+        this returns or raises.
         """
         if self.ctx.outer is None and self.estimator.needs_outer:
             raise ConfigError(
@@ -129,16 +132,21 @@ class MetaTrainer:
             disable=not progress or None,
             leave=False,
         )
-        while self.meta_step < meta_steps:
-            metrics = self.estimator.step(self.ctx)
-            self.meta_step += 1
-            # Estimators may namespace their own metrics ("search/best_fitness").
-            metrics = {k if "/" in k else f"meta/{k}": v for k, v in metrics.items()}
-            self._log(metrics, meta_step=self.meta_step)
-            bar.update(1)
-            if on_step is not None:
-                on_step(self)
-        bar.close()
+        try:
+            while self.meta_step < meta_steps:
+                metrics = self.estimator.step(self.ctx)
+                self.meta_step += 1
+                # Estimators may namespace their own metrics ("search/best_fitness").
+                metrics = {k if "/" in k else f"meta/{k}": v for k, v in metrics.items()}
+                self._log(metrics, meta_step=self.meta_step)
+                bar.update(1)
+                if on_step is not None:
+                    on_step(self)
+        finally:  # worker pools, a Ray instance: not kept past meta-training
+            close = getattr(self.estimator, "close", None)  # duck-typed estimators may lack it
+            if close is not None:
+                close()
+            bar.close()
         return self
 
     def evaluate(
