@@ -4,9 +4,10 @@
 The models meta-learned here are small (an MLP on digits, a Conv-4 on 28x28 images):
 each operation is too short for a thread pool to pay off, and when other processes
 hold the cores, OpenMP workers that spin waiting for each other burn CPU without
-progress. Measured on 2 cores (BENCHMARKS.md, "make run and intra-op threads"), one
-thread was as fast idle and several times faster under load than torch's default of
-one thread per core, so one is the default; ``0`` keeps torch's default.
+progress. Measured on 2 shared cores (BENCHMARKS.md §6), torch's default pool took
+about 9x the CPU time of one thread for the same run and over 10x its wall time under
+load, while near idle the two were within noise; one thread is the default, ``0`` keeps
+torch's default.
 """
 
 from __future__ import annotations
