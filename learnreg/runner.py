@@ -21,6 +21,7 @@ checkpoints, export) and runs the meta-test, the other ranks return once meta-tr
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -31,8 +32,8 @@ import torch
 
 from learnreg import config as configlib
 from learnreg.core import distributed
-from learnreg.core.trainer import aggregate
-from learnreg.errors import ConfigError, NumericalError
+from learnreg.core.trainer import aggregate, resolve_device
+from learnreg.errors import ConfigError, LearnregError, NumericalError, RunLockedError
 from learnreg.experiment import Experiment, build
 from learnreg.imports import import_recorded
 from learnreg.plots import plot
@@ -73,6 +74,7 @@ def run(
     if out is not None:  # a resume rebuilds the custom components its first run imported
         imports = [*import_recorded(out), *(imports or [])]
     cfg = configlib.load(config, overrides, imports)
+    resolve_device(cfg["device"])  # a missing GPU is refused before anything is written
     configure_threads(cfg["threads"])
     if distributed.init_from_env(cfg["device"]):
         if out is None:
@@ -82,6 +84,16 @@ def run(
         if not distributed.is_main():
             return follow(cfg, Path(out))
     out = Path(out) if out is not None else default_run_dir(cfg)
+    fresh = not out.exists() and not out.is_symlink()
+    try:
+        return _run_locked(cfg, out, progress, source_name(config))
+    except LearnregError as exc:
+        if fresh and not isinstance(exc, RunLockedError) and not (out / "checkpoints").exists():
+            shutil.rmtree(out, ignore_errors=True)  # nothing to resume: leave no half-written dir
+        raise
+
+
+def _run_locked(cfg: dict, out: Path, progress: bool, source: str | None) -> dict:
     with RunLock(out):
         previous = out / "config.yaml"
         # `device` may change between a checkpoint and its resume (GPU <-> CPU).
@@ -94,7 +106,7 @@ def run(
         if (out / "summary.json").exists():
             return json.loads((out / "summary.json").read_text())
         atomic_write_bytes(previous, configlib.dump(cfg).encode())
-        return Run(cfg, out, progress, source_name(config)).execute()
+        return Run(cfg, out, progress, source).execute()
 
 
 def config_changes(previous: dict, cfg: dict) -> list[str]:

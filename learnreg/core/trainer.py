@@ -27,10 +27,21 @@ ScheduleFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRS
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` is ``$LEARNREG_DEVICE`` when set, else CUDA when available, else CPU."""
     if str(device) == "auto":
-        if os.environ.get("LEARNREG_DEVICE"):
-            return torch.device(os.environ["LEARNREG_DEVICE"])
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        if not os.environ.get("LEARNREG_DEVICE"):
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = os.environ["LEARNREG_DEVICE"]
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if resolved.type == "cuda" and (resolved.index or 0) >= count:
+        raise ConfigError(
+            f"device {str(device)!r} was asked for, but this machine has "
+            f"{count or 'no'} CUDA GPU{'s' if count != 1 else ''} visible to PyTorch. Set "
+            "device=cpu, or device=auto (a GPU when there is one), or unset $LEARNREG_DEVICE."
+        )
+    return resolved
 
 
 class MetaTrainer:

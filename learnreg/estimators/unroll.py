@@ -63,16 +63,29 @@ class TruncatedUnroll(Estimator):
         fast_path: bool = True,
         vmap: bool = False,
     ):
-        if window < 1 or (horizon is not None and horizon < window) or meta_batch < 1:
-            raise ConfigError(
-                f"need window >= 1, horizon >= window (or None), meta_batch >= 1; got {window}, {horizon}, {meta_batch}"
-            )
+        self.check_args(window, horizon, meta_batch)
         self.window, self.horizon, self.meta_batch = window, horizon, meta_batch
         self.objective_batch, self.average, self.fast_path = objective_batch, average, fast_path
         self.vmap = vmap
         self.attached = False
         self.runs: list[InnerRun] = []
         self.next_index = 0
+
+    @staticmethod
+    def check_args(window: int = 1, horizon: int | None = 1, meta_batch: int = 1, **_) -> None:
+        """Refuse windows and horizons that do not fit together (also run when a config is
+        loaded). A run is replaced after whole windows only, so a horizon that is not a
+        multiple of the window would silently be cut to its last whole window."""
+        if window < 1 or (horizon is not None and horizon < window) or meta_batch < 1:
+            raise ConfigError(
+                f"need window >= 1, horizon >= window (or None), meta_batch >= 1; got {window}, {horizon}, {meta_batch}"
+            )
+        if horizon is not None and horizon % window:
+            raise ConfigError(
+                f"estimator horizon {horizon} is not a multiple of window {window}: inner runs "
+                f"advance by whole windows, so it would be cut to {horizon // window * window}. Use horizon {horizon // window * window} or "
+                f"{-(-horizon // window) * window}, or a window that divides {horizon}."
+            )
 
     def step(self, ctx: MetaContext) -> dict[str, float]:
         ctx.outer.zero_grad()  # first, so a distributed run's ranks agree before new runs init
