@@ -26,8 +26,9 @@ from learnreg.errors import CheckpointError
 def load_biases(run_dir: str | Path, device: str | torch.device = "cpu") -> Biases:
     """The loss, optimizer and init a run directory meta-learned.
 
-    Learned roles come from ``run_dir/learned/<role>`` (the meta-parameters at the end of
-    meta-training, which every meta-test run starts from); the others are rebuilt from the
+    Learned roles come from ``run_dir/learned/<role>`` (``<role>_offline`` in a run with
+    online adaptation): the meta-parameters at the end of meta-training, which every
+    meta-test run starts from. The others are rebuilt from the
     run's ``config.yaml``. Modules the run recorded under ``imports`` are imported first
     (see :mod:`learnreg.imports`).
 
@@ -54,6 +55,8 @@ def load_biases(run_dir: str | Path, device: str | torch.device = "cpu") -> Bias
     biases = build_biases(cfg, build_family(cfg).representative())
     for role in biases.learned_roles():
         path = run_dir / "learned" / role
+        if not path.with_suffix(".json").is_file():  # a run with online adaptation (AdaLFL)
+            path = run_dir / "learned" / f"{role}_offline"
         if not path.with_suffix(".json").is_file():
             raise CheckpointError(
                 f"{path}.json not found: the run has not finished meta-training; "

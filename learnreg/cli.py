@@ -94,6 +94,13 @@ def cmd_describe(args) -> int:
         learned = path / "learned" if (path / "learned").is_dir() else path
         _import(args, learned.parent if learned != path else path)
         path = learned / args.role
+        online = learned / f"{args.role}_online_seed0"
+        if not path.with_suffix(".json").exists() and online.with_suffix(".json").exists():
+            print(
+                f"(online adaptation: {online.name} is meta-test seed 0's adapted "
+                f"{args.role}; {args.role}_offline is where every online run started)"
+            )
+            path = online
     else:
         _import(args, path.parent.parent)
     module = load_bias(path, device="cpu")

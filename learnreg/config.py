@@ -67,6 +67,9 @@ SCHEMA: dict[str, Any] = {
     "logger": {"backends": ["console"], "project": None, "group": None, "tags": [], "every": 50},
     "checkpoint_every": 50,
     "max_bad_steps": 10,
+    # Monitors (learnreg.core.monitors): dead learned losses, best-checkpoint selection.
+    "dead_loss": {"policy": "warn", "every": 50, "p_min": 0.3, "rel_tol": 1e-3, "max_restarts": 3},
+    "best_checkpoint": {"enabled": False, "every": 0.1, "steps": 500, "seeds": 1},
 }
 LOGGER_BACKENDS = ("console", "wandb", "none")  # metrics.jsonl is always written
 PLAIN_SECTIONS = {k for k, v in SCHEMA.items() if isinstance(v, dict) and COMPONENT not in v}
@@ -263,6 +266,7 @@ def validate(raw: dict) -> dict:
             raise ConfigError(
                 f"logger.backends: unknown backend {backend!r}.{hint} Choose from {', '.join(LOGGER_BACKENDS)}."
             )
+    _check_monitors(cfg)
     if cfg["device"] not in ("auto", "cpu", "cuda") and not str(cfg["device"]).startswith("cuda:"):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg['device']!r}")
     for sub in ("loss", "optimizer"):
@@ -280,6 +284,29 @@ def validate(raw: dict) -> dict:
         check_component("estimator", cfg["meta_test"]["adapt"], where="meta_test.adapt")
         _check_adapt_batch(cfg)
     return cfg
+
+
+def _check_monitors(cfg: dict) -> None:
+    dead, best = cfg["dead_loss"], cfg["best_checkpoint"]
+    policies = ("off", "warn", "restart", "stop")
+    if dead["policy"] not in policies:
+        raise ConfigError(
+            f"dead_loss.policy must be one of {', '.join(policies)}, got {dead['policy']!r}"
+        )
+    for key in ("every", "max_restarts"):
+        _expect(f"dead_loss.{key}", dead[key], int)
+    for key in ("steps", "seeds"):
+        _expect(f"best_checkpoint.{key}", best[key], int)
+    if not isinstance(best["enabled"], bool):
+        raise ConfigError(f"best_checkpoint.enabled must be true or false, got {best['enabled']!r}")
+    if not isinstance(best["every"], (int, float)) or not 0 < best["every"] <= 1:
+        raise ConfigError(
+            f"best_checkpoint.every is a fraction of the meta-steps in (0, 1], got {best['every']!r}"
+        )
+    if dead["every"] < 1 or best["steps"] < 1 or best["seeds"] < 1:
+        raise ConfigError(
+            "dead_loss.every, best_checkpoint.steps and best_checkpoint.seeds must be positive"
+        )
 
 
 def _check_adapt_batch(cfg: dict) -> None:

@@ -11,10 +11,12 @@ import torch
 
 from learnreg import components, registry
 from learnreg.core.bias import Biases, adopt_role, is_learned
+from learnreg.core.monitors import BestCheckpoint
 from learnreg.core.task import SingleTask, Task, TaskFamily
 from learnreg.core.trainer import MetaTrainer
 from learnreg.errors import ConfigError
 from learnreg.estimators.base import Estimator, derive_seed
+from learnreg.eval.dead_loss import DeadLossMonitor
 
 
 @dataclass
@@ -130,6 +132,14 @@ def _schedule(cfg: dict):
     )
 
 
+def _monitors(cfg: dict) -> list:
+    monitors: list = [DeadLossMonitor(**cfg["dead_loss"])]
+    best = {k: v for k, v in cfg["best_checkpoint"].items() if k != "enabled"}
+    if cfg["best_checkpoint"]["enabled"]:
+        monitors.append(BestCheckpoint(**best))
+    return monitors
+
+
 def build(cfg: dict, logger=None) -> Experiment:
     """Everything a resolved config describes, ready to ``fit`` and ``evaluate``."""
     torch.manual_seed(cfg["seed"])
@@ -152,6 +162,7 @@ def build(cfg: dict, logger=None) -> Experiment:
             cfg["meta_test"]["meta_optimizer"] or cfg["meta_optimizer"]
         ),
         meta_lr_schedule=_schedule(cfg),
+        monitors=_monitors(cfg),
     )
     adapt = cfg["meta_test"]["adapt"]
     adapt = components.instantiate("estimator", adapt) if adapt is not None else None

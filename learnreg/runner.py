@@ -6,7 +6,9 @@ Layout of a run directory::
     metrics.jsonl      every logged record (meta-steps, meta-test curves)
     summary.json       final test metrics, learned vs baseline, and timings
     checkpoints/       last.pt (atomic; a re-run resumes from it)
-    learned/           exported biases (safetensors + JSON), one pair per learned role
+    learned/           exported biases (safetensors + JSON), one pair per learned role;
+                       with online adaptation (AdaLFL) <role>_offline (end of meta-training)
+                       and <role>_online_seed{i} (the adapted biases behind the results)
     final/             the meta-test models' final parameters and buffers, per role and seed
     plots/             figures (``learnreg plot``)
 
@@ -318,8 +320,11 @@ class Run:
         self.jsonl.truncate(state["log_lines"])
 
     def _export(self) -> None:
+        # With online adaptation the results come from learned/<role>_online_seed{i}; the
+        # end of meta-training (where every online run starts) is <role>_offline.
+        suffix = "_offline" if self.exp.adapt is not None else ""
         for role, module in self.exp.trainer.biases.learned_roles().items():
-            save_bias(module, self.out / "learned" / role, self._meta())
+            save_bias(module, self.out / "learned" / f"{role}{suffix}", self._meta())
         export = getattr(self.exp.trainer.estimator, "export", None)
         if export is not None:  # estimator-specific outputs (a search's formula and plots)
             export(self.out / "learned", self.exp.trainer.ctx)

@@ -44,7 +44,7 @@ evomal_fast = [
 ]
 
 # %%
-taylor = learnreg.run("taylorglo/digits_mlp", common + (taylor_fast if FAST else []), out=root / "taylorglo", progress=False)
+taylor = learnreg.run("taylorglo/digits_mlp_fast", common + (taylor_fast if FAST else []), out=root / "taylorglo", progress=False)
 print(learnreg.runner.format_summary(taylor))
 
 # %%

@@ -49,7 +49,7 @@ root = Path(tempfile.mkdtemp())
 search = ["logger.backends=[]", "meta_test.steps=100" if FAST else "meta_test.steps=1000", "meta_test.seeds=1"]
 if FAST:
     search += ["meta_steps=2", "estimator.searcher.population=4", "estimator.fitness_steps=100"]
-learnreg.run("taylorglo/digits_mlp", search, out=root / "taylorglo", progress=False)
+learnreg.run("taylorglo/digits_mlp_fast", search, out=root / "taylorglo", progress=False)
 found = losses.load(root / "taylorglo" / "learned" / "loss")
 # TaylorGLO's loss is a sum over classes of one polynomial: the same coefficients serve
 # 5-way episodes.

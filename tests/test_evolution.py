@@ -13,6 +13,8 @@ from conftest import Interrupt, interrupted_at
 from test_population_eval import digits
 
 import learnreg
+import learnreg.estimators.evaluators.backends
+import learnreg.estimators.searchers.base
 from learnreg import losses
 from learnreg.core.bias import Biases
 from learnreg.core.objectives import TaskError
@@ -196,6 +198,7 @@ def test_population_tables_reach_wandb(tmp_path, monkeypatch):
 
 PRESETS = [
     "taylorglo/digits_mlp",
+    "taylorglo/digits_mlp_fast",
     "taylorglo/fmnist_cnn",
     "evomal/diabetes_mlp",
     "evomal/digits_mlp",
@@ -259,6 +262,100 @@ def test_the_invariant_filter_refuses_other_losses():
     trainer = make_trainer(SymbolicLoss(), {**GP, "filters": ["taylor_invariant"]})
     with pytest.raises(learnreg.errors.ConfigError, match="taylor_invariant filter applies"):
         trainer.fit(1, progress=False)
+
+
+class ShiftedCE(losses.LossRole):
+    """Cross-entropy plus a constant: every shift has the same gradients."""
+
+    def __init__(self, shift: float = 0.0, scale: float = 1.0):
+        super().__init__()
+        self.register_buffer("shift", torch.tensor(float(shift)))
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, pred, target):
+        return self.scale * torch.nn.functional.cross_entropy(pred, target) + self.shift
+
+
+class Scripted(learnreg.estimators.searchers.base.Searcher):
+    """Proposes a fixed list of (shift, scale) genomes per generation."""
+
+    def __init__(self, generations):
+        self.generations, self.told = list(generations), []
+
+    def start(self, template, seed):
+        pass
+
+    def ask(self):
+        return self.generations.pop(0)
+
+    def tell(self, genomes, fitness):
+        self.told.append(fitness)
+
+    def build(self, genome, template, seed):
+        return ShiftedCE(*genome)
+
+    def key(self, genome):
+        return repr(genome)  # the cache alone cannot tell that the shifts are equivalent
+
+    def describe(self, genome):
+        return f"{genome[1]} * CE + {genome[0]}"
+
+    def state_dict(self):
+        return {}
+
+
+class CountingEvaluator(learnreg.estimators.evaluators.backends.SerialEvaluator):
+    def __init__(self):
+        super().__init__()
+        self.trained = []
+
+    def evaluate(self, problem, losses):
+        self.trained += [(float(loss.shift), float(loss.scale)) for loss in losses]
+        return super().evaluate(problem, losses)
+
+
+def test_gradient_equivalence_reuses_a_fitness_without_training():
+    searcher = Scripted([[(0.0, 1.0)], [(5.0, 1.0), (0.0, 3.0)]])
+    evaluator = CountingEvaluator()
+    descent = {"_component_": "prediction_descent", "steps": 2, "lr": 1.0, "equivalence_tol": 0.01}
+    estimator = Evolution(searcher, evaluator, fitness_steps=10, filters=[descent])
+    family = SingleTask(digits())
+    biases = Biases(ShiftedCE(), SGD(0.05), RandomInit())
+    trainer = MetaTrainer(family, biases, TaskError(), estimator, seed=1, device="cpu")
+    trainer.fit(2, progress=False)
+    # CE + 5 has CE's gradients: not trained, CE's fitness reused; 3 * CE is trained
+    assert evaluator.trained == [(0.0, 1.0), (0.0, 3.0)]
+    assert searcher.told[1][0] == searcher.told[0][0] and math.isfinite(searcher.told[0][0])
+    assert estimator.history[1]["search/equivalent"] == 1
+    assert estimator.history[1]["search/evaluated"] == 1
+    # the archive travels with the checkpoint
+    state = estimator.state_dict()["filters"][0]
+    assert len(state["archive"]) == 2 and len(state["archive"][0][0]) == 100
+
+
+@pytest.mark.parametrize("preset", ["evomal/digits_mlp", "gplfl/digits_mlp"])
+def test_mnist_like_evomal_presets_resolve_to_plain_sgd_and_the_mnist_filters(preset):
+    from learnreg import config as configlib
+    from learnreg.experiment import build
+
+    trainer = build(configlib.load(preset, ["device=cpu"])).trainer
+    args = trainer.biases.optimizer.init_args
+    assert args["lr"] == 0.01 and args.get("momentum", 0.0) == 0.0
+    assert args.get("weight_decay", 0.0) == 0.0 and not args.get("nesterov", False)
+    (descent,) = trainer.estimator.filters
+    assert descent.steps == 100 and descent.sgd == {"lr": 0.01, "momentum": 0.0, "nesterov": False}
+    assert descent.equivalence_tol == 0.01
+
+
+def test_diabetes_evomal_keeps_nesterov_and_taylorglo_has_the_paper_search():
+    from learnreg import config as configlib
+
+    diabetes = configlib.load("evomal/diabetes_mlp")["optimizer"]
+    assert diabetes["momentum"] == 0.9 and diabetes["nesterov"] and diabetes["weight_decay"] == 5e-4
+    paper = configlib.load("taylorglo/digits_mlp")["estimator"]
+    assert paper["searcher"]["population"] == 28 and paper["fitness_steps"] == 2000
+    fast = configlib.load("taylorglo/digits_mlp_fast")["estimator"]
+    assert fast["searcher"]["population"] == 20 and fast["fitness_steps"] == 1000
 
 
 def test_the_evaluator_is_closed_when_the_search_ends():

@@ -78,7 +78,9 @@ def test_neural_loss_shares_one_network_across_classes():
 def test_neural_loss_rejects_shape_mismatch():
     loss = NeuralLoss("classification", 3)
     with pytest.raises(ValueError, match="logits"):
-        loss(torch.randn(4, 5), torch.randint(0, 3, (4,)))
+        loss(torch.randn(4, 3), torch.randint(0, 3, (5,)))
+    with pytest.raises(ValueError, match="probability targets"):
+        loss(torch.randn(4, 3), torch.rand(4, 5))
     with pytest.raises(ValueError, match="same shape"):
         NeuralLoss("regression", 1)(torch.randn(4, 1), torch.randn(4))
 
@@ -111,3 +113,57 @@ def test_loading_a_corrupt_or_foreign_bias_fails_clearly(tmp_path):
         losses.load(tmp_path / "other")
     with pytest.raises(CheckpointError, match="not found"):
         losses.load(tmp_path / "missing")
+
+
+def test_a_learned_loss_applies_to_another_class_count_term_by_term():
+    torch.manual_seed(0)
+    loss = NeuralLoss(
+        "classification", 10, activation="smooth_leaky_relu", output="none", aggregation="mean"
+    ).double()
+    logits3, target = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 3, (6,))
+    # 10 columns whose last 7 carry no probability: softmax of the first 3 is unchanged
+    logits10 = torch.cat([logits3, torch.full((6, 7), -1e4, dtype=torch.float64)], 1)
+    with pytest.warns(UserWarning, match="meta-trained on 10 classes is applied to 3"):
+        terms3 = loss.terms(logits3, target)
+    terms10 = loss.terms(logits10, target)
+    torch.testing.assert_close(terms3, terms10[:, :3])
+    torch.testing.assert_close(loss(logits3, target), terms3.mean(-1).mean())
+    assert "applies to any class count" in loss.describe()
+
+
+def test_neural_loss_reductions_and_probability_targets():
+    torch.manual_seed(0)
+    loss = NeuralLoss("classification", 4, aggregation="mean")
+    logits, target = torch.randn(5, 4), torch.randint(0, 4, (5,))
+    per_example = NeuralLoss(**{**loss.init_args, "reduction": "none"})
+    per_example.load_state_dict(loss.state_dict())
+    values = per_example(logits, target)
+    assert values.shape == (5,)
+    torch.testing.assert_close(loss(logits, target), values.mean())
+    summed = NeuralLoss(**{**loss.init_args, "reduction": "sum"})
+    summed.load_state_dict(loss.state_dict())
+    torch.testing.assert_close(summed(logits, target), values.sum())
+    onehot = F.one_hot(target, 4).float()
+    torch.testing.assert_close(loss(logits, onehot), loss(logits, target))
+    soft = 0.9 * onehot + 0.025  # label-smoothed rows
+    manual = loss.net(torch.stack([logits.softmax(-1), soft], -1)).squeeze(-1).mean(-1).mean()
+    torch.testing.assert_close(loss(logits, soft), manual)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        loss(logits, torch.tensor([0, 1, 2, 3, -1]))
+    with pytest.raises(ValueError, match="loss.reduction='avg'"):
+        NeuralLoss("classification", 4, reduction="avg")
+
+
+def test_taylor_and_symbolic_losses_take_other_class_counts_and_soft_targets():
+    from learnreg.losses import SymbolicLoss, TaylorLoss
+
+    torch.manual_seed(0)
+    for loss in (TaylorLoss("classification", 10), SymbolicLoss("classification", 10)):
+        logits, target = torch.randn(6, 3), torch.randint(0, 3, (6,))
+        with pytest.warns(UserWarning, match="applied to 3"):
+            three = loss(logits, target)
+        p, onehot = logits.softmax(-1), F.one_hot(target, 3).float()
+        torch.testing.assert_close(three, loss.elementwise(onehot, p).sum(-1).mean())
+        torch.testing.assert_close(loss(logits, onehot), three)
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+            loss(logits, torch.tensor([0, 1, 2, 3, 0, 0]))

@@ -113,7 +113,7 @@ def test_two_writers_cannot_share_a_run_directory(tmp_path):
         learnreg.run(CONFIG, out=tmp_path, progress=False)
 
 
-def test_online_adaptation_exports_the_adapted_loss(tmp_path):
+def test_online_adaptation_exports_the_adapted_loss(tmp_path, capsys):
     cfg = {
         **CONFIG,
         "method": "adalfl",
@@ -125,9 +125,16 @@ def test_online_adaptation_exports_the_adapted_loss(tmp_path):
         },
     }
     learnreg.run(cfg, out=tmp_path, progress=False)
-    before = losses.load(tmp_path / "learned" / "loss")
+    assert not (tmp_path / "learned" / "loss.json").exists()  # the names say which is which
+    before = losses.load(tmp_path / "learned" / "loss_offline")
     after = losses.load(tmp_path / "learned" / "loss_online_seed0")
     assert any((a != b).any() for a, b in zip(before.parameters(), after.parameters()))
+    from learnreg.cli import main
+
+    assert main(["describe", str(tmp_path)]) == 0  # falls back to the online loss, says so
+    out = capsys.readouterr().out
+    assert "loss_online_seed0 is meta-test seed 0's adapted loss" in out
+    assert "meta-trained on 10 classes" in out
 
 
 def test_closing_waits_for_wandb_to_flush_its_offline_log(tmp_path, monkeypatch):

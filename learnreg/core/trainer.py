@@ -7,13 +7,14 @@ import dataclasses
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from learnreg.core.bias import Biases, is_learned
 from learnreg.core.inner import InnerRun, inner_step
+from learnreg.core.monitors import Monitor
 from learnreg.core.outer import OuterOptimizer
 from learnreg.errors import ConfigError
 from learnreg.estimators.base import Estimator, MetaContext
@@ -63,6 +64,9 @@ class MetaTrainer:
             (default: the same as ``meta_optimizer``).
         meta_lr_schedule: builds a learning-rate schedule over the meta-optimizer, stepped
             once per meta-step (None: constant meta learning rate).
+        monitors: :class:`~learnreg.core.monitors.Monitor` hooks (dead-loss detection,
+            best-checkpoint selection), called in order after every meta-step, at the end
+            of :meth:`fit` and after every inner step of an online meta-test run.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class MetaTrainer:
         logger=None,
         adapt_meta_optimizer: MetaOptimizerFactory | None = None,
         meta_lr_schedule: ScheduleFactory | None = None,
+        monitors: Sequence[Monitor] = (),
     ):
         self.device = resolve_device(device)
         biases.to(self.device)
@@ -93,6 +98,8 @@ class MetaTrainer:
         )
         self.logger = logger
         self.meta_step = 0
+        self.target_meta_steps = 0  # the total of the current fit (monitors read it)
+        self.monitors = list(monitors)
 
     @property
     def biases(self) -> Biases:
@@ -143,12 +150,15 @@ class MetaTrainer:
             disable=not progress or None,
             leave=False,
         )
+        self.target_meta_steps = meta_steps
         try:
             while self.meta_step < meta_steps:
                 metrics = self.estimator.step(self.ctx)
                 self.meta_step += 1
                 # Estimators may namespace their own metrics ("search/best_fitness").
                 metrics = {k if "/" in k else f"meta/{k}": v for k, v in metrics.items()}
+                for monitor in self.monitors:
+                    metrics.update(monitor.after_meta_step(self))
                 self._log(metrics, meta_step=self.meta_step)
                 bar.update(1)
                 if on_step is not None:
@@ -158,6 +168,8 @@ class MetaTrainer:
             if close is not None:
                 close()
             bar.close()
+        for monitor in self.monitors:
+            monitor.after_fit(self)
         return self
 
     def evaluate(
@@ -237,6 +249,11 @@ class MetaTrainer:
             before = run.state.params  # functional updates: the old tensors stay valid
             if adapt is not None:
                 base_loss = adapt.step(ctx)["base_loss"]
+                checks: dict = {}
+                for monitor in self.monitors:
+                    checks.update(monitor.after_inner_step(self, ctx, run, tag, index))
+                if checks:
+                    self._log(checks, inner_step=run.state.step, seed=index)
             else:
                 with torch.no_grad():
                     run.state, loss = inner_step(
@@ -297,6 +314,7 @@ class MetaTrainer:
             "biases": {k: v.detach() for k, v in self.biases.state_dict().items()},
             "outer": self.ctx.outer.state_dict() if self.ctx.outer is not None else None,
             "estimator": self.estimator.state_dict(),
+            "monitors": [m.state_dict() for m in self.monitors],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -304,6 +322,8 @@ class MetaTrainer:
         if self.ctx.outer is not None and state["outer"] is not None:
             self.ctx.outer.load_state_dict(state["outer"])
         self.estimator.load_state_dict(state["estimator"], self.ctx)
+        for monitor, monitor_state in zip(self.monitors, state.get("monitors", [])):
+            monitor.load_state_dict(monitor_state)
         self.meta_step = int(state["meta_step"])
 
 

@@ -29,11 +29,12 @@ from dataclasses import dataclass
 
 from learnreg import components
 from learnreg.core import distributed
+from learnreg.core.bias import is_learned
 from learnreg.errors import ConfigError
 from learnreg.estimators.base import Estimator, MetaContext, derive_seed
 from learnreg.estimators.evaluators.backends import Evaluator, split
 from learnreg.estimators.evaluators.fitness import Evaluation, FitnessProblem, LocalSearch
-from learnreg.estimators.filters import make_filter
+from learnreg.estimators.filters import Equivalent, make_filter
 from learnreg.estimators.searchers.base import Searcher
 from learnreg.registry import register
 
@@ -47,7 +48,7 @@ class Candidate:
     genome: object
     key: str | None
     fitness: float = math.nan
-    status: str = "pending"  # evaluated, cached, rejected or discarded
+    status: str = "pending"  # evaluated, cached, equivalent, rejected or discarded
     reason: str = ""
     state: dict | None = None  # the loss's tensors (after local search, if any)
 
@@ -107,7 +108,7 @@ class Evolution(Estimator):
                 "or use the vmap, serial or processes evaluator (torchrun shards their work)"
             )
         self.template = copy.deepcopy(ctx.biases.loss)
-        if self.local_search is not None and not ctx.biases.loss.is_learned:
+        if self.local_search is not None and not is_learned(ctx.biases.loss):
             raise ConfigError(
                 "local_search tunes the loss's weights, but it has none that learn (learnable: false?)"
             )
@@ -159,7 +160,9 @@ class Evolution(Estimator):
         for filt in self.filters:
             verdicts = filt(losses, ctx)
             for c, verdict in zip(fresh, verdicts):
-                if verdict is not None:
+                if isinstance(verdict, Equivalent):  # behaves like a trained one: its fitness
+                    c.status, c.fitness, c.reason = "equivalent", verdict.fitness, verdict.reason
+                elif verdict is not None:
                     c.status, c.reason = "rejected", verdict
             losses = [loss for loss, v in zip(losses, verdicts) if v is None]
             fresh = [c for c, v in zip(fresh, verdicts) if v is None]
@@ -170,6 +173,9 @@ class Evolution(Estimator):
             c.fitness, c.reason = result.fitness, result.reason or ""
             c.status = "evaluated" if result.reason is None else "discarded"
             c.state = result.state or {k: v.detach().cpu() for k, v in loss.state_dict().items()}
+        for filt in self.filters:
+            if hasattr(filt, "tell"):
+                filt.tell(losses, [c.fitness for c in fresh])
 
     def _sharded_fitness(self, losses: list) -> list:
         """The evaluator's results for ``losses``, each process evaluating its share."""
@@ -215,7 +221,7 @@ class Evolution(Estimator):
     def _metrics(self, candidates: list[Candidate]) -> dict[str, float]:
         count = {
             s: sum(c.status == s for c in candidates)
-            for s in ("evaluated", "cached", "rejected", "discarded")
+            for s in ("evaluated", "cached", "equivalent", "rejected", "discarded")
         }
         scores = [c.fitness for c in candidates if math.isfinite(c.fitness)]
         total = (self.history[-1]["search/total_evaluated"] if self.history else 0) + count[
@@ -264,6 +270,7 @@ class Evolution(Estimator):
             "cache": dict(self.cache),
             "history": list(self.history),
             "best": dict(self.best),
+            "filters": [f.state_dict() for f in self.filters],
         }
 
     def load_state_dict(self, state: dict, ctx: MetaContext) -> None:
@@ -276,6 +283,8 @@ class Evolution(Estimator):
             list(state["history"]),
             dict(state["best"]),
         )
+        for filt, filter_state in zip(self.filters, state.get("filters", [])):
+            filt.load_state_dict(filter_state)
 
 
 def _component(kind: str, spec):

@@ -1,18 +1,24 @@
 """Cheap tests that reject a candidate loss before it is trained.
 
-A filter maps a list of candidate losses to one verdict each: ``None`` (keep it) or the
-reason it is rejected. Rejected candidates get the worst fitness without a training run,
-which is where these filters save time.
+A filter maps a list of candidate losses to one verdict each: ``None`` (keep it), the
+reason it is rejected (a string: the worst fitness, no training run), or an
+:class:`Equivalent` (the fitness of an already evaluated candidate it behaves like, no
+training run). Skipping the training run is where these filters save time. A filter with
+a ``tell(losses, fitness)`` method hears the fitness of the candidates that were trained.
 
 * ``taylor_invariant``: TaylorGLO's trainability invariant on the coefficients (no data).
 * ``prediction_descent``: EvoMAL's rejection protocol: optimize 100 predictions of an
   untrained network directly under the candidate loss; if the task metric does not
-  improve, the loss cannot train anything.
+  improve, the loss cannot train anything. With ``equivalence_tol`` it is also EvoMAL's
+  gradient-equivalence filter: a candidate whose gradients at the optimized predictions
+  match (per example, within the tolerance) those of a candidate trained before takes
+  that candidate's fitness instead of being trained.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -23,11 +29,25 @@ from learnreg.estimators.evaluators.population import PopulationLoss
 from learnreg.losses.taylor import TaylorLoss, invariant_margin
 
 
-class Filter:
-    """Base class: ``filter(losses, ctx) -> [reason or None, ...]``."""
+@dataclass
+class Equivalent:
+    """Verdict: the candidate behaves like one already trained; reuse its fitness."""
 
-    def __call__(self, losses: list, ctx: MetaContext) -> list[str | None]:
+    fitness: float
+    reason: str
+
+
+class Filter:
+    """Base class: ``filter(losses, ctx) -> [None, a reason, or an Equivalent, ...]``."""
+
+    def __call__(self, losses: list, ctx: MetaContext) -> list[str | Equivalent | None]:
         raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 class TaylorInvariant(Filter):
@@ -61,6 +81,13 @@ class PredictionDescent(Filter):
         lr, momentum, nesterov: the SGD on the predictions (EvoMAL: the base optimizer's
             0.01, 0.9, Nesterov).
         threshold: reject unless the metric improves by more than this.
+        equivalence_tol: EvoMAL's gradient-equivalence filter (official code: 0.01, on
+            the norm of each example's gradient at the optimized predictions); None: off.
+
+    References:
+        Raymond et al., EvoMAL (arXiv 2209.08907); the official code's MNIST setting is
+        100 steps of the base SGD (no momentum), Diabetes and CIFAR 1000 steps of
+        Nesterov SGD (github.com/Decadz/Evolved-Model-Agnostic-Loss).
     """
 
     def __init__(
@@ -71,9 +98,13 @@ class PredictionDescent(Filter):
         momentum: float = 0.9,
         nesterov: bool = True,
         threshold: float = 0.0,
+        equivalence_tol: float | None = None,
     ):
         self.samples, self.steps, self.threshold = samples, steps, threshold
         self.sgd = {"lr": lr, "momentum": momentum, "nesterov": nesterov}
+        self.equivalence_tol = equivalence_tol
+        self.archive: list[tuple[list[float], float]] = []  # (gradient norms, fitness)
+        self.pending: dict[int, list[float]] = {}  # id(loss) -> norms, until told
 
     def __call__(self, losses, ctx):
         if not losses:
@@ -91,17 +122,47 @@ class PredictionDescent(Filter):
                 # grad w.r.t. the predictions only: the candidates' own weights stay untouched
                 (pred.grad,) = torch.autograd.grad(population(pred, y), pred)
                 optimizer.step()
+            (final,) = torch.autograd.grad(population(pred, y), pred)
+        # each example's gradient norm at the optimized predictions: the candidate's signature
+        norms = final.flatten(2).norm(dim=-1).double().tolist()
         before, after = metric(start, y, task.kind), metric(pred.detach(), y, task.kind)
-        verdicts = []
-        for gain in (before - after).tolist():
-            if math.isfinite(gain) and gain > self.threshold:
-                verdicts.append(None)
-            else:
+        verdicts: list = []
+        for loss, signature, gain in zip(losses, norms, (before - after).tolist()):
+            if not (math.isfinite(gain) and gain > self.threshold):
                 verdicts.append(
                     f"rejection protocol: optimizing {self.samples} predictions under the loss "
                     f"changed the metric by {-gain:+.3g} (needs an improvement > {self.threshold})"
                 )
+            else:
+                verdicts.append(self._equivalent(loss, signature))
         return verdicts
+
+    def _equivalent(self, loss, signature: list[float]) -> Equivalent | None:
+        if self.equivalence_tol is None:
+            return None
+        for known, fitness in self.archive:
+            if all(abs(a - b) <= self.equivalence_tol for a, b in zip(signature, known)):
+                return Equivalent(
+                    fitness,
+                    f"gradient equivalence: gradients within {self.equivalence_tol} of a "
+                    "candidate already trained; its fitness is reused",
+                )
+        self.pending[id(loss)] = signature
+        return None
+
+    def tell(self, losses: list, fitness: list[float]) -> None:
+        """Archive the signatures of the candidates that were trained, with their fitness."""
+        for loss, value in zip(losses, fitness):
+            signature = self.pending.pop(id(loss), None)
+            if signature is not None and math.isfinite(value):
+                self.archive.append((signature, float(value)))
+        self.pending.clear()
+
+    def state_dict(self) -> dict:
+        return {"archive": [[list(s), f] for s, f in self.archive]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.archive = [(list(s), float(f)) for s, f in state.get("archive", [])]
 
 
 def metric(pred: Tensor, target: Tensor, kind: str) -> Tensor:

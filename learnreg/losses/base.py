@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -60,6 +62,66 @@ def probs_and_onehot(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     data-dependent check that ``torch.func.vmap`` cannot batch."""
     onehot = torch.zeros_like(logits).scatter(-1, target.unsqueeze(-1), 1.0)
     return logits.softmax(-1), onehot
+
+
+def _traced(t: Tensor) -> bool:
+    """Inside ``torch.func`` transforms (vmap, grad) data-dependent checks cannot run."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+def class_targets(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-class target probabilities (N, C) from integer labels (N,) or from
+    probability / one-hot rows (N, C), in the logits' dtype.
+
+    Raises:
+        ShapeError: shapes that do not fit, or labels outside ``[0, C)``.
+    """
+    if pred.dim() != 2:
+        raise ShapeError(f"classification loss expects logits (N, C), got {tuple(pred.shape)}")
+    if target.dim() == 2 and target.is_floating_point():
+        if target.shape != pred.shape:
+            raise ShapeError(
+                f"probability targets must have the logits' shape {tuple(pred.shape)}, "
+                f"got {tuple(target.shape)}"
+            )
+        return target.to(pred.dtype)
+    if target.dim() != 1 or target.shape[0] != pred.shape[0] or target.is_floating_point():
+        raise ShapeError(
+            "classification loss expects integer labels (N,) or probability targets (N, C) "
+            f"with logits (N, C), got {tuple(pred.shape)} and {tuple(target.shape)} "
+            f"({target.dtype})"
+        )
+    classes = pred.shape[1]
+    if not _traced(target) and bool(((target < 0) | (target >= classes)).any()):  # one sync
+        raise ShapeError(
+            f"labels must lie in [0, {classes}) for logits with {classes} columns, got "
+            f"labels from {int(target.min())} to {int(target.max())}"
+        )
+    return torch.zeros_like(pred).scatter(-1, target.unsqueeze(-1), 1.0)
+
+
+def warn_class_count(loss, classes: int, scale_changes: bool) -> None:
+    """Warn once per count when a per-class loss meets another class count than the one
+    it was meta-trained on (defined, since the per-class function is shared, but unseen)."""
+    seen = loss.__dict__.setdefault("_warned_classes", set())
+    if classes == loss.num_classes or classes in seen:
+        return
+    seen.add(classes)
+    warnings.warn(
+        f"a loss meta-trained on {loss.num_classes} classes is applied to {classes}; the "
+        "per-class function is shared, so this is defined, but it never saw this class count"
+        + (" (the sum over classes also changes its scale)" if scale_changes else ""),
+        stacklevel=4,
+    )
+
+
+def reduce_batch(values: Tensor, reduction: str) -> Tensor:
+    """``mean``, ``sum`` or ``none`` over the batch dimension."""
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    return values
 
 
 def log_one_minus_target_prob(logits: Tensor, target: Tensor) -> Tensor:

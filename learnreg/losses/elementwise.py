@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from learnreg.losses.base import LossRole, check_pair
+from learnreg.losses.base import LossRole, check_pair, class_targets, warn_class_count
 
 
 class ElementwiseLoss(LossRole):
@@ -40,7 +40,12 @@ class ElementwiseLoss(LossRole):
         return values.sum(-1).mean(-1)
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        check_pair(
-            pred, target, self.kind, self.num_classes if self.kind == "classification" else None
-        )
-        return self.reduce(self.elementwise(*self.elements(pred, target)))
+        """Integer labels or probability / one-hot rows; any class count (one that differs
+        from ``num_classes`` warns: the per-class function is shared but was not
+        meta-trained on it, and the sum over classes changes the scale)."""
+        if self.kind != "classification":
+            check_pair(pred, target, self.kind)
+            return self.reduce(self.elementwise(target, pred))
+        targets = class_targets(pred, target)
+        warn_class_count(self, pred.shape[-1], scale_changes=True)
+        return self.reduce(self.elementwise(targets, pred.softmax(-1)))
