@@ -106,13 +106,25 @@ class BatchStream:
         self.perm = torch.randperm(len(split), generator=self.generator)
         self.pos = 0
 
-    def next(self) -> tuple[Tensor, Tensor]:
+    def next_indices(self) -> Tensor:
+        """The rows of the next batch (on the CPU); advances the stream like :meth:`next`."""
         if self.pos + self.batch_size > len(self.perm):  # drop the ragged tail, start an epoch
             self.perm = torch.randperm(len(self.split), generator=self.generator)
             self.pos = 0
-        idx = self.perm[self.pos : self.pos + self.batch_size].to(self.split.x.device)
+        idx = self.perm[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
+        return idx
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        idx = self.next_indices().to(self.split.x.device)
         return self.split.x.index_select(0, idx), self.split.y.index_select(0, idx)
+
+    def take(self, n: int) -> tuple[Tensor, Tensor]:
+        """The next ``n`` batches stacked, ``(n, batch_size, ...)``: the same batches as
+        ``n`` calls of :meth:`next`, gathered with one ``index_select`` per tensor."""
+        idx = torch.cat([self.next_indices() for _ in range(n)]).to(self.split.x.device)
+        x, y = self.split.x.index_select(0, idx), self.split.y.index_select(0, idx)
+        return x.view(n, self.batch_size, *x.shape[1:]), y.view(n, self.batch_size, *y.shape[1:])
 
     __next__ = next
 

@@ -8,7 +8,7 @@ optimizer through the context, and creates inner runs with :meth:`MetaContext.ne
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -46,6 +46,8 @@ class MetaContext:
     seed: int
     device: torch.device
     logger: Any = None
+    # the model shared by runs whose init role ignores the built weights: (model_fn, device, model)
+    _shared_model: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def new_run(self, phase: str, index: int, task=None) -> InnerRun:
         """A fresh inner run: the ``index``-th task of the family (unless ``task`` is
@@ -53,9 +55,22 @@ class MetaContext:
         if task is None:
             task = self.family.sample(index).to(self.device)
         seed = derive_seed(self.seed, phase, index)
-        model = task.build_model(seed).to(self.device)
+        model = self.model_for(task, seed)
         state = init_state(model, self.biases.init, self.biases.optimizer, task)
         return InnerRun(task, model, state, seed, index)
+
+    def model_for(self, task, seed: int):
+        """The base model of a new run on ``task``: built and seeded by ``seed`` when the
+        init role reads its weights; otherwise one model shared by every run of the same
+        ``model_fn`` (the model is only ever called functionally, and building a seeded
+        ``nn.Module`` per task whose weights the init discards was most of a MAML step)."""
+        if getattr(self.biases.init, "reads_model_weights", True) or task.model_fn is None:
+            return task.build_model(seed).to(self.device)
+        shared = self._shared_model
+        if shared is None or shared[0] is not task.model_fn or shared[1] != self.device:
+            model = task.build_model(seed).to(self.device)
+            shared = self._shared_model = (task.model_fn, self.device, model)
+        return shared[2]
 
 
 class Estimator:

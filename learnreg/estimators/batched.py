@@ -68,7 +68,8 @@ def unroll_batched(
     ``scale · Σ_runs ∂(meta-loss)`` into the meta-parameters' ``.grad``.
 
     Each run draws its batches from its own streams in the same order as the sequential
-    unroll, so both paths see identical data.
+    unroll, so both paths see identical data; a run's ``window`` batches are gathered at
+    once (:meth:`~learnreg.core.task.BatchStream.take`).
 
     Args:
         runs: inner runs with equal shapes (:func:`stackable`).
@@ -84,15 +85,20 @@ def unroll_batched(
     """
     model, task = runs[0].model, runs[0].task
     check_vmappable(model)
-    train, val = [], []
-    for run in runs:
-        steps = [run.next_train() for _ in range(window)]
-        train.append(steps)
-        scored = [i for i in range(window) if average or i == window - 1]
-        val.append([run.val.next() if objective_batch == "val" else steps[i] for i in scored])
+    # One gather per run and split for the whole window (the batches of ``window`` calls
+    # of ``next``), stacked over runs: (runs, steps, batch, ...).
+    train = [run.train.take(window) for run in runs]
+    for run, (x, y) in zip(runs, train):
+        run.last_batch = (x[-1], y[-1])
+    n_scored = window if average else 1
+    val = [run.val.take(n_scored) for run in runs] if objective_batch == "val" else None
     stack = lambda *xs: torch.stack(xs)  # noqa: E731
     batches = optree.tree_map(stack, *train)
-    targets = optree.tree_map(stack, *val)
+    if val is None:  # the objective scores the training batches of the scored steps
+        x, y = batches
+        targets = (x, y) if average else (x[:, -1:], y[:, -1:])
+    else:
+        targets = optree.tree_map(stack, *val)
     states = [run.state for run in runs]
     params = optree.tree_map(stack, *[s.params for s in states])
     buffers = optree.tree_map(stack, *[s.buffers for s in states])
@@ -102,9 +108,11 @@ def unroll_batched(
     def one_run(params, buffers, opt_state, batches, targets):
         state, total, scored = InnerState(params, buffers, opt_state, step0), 0.0, 0
         for i in range(window):
-            state, base_loss = inner_step(model, state, batches[i], loss, optimizer)
+            batch = (batches[0][i], batches[1][i])
+            state, base_loss = inner_step(model, state, batch, loss, optimizer)
             if average or i == window - 1:
-                total = total + objective(model, state, targets[scored], task)
+                target = (targets[0][scored], targets[1][scored])
+                total = total + objective(model, state, target, task)
                 scored += 1
         meta_loss = total / window if average else total
         return meta_loss, base_loss, state.params, state.opt_state

@@ -12,6 +12,11 @@ class InitRole(Bias):
     ``model``, differentiable with respect to the role's own parameters."""
 
     role = "init"
+    #: whether ``forward`` reads the values of ``model``'s parameters (a random init
+    #: does; MAML's θ0 only reads their names and shapes). When it does not, the inner
+    #: runs of a meta-batch share one built model (:meth:`MetaContext.new_run`) instead
+    #: of building a freshly seeded one per task whose weights would be thrown away.
+    reads_model_weights: bool = True
 
     def forward(self, model: nn.Module, task=None) -> dict[str, Tensor]:
         raise NotImplementedError

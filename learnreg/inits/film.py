@@ -64,6 +64,8 @@ class FiLMInit(InitRole):
         films: FiLM layer widths by module name (when loading an export).
     """
 
+    reads_model_weights = False  # θ0 and the support statistics at θ0 only
+
     def __init__(
         self, model: nn.Module | None = None, shapes: dict | None = None, films: dict | None = None
     ):

@@ -7,12 +7,18 @@ References:
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor, nn
 
 from learnreg.errors import ConfigError
 from learnreg.inits.base import InitRole
 from learnreg.registry import register
+
+#: models whose parameter names were checked, and against which names (a model lives as
+#: long as its runs; a cache on the role itself would stop it pickling).
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def parameter_shapes(model: nn.Module) -> dict[str, list[int]]:
@@ -44,6 +50,8 @@ class LearnedInit(InitRole):
         shapes: parameter shapes by name (used instead of ``model`` when loading an export).
     """
 
+    reads_model_weights = False
+
     def __init__(self, model: nn.Module | None = None, shapes: dict | None = None):
         super().__init__()
         if model is None and shapes is None:
@@ -58,5 +66,9 @@ class LearnedInit(InitRole):
         self.record_args(shapes=shapes)
 
     def forward(self, model: nn.Module, task=None) -> dict[str, Tensor]:
-        check_names(self.names, model, "maml init")
+        # A meta-batch's runs share one model: check its names once, not once per task.
+        names = tuple(self.names)
+        if _CHECKED.get(model) != names:
+            check_names(self.names, model, "maml init")
+            _CHECKED[model] = names
         return dict(zip(self.names, self.theta))

@@ -1,0 +1,294 @@
+"""learnreg against peer libraries on the same work, interleaved in one process.
+
+Run: ``python -m benchmarks.peers [--only maml sam] [--repeats 7] [--steps 10]``
+(peers: ``pip install -e .[bench]`` for ``pytorch-optimizer``; torchopt is a dependency).
+
+Each comparison first asserts that both sides compute the same thing (meta-gradients or
+weights after a step equal to float32 rounding), then times them in alternating blocks
+(:func:`benchmarks.common.interleaved_ratio`), so machine load slows both alike and the
+ratio stays meaningful on a busy machine even when the absolute times do not.
+
+* ``maml``: one MAML meta-step on sine (``configs/maml/sine.yaml``: MLP 40-40, 5 inner
+  SGD steps with Nesterov momentum, Adam outer step with clipping) at meta-batch 4 and 16,
+  learnreg's vmapped meta-batch vs torchopt's functional API under ``torch.func.vmap``
+  doing the same vectorized computation on the same episodes and batches.
+* ``ml3``: one ML3 meta-step (``configs/ml3/digits_mlp.yaml``: a fresh model, one
+  differentiable SGD step on the learned loss, the task loss on the same batch, Adam)
+  vs the same step written with torchopt's functional API and with ``higher``.
+* ``population``: fitness of 16 TaylorGLO candidate losses, learnreg's evaluators vs a
+  hand-written ``nn.Module`` + ``torch.optim.SGD`` loop over the candidates.
+* ``sam``: one SAM step (SGD base) on the 784-1024-1024-10 MLP, learnreg's
+  :class:`~learnreg.optim.SAM` vs ``pytorch_optimizer.SAM``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+import torch.nn.functional as F
+import torchopt
+from torch.func import functional_call, grad, vmap
+
+from benchmarks.common import interleaved_ratio, machine
+from benchmarks.few_shot_throughput import trainer as fewshot_trainer
+from learnreg.estimators.base import derive_seed
+from learnreg.models import MLP
+
+
+def _maml_reference(tr):
+    """torchopt functional + vmap: the same meta-step as ``tr`` (same episodes, same
+    batch order, same θ0), on its own copy of θ0 and its own Adam."""
+    est, family = tr.estimator, tr.ctx.family
+    init = tr.ctx.biases.init
+    theta = {k: v.detach().clone().requires_grad_() for k, v in zip(init.names, init.theta)}
+    model = tr.ctx.model_for(family.sample(0), 0)  # any MLP 40-40: used functionally
+    inner = torchopt.sgd(0.01, momentum=0.9, nesterov=True)
+    outer = torch.optim.Adam(theta.values(), lr=1e-3)
+    window, state = est.window, {"next": 0}
+
+    def adapt(theta, xs, ys, xq, yq):
+        def support_loss(p, x, y):
+            return F.mse_loss(functional_call(model, p, (x,)), y)
+
+        params, opt_state = theta, inner.init(theta)
+        for i in range(window):
+            g = grad(support_loss)(params, xs[i], ys[i])
+            updates, opt_state = inner.update(g, opt_state, inplace=False)
+            params = torchopt.apply_updates(params, updates, inplace=False)
+        return F.mse_loss(functional_call(model, params, (xq,)), yq)
+
+    def step():
+        xs, ys, xq, yq = [], [], [], []
+        for j in range(est.meta_batch):
+            index = state["next"] + j
+            task = family.sample(index)
+            seed = derive_seed(tr.ctx.seed, "meta_train", index)
+            sx, sy = task.stream("train", seed).take(window)
+            qx, qy = task.stream("val", seed + 1).take(1)
+            xs.append(sx), ys.append(sy), xq.append(qx[0]), yq.append(qy[0])
+        state["next"] += est.meta_batch
+        outer.zero_grad()
+        # θ0 broadcast over the tasks (a view), so the momentum state is per task
+        thetas = {k: v.expand(est.meta_batch, *v.shape) for k, v in theta.items()}
+        losses = vmap(adapt)(
+            thetas, torch.stack(xs), torch.stack(ys), torch.stack(xq), torch.stack(yq)
+        )
+        losses.mean().backward()
+        grads = [p.grad.clone() for p in theta.values()]
+        torch.nn.utils.clip_grad_norm_(theta.values(), 10.0)
+        outer.step()
+        return losses.detach(), grads
+
+    return step
+
+
+def _maml_row(meta_batch: int, args) -> str:
+    tr = fewshot_trainer("maml/sine", True, meta_batch)
+    reference = _maml_reference(tr)
+    captured = {}
+    outer_step = tr.ctx.outer.step
+
+    def capture(loss):
+        captured["grads"] = [p.grad.clone() for p in tr.ctx.biases.init.theta]
+        return outer_step(loss)
+
+    tr.ctx.outer.step = capture
+    metrics = tr.estimator.step(tr.ctx)
+    losses, grads = reference()
+    assert abs(metrics["meta_loss"] - float(losses.mean())) < 1e-5 * max(1.0, metrics["meta_loss"])
+    for a, b in zip(captured["grads"], grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    tr.ctx.outer.step = outer_step
+    r = interleaved_ratio(
+        lambda: tr.estimator.step(tr.ctx), reference, args.steps, args.repeats, warmup=2
+    )
+    return (
+        f"| MAML sine meta-step, B={meta_batch} | torchopt functional + vmap | "
+        f"{r['candidate_ms']:.1f} | {r['reference_ms']:.1f} | {r['ratio']:.2f}x |"
+    )
+
+
+def maml(args) -> list[str]:
+    return [_maml_row(meta_batch, args) for meta_batch in (4, 16)]
+
+
+def sam(args) -> list[str]:
+    from pytorch_optimizer import SAM as PeerSAM
+
+    from learnreg.optim import SAM
+
+    torch.manual_seed(0)
+    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+    models = [MLP((1, 28, 28), 10, hidden=(1024, 1024)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    ours = SAM(models[0].parameters(), torch.optim.SGD, rho=0.05, lr=1e-3, momentum=0.9)
+    peer = PeerSAM(models[1].parameters(), torch.optim.SGD, rho=0.05, lr=1e-3, momentum=0.9)
+
+    def step_for(opt, model, first_pass: bool):
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        def step():
+            if first_pass:  # pytorch_optimizer's step(closure) expects the first gradients
+                closure()
+            opt.step(closure)
+
+        return step
+
+    a, b = step_for(ours, models[0], False), step_for(peer, models[1], True)
+    a(), b()
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    r = interleaved_ratio(a, b, args.steps, args.repeats, warmup=2)
+    return [
+        f"| SAM step, MLP 784-1024-1024-10, batch 128 | pytorch_optimizer.SAM | "
+        f"{r['candidate_ms']:.1f} | {r['reference_ms']:.1f} | {r['ratio']:.2f}x |"
+    ]
+
+
+def _ml3_trainer():
+    from learnreg import config as configlib
+    from learnreg.experiment import build
+
+    cfg = configlib.load("configs/ml3/digits_mlp.yaml", ["logger.backends=[none]", "device=cpu"])
+    return build(cfg).trainer
+
+
+def _ml3_peer(tr, peer: str):
+    """One ML3 meta-step the peer's way: a fresh seeded model and stream per step (as
+    learnreg's run set-up, same seeds), one differentiable SGD step on the learned loss,
+    the task loss on the same batch after it, Adam on a copy of the loss role."""
+    import copy
+
+    import higher
+
+    ctx = tr.ctx
+    loss = copy.deepcopy(ctx.biases.loss)
+    outer = torch.optim.Adam(loss.parameters(), lr=1e-3)
+    task, state = ctx.family.sample(0), {"next": 0}
+    sgd = torchopt.sgd(0.01)
+
+    def step():
+        seed = derive_seed(ctx.seed, "meta_train", state["next"])
+        state["next"] += 1
+        model = task.build_model(seed)
+        x, y = task.stream("train", seed).next()
+        outer.zero_grad()
+        if peer == "higher":
+            inner = torch.optim.SGD(model.parameters(), lr=0.01)
+            with higher.innerloop_ctx(model, inner, copy_initial_weights=True) as (fmodel, opt):
+                opt.step(loss(fmodel(x), y))
+                meta = F.cross_entropy(fmodel(x), y)
+                meta.backward()
+        else:
+            params = {k: v.detach().requires_grad_() for k, v in model.named_parameters()}
+            g = torch.autograd.grad(
+                loss(functional_call(model, params, (x,)), y),
+                tuple(params.values()),
+                create_graph=True,
+            )
+            updates, _ = sgd.update(dict(zip(params, g)), sgd.init(params), inplace=False)
+            new = torchopt.apply_updates(params, updates, inplace=False)
+            meta = F.cross_entropy(functional_call(model, new, (x,)), y)
+            meta.backward()
+        grads = [p.grad.clone() for p in loss.parameters()]
+        outer.step()
+        return float(meta.detach()), grads
+
+    return step
+
+
+def ml3(args) -> list[str]:
+    rows = []
+    for peer in ("torchopt", "higher"):
+        tr = _ml3_trainer()
+        reference = _ml3_peer(tr, peer)
+        captured = {}
+        outer_step = tr.ctx.outer.step
+
+        def capture(loss, captured=captured, tr=tr, outer_step=outer_step):
+            captured["grads"] = [p.grad.clone() for p in tr.ctx.biases.loss.parameters()]
+            return outer_step(loss)
+
+        tr.ctx.outer.step = capture
+        metrics = tr.estimator.step(tr.ctx)
+        meta, grads = reference()
+        assert abs(metrics["meta_loss"] - meta) < 1e-5 * max(1.0, meta), (metrics, meta)
+        for a, b in zip(captured["grads"], grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+        tr.ctx.outer.step = outer_step
+        r = interleaved_ratio(
+            lambda tr=tr: tr.estimator.step(tr.ctx), reference, args.steps, args.repeats, warmup=2
+        )
+        rows.append(
+            f"| ML3 meta-step, digits MLP 64-100-10, batch 64 | {peer} | "
+            f"{r['candidate_ms']:.1f} | {r['reference_ms']:.1f} | {r['ratio']:.2f}x |"
+        )
+    return rows
+
+
+def population(args) -> list[str]:
+    """16 TaylorGLO candidates on digits (MLP 64-32-10, 100 SGD steps each): learnreg's
+    vmapped and sequential evaluators vs the hand-written nn.Module + torch.optim.SGD loop
+    of :func:`benchmarks.population_eval.plain_pytorch`."""
+    import functools
+
+    from benchmarks.population_eval import fitness, plain_pytorch, taylor
+    from learnreg.core.objectives import TaskError
+    from learnreg.data import sklearn_task
+    from learnreg.estimators import SerialEvaluator, VmapEvaluator
+    from learnreg.estimators.evaluators import FitnessProblem
+    from learnreg.inits import RandomInit
+    from learnreg.optimizers import SGD
+
+    task = sklearn_task("digits", batch_size=64)
+    task.model_fn = functools.partial(MLP, task.input_shape, task.out_features, hidden=[32])
+    losses = taylor(task.kind, 16)
+    problem = FitnessProblem(
+        [task], [1], SGD(0.01, momentum=0.9), RandomInit(), TaskError(), steps=100, device="cpu"
+    )
+    hand = functools.partial(plain_pytorch, problem, losses)
+    modes = {
+        "learnreg vmap": functools.partial(fitness, VmapEvaluator(), problem, losses),
+        "learnreg sequential": functools.partial(fitness, SerialEvaluator(), problem, losses),
+    }
+    reference = hand()
+    rows = []
+    for name, fn in modes.items():
+        # validation errors of 16 runs: equal up to an example flipped by float rounding
+        got = fn()
+        assert max(abs(a - b) for a, b in zip(got, reference)) <= 1.5 / len(task.val), name
+        r = interleaved_ratio(fn, hand, 1, args.repeats, warmup=0)
+        rows.append(
+            f"| population fitness, 16 Taylor candidates, digits MLP 64-32-10, 100 steps, "
+            f"{name} | hand-written nn.Module + torch.optim.SGD loop | "
+            f"{r['candidate_ms']:.0f} | {r['reference_ms']:.0f} | {r['ratio']:.2f}x |"
+        )
+    return rows
+
+
+BENCHES = {"maml": maml, "ml3": ml3, "sam": sam, "population": population}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", default=list(BENCHES), choices=list(BENCHES))
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=10, help="calls per timed block")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    print(f"{machine('cpu')}, load average {os.getloadavg()[0]:.1f}\n")
+    print("| work | peer | learnreg ms | peer ms | learnreg / peer |")
+    print("|---|---|---:|---:|---:|")
+    for name in args.only:
+        for row in BENCHES[name](args):
+            print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
