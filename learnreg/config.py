@@ -124,15 +124,21 @@ def load(
     """
     if isinstance(source, Mapping):
         raw = copy.deepcopy(dict(source))
+        from_file = []  # a mapping is built by the caller's own code
     else:
-        raw = read_yaml(resolve_preset(source))
+        source = resolve_preset(source)
+        raw = read_yaml(source)
+        from_file = raw.get("imports") or []
     for item in overrides or []:
         apply_override(raw, item)
     names = raw.get("imports") or []
-    if not isinstance(names, list):
+    if not isinstance(names, list) or not isinstance(from_file, list):
         raise ConfigError(f"imports must be a list of module names, got {names!r}")
     raw["imports"] = names + [m for m in imports or [] if m not in names]
-    import_modules(raw["imports"])
+    # Names typed by the user (--import, overrides) are trusted; the file's are checked.
+    typed = [m for m in raw["imports"] if m not in from_file or m in (imports or [])]
+    import_modules(typed)
+    import_modules([m for m in raw["imports"] if m not in typed], named_in=source)
     return validate(raw)
 
 

@@ -2,15 +2,20 @@
 config's ``imports:`` key, and the ``learnreg.components`` entry-point group.
 
 Importing a module runs its code, so this is the one place learnreg does it, and it does
-it only by module name, never from a file path:
+it only by module name, never from a file path, and only for modules *the user* named:
 
-* ``--import`` and ``imports:`` are modules the user named; they are imported from the
-  user's environment (``sys.path``, plus the working directory, as ``python -m`` does).
-* A run directory records its config's ``imports``, so that ``describe``, ``eval``,
-  ``plot`` and a resume rebuild the same custom components. Those recorded names are
-  imported only from the user's environment as it is (no working directory added) and
-  never from inside the run directory itself, so a run directory received from someone
-  else cannot bring its own code along: at most it names a module already installed.
+* ``--import NAME`` (and ``learnreg.run(..., imports=[...])``, an ``imports=[...]``
+  override, or a config given as a Python mapping) is the user naming a module. It is
+  imported from the user's environment (``sys.path``, plus the working directory, as
+  ``python -m`` does) and remembered as trusted in :func:`trust_file`.
+* A file's ``imports:`` list (a YAML config, or the ``config.yaml`` a run directory
+  records so that ``describe``, ``eval``, ``plot`` and a resume rebuild the same custom
+  components) is imported only when every name in it is trusted: passed with
+  ``--import`` now or once before. Otherwise nothing is imported and the command stops
+  with one ``error:`` line naming the module and the flag that trusts it. So a config or
+  a run directory received from someone else never runs code by itself, not even a module
+  that happens to be installed. Recorded names are also never looked up in the working
+  directory or inside the run directory itself.
 * Installed packages may declare ``[project.entry-points."learnreg.components"]``
   ``name = "package.module"``; :func:`load_entry_points` imports those modules.
 """
@@ -32,25 +37,90 @@ ENTRY_POINT_GROUP = "learnreg.components"
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
-def import_modules(names: Iterable[str], recorded_in: str | Path | None = None) -> None:
+_TRUSTED_NOW: set[str] = set()
+
+
+def trust_file() -> Path:
+    """Where the modules the user named with ``--import`` are remembered:
+    ``$LEARNREG_HOME/trusted_imports.txt`` (default ``~/.config/learnreg``)."""
+    home = (
+        os.environ.get("LEARNREG_HOME")
+        or Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "learnreg"
+    )
+    return Path(home) / "trusted_imports.txt"
+
+
+def trusted() -> set[str]:
+    """The module names the user has named with ``--import``, in this process or before."""
+    try:
+        lines = trust_file().read_text().splitlines()
+    except OSError:
+        lines = []
+    return _TRUSTED_NOW | {line.strip() for line in lines if _MODULE_NAME.match(line.strip())}
+
+
+def trust(names: Iterable[str]) -> None:
+    """Remember ``names`` as modules the user named (``--import``); see :func:`trust_file`.
+
+    A trust file that cannot be written only means the names are trusted in this process.
+    """
+    names = [n for n in names if isinstance(n, str) and _MODULE_NAME.match(n)]
+    new = [n for n in names if n not in trusted()]
+    _TRUSTED_NOW.update(names)
+    if not new:
+        return
+    path = trust_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write("".join(f"{n}\n" for n in new))
+    except OSError:
+        pass
+
+
+def import_modules(
+    names: Iterable[str],
+    recorded_in: str | Path | None = None,
+    named_in: str | Path | None = None,
+) -> None:
     """Import the modules that register a run's custom components.
 
     Args:
         names: dotted module names (``mymodule``, ``mypkg.components``).
-        recorded_in: the run directory the names were read from (None: the user named
-            them). Recorded names are not looked up in the working directory, and a
-            module that would load from inside ``recorded_in`` is refused.
+        recorded_in: the run directory the names were read from. Recorded names are not
+            looked up in the working directory, and a module that would load from inside
+            ``recorded_in`` is refused.
+        named_in: the config file the names were read from.
+
+        With both None the user named the modules (``--import``): they are trusted.
+        Otherwise every name must already be trusted, or nothing is imported.
 
     Raises:
-        ConfigError: a name that is not a module name, a module that cannot be found or
-            lies inside the run directory, or one that fails while importing.
+        ConfigError: a name that is not a module name, an untrusted name read from a file,
+            a module that cannot be found or lies inside the run directory, or one that
+            fails while importing.
     """
+    names = list(names)
     for name in names:
         if not isinstance(name, str) or not _MODULE_NAME.match(name):
             raise ConfigError(
                 f"imports: {name!r} is not a module name; list dotted names like `mymodule`, "
                 "not file paths."
             )
+    source = recorded_in and Path(recorded_in) / "config.yaml" or named_in
+    if source is None:
+        trust(names)
+    else:
+        untrusted = [n for n in names if n not in trusted()]
+        if untrusted:
+            flags = " ".join(f"--import {n}" for n in untrusted)
+            raise ConfigError(
+                f"{source} asks to import {', '.join(map(repr, untrusted))}; importing a "
+                f"module runs its code, and learnreg imports only modules you named "
+                f"yourself. If you trust it, pass {flags} (once: it is then remembered in "
+                f"{trust_file()})."
+            )
+    for name in names:
         if name in sys.modules:
             continue
         if recorded_in is None:
