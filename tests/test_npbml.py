@@ -203,3 +203,43 @@ def test_npbml_meta_gradients_match_central_finite_differences():
     analytic, numeric = torch.tensor(analytic), torch.tensor(numeric, dtype=torch.float64)
     assert (analytic.abs() > 1e-7).float().mean() > 0.8
     torch.testing.assert_close(analytic.double(), numeric, rtol=1e-4, atol=1e-8)
+
+
+def test_one_step_fast_path_holds_the_same_parameters_fixed():
+    """The window-1 hypergradient path honours the model's adapt patterns exactly as the
+    double-backward unroll does (online runs of a partially adapted model)."""
+    from dataclasses import replace
+
+    from conftest import tiny_task
+
+    from learnreg.core.objectives import TaskLoss
+    from learnreg.core.outer import OuterOptimizer
+    from learnreg.core.task import SingleTask
+    from learnreg.estimators import MetaContext
+    from learnreg.inits import RandomInit
+    from learnreg.losses import NeuralLoss
+
+    base = tiny_task()
+    masked = lambda: adapt_only((4,), 3, {"_component_": "mlp", "hidden": [6]}, ["3.*"]).double()  # noqa: E731
+    task = replace(base, model_fn=masked)
+    out = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        loss = NeuralLoss("classification", 3, hidden=(5,), activation="smooth_leaky_relu").double()
+        biases = Biases(loss, SGD(0.2, momentum=0.9), RandomInit())
+        params = biases.meta_parameters()
+        outer = OuterOptimizer(params, torch.optim.SGD(params, lr=0.0))
+        ctx = MetaContext(SingleTask(task), biases, TaskLoss(), outer, 0, torch.device("cpu"))
+        run = ctx.new_run("meta_train", 0)
+        start = dict(run.state.params)
+        unroll = TruncatedUnroll(window=1, horizon=None, fast_path=fast)
+        for _ in range(2):
+            ctx.outer.zero_grad()
+            unroll.unroll(ctx, run)
+        out.append(([p.grad.clone() for p in params], run.state.params, start))
+    (g_fast, p_fast, s_fast), (g_slow, p_slow, _) = out
+    for a, b in zip(g_fast, g_slow):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    for k in p_fast:
+        torch.testing.assert_close(p_fast[k], p_slow[k], rtol=1e-12, atol=1e-14)
+        assert torch.equal(p_fast[k], s_fast[k]) == (not k.startswith("3."))
