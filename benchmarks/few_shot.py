@@ -53,6 +53,13 @@ for _s in ("sine", "fmnist_5w1s", "fmnist_5w5s", "digits_5w1s"):  # NPBML's abla
         ("+ warp layers", f"npbml/ablation/{_s}_2_warp"),
         ("+ FiLM (= NPBML)", f"npbml/{_s}"),
     ]
+    LADDERS[f"{_s}_gradprecond"] = [  # the earlier mechanism (BENCHMARKS.md §4, first ladders)
+        ("MAML", f"maml/{_s}"),
+        ("+ learned loss", f"npbml_gradprecond/ablation/{_s}_1_learned_loss"),
+        ("+ preconditioner", f"npbml_gradprecond/ablation/{_s}_2_preconditioner"),
+        ("+ FiLM (= gradient-preconditioner NPBML)", f"npbml_gradprecond/{_s}"),
+        ("Meta-SGD", f"metasgd/{_s}"),
+    ]
 LR_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 VAL_OFFSET = 10_000_000  # meta-train-class episodes this far along are never meta-trained on
 
