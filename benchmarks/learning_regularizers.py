@@ -235,10 +235,10 @@ def report(rows: list[dict], args) -> str:
     lines = [
         f"Matched training loss {args.target_loss} (full-batch, 2,048 training examples; at most "
         f"{args.max_steps} steps), batch 128; mean ± 95% t-interval over paired seeds (n shown).\n",
-        "| optimizee | optimizer | meta-steps | n | steps | test acc | "
+        "| optimizee | optimizer | meta-steps | n | reached target | mean steps | test acc | "
         + " | ".join(f"PGA r={r:g} (net)" for r in radii)
         + " |",
-        "|---|---|---:|---:|---:|---:|" + "---:|" * len(radii),
+        "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(radii),
     ]
     cell = lambda v: "{:.3g} ± {:.2g}".format(*t_interval(v))  # noqa: E731
     for optimizee, opts in by.items():
@@ -247,6 +247,7 @@ def report(rows: list[dict], args) -> str:
             pga = [f"{cell(col(f'pga_{r:g}'))} ({cell(col(f'pga_net_{r:g}'))})" for r in radii]
             lines.append(
                 f"| {optimizee} | {name} | {latest[(optimizee, name)]} | {len(seeds)} | "
+                f"{sum(s < args.max_steps for s in col('steps'))} | "
                 f"{statistics.fmean(col('steps')):.0f} | "
                 f"{cell(col('test_accuracy'))} | " + " | ".join(pga) + " |"
             )
