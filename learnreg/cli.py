@@ -7,11 +7,13 @@ the problem and the fix and exit with status 2; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import sys
 from pathlib import Path
 
-from learnreg.errors import LearnregError
+from learnreg.errors import ConfigError, LearnregError
 
 
 def cmd_run(args) -> int:
@@ -61,6 +63,11 @@ def cmd_list(args) -> int:
     from learnreg import registry
     from learnreg.config import PRESETS
 
+    if args.kind not in (None, "preset", *registry.KINDS):
+        raise ConfigError(
+            f"`learnreg list {args.kind}`: unknown kind; choose one of "
+            f"{', '.join([*registry.KINDS, 'preset'])}, or none to list everything"
+        )
     for kind in registry.KINDS:
         entries = registry.entries(kind)
         if entries and (args.kind in (None, kind)):
@@ -155,13 +162,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_SILENT", "true")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `learnreg run CONFIG --out D meta_steps=3`: overrides after options
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe fails here, not at exit
+        return status
     except LearnregError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `learnreg list | head`: the reader left; exit quietly
+        _silence_stdout()
+        return 0
+    except OSError as exc:
+        if args.debug or exc.errno not in _STORAGE_ERRNOS:
+            raise
+        from learnreg.tracking.atomic import storage_error
+
+        print(f"error: {storage_error(exc, exc.filename or '?')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
@@ -169,6 +193,29 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+#: File-system errors a user fixes (space, permissions, a file in the way), not bugs.
+_STORAGE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.EISDIR,
+}
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush meets no closed pipe."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

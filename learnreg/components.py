@@ -32,10 +32,17 @@ def normalize_component(value: Any, where: str) -> dict:
 
 
 def check_component(kind: str, spec: dict, where: str) -> None:
-    """Validate a component spec's name and keyword arguments against its signature."""
+    """Validate a component spec's name and keyword arguments against its signature.
+
+    Specs nested in the arguments (an estimator's ``searcher``) are checked against the
+    allow-list too, so no name in a file is imported or called before it is allowed.
+    """
+    check_nested(spec, where)
     target = registry.lookup(kind, spec[COMPONENT])
     params, hints = _signature(target)
+    args = {k: v for k, v in spec.items() if k != COMPONENT}
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        _check_args_hook(target, args, where)
         return
     accepted = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     for key, value in spec.items():
@@ -49,6 +56,68 @@ def check_component(kind: str, spec: dict, where: str) -> None:
                 f"Valid arguments: {', '.join(sorted(accepted - set(CONTEXT_NAMES))) or '(none)'}."
             )
         _check_type(f"{where}.{key}", value, hints.get(key))
+        _check_range(f"{where}.{key}", key, value)
+    _check_args_hook(target, args, where)
+
+
+#: Integer arguments that count something (a size, a number of layers or examples):
+#: zero or negative is always a mistake, whichever component takes them.
+POSITIVE_ARGS = frozenset(
+    {"batch_size", "hidden", "width", "channels", "blocks", "depth", "layers"}
+    | {"ways", "shots", "queries", "meta_batch", "window", "population", "val_batch"}
+    | {"fitness_steps", "fitness_seeds", "max_batch"}
+)
+#: Seeds feed torch, numpy and scikit-learn generators; numpy's take [0, 2**32).
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def check_seed(where: str, value: Any) -> None:
+    """Refuse a seed outside the range every generator accepts."""
+    if isinstance(value, int) and not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise ConfigError(
+            f"{where} must be a seed between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {value}"
+        )
+
+
+def _check_range(where: str, key: str, value: Any) -> None:
+    if key == "seed" or key.endswith("_seed"):
+        check_seed(where, value)
+    elif key in POSITIVE_ARGS:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, int) and not isinstance(v, bool) and v < 1:
+                raise ConfigError(f"{where} must be >= 1 (a positive count), got {value!r}")
+
+
+def _check_args_hook(target, args: dict, where: str) -> None:
+    """A component class may define ``check_args(**kwargs)``, refusing argument
+    combinations its signature cannot express; it runs when the config is loaded."""
+    hook = getattr(target, "check_args", None) if inspect.isclass(target) else None
+    if hook is None:
+        return
+    try:
+        hook(**args)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def check_nested(spec: dict, where: str) -> None:
+    """Refuse any dotted ``_component_`` path nested in ``spec``'s arguments that the
+    allow-list does not admit (the spec's own name is checked against its kind by the
+    caller). Plain nested names are left to their owner, which resolves them from a fixed
+    table (an estimator's ``filters``); only a dotted path can reach a module."""
+    stack = [(f"{where}.{k}", v) for k, v in spec.items() if k != COMPONENT]
+    while stack:
+        at, value = stack.pop()
+        if isinstance(value, dict):
+            if "." in str(value.get(COMPONENT, "")):
+                try:
+                    registry.lookup(None, value[COMPONENT])
+                except ConfigError as exc:
+                    raise ConfigError(f"{at}: {exc}") from None
+            stack.extend((f"{at}.{k}", v) for k, v in value.items() if k != COMPONENT)
+        elif isinstance(value, list):
+            stack.extend((f"{at}[{i}]", v) for i, v in enumerate(value))
 
 
 #: Constructor arguments filled from the run context when a config leaves them out.
@@ -118,6 +187,8 @@ def _check_type(where: str, value: Any, hint: Any) -> None:
     """Reject obviously wrong scalar types (a string where a float is expected...)."""
     if hint is None or value is None:
         return
+    if isinstance(value, float) and value != value:
+        raise ConfigError(f"{where} is NaN; give a number")
     if typing.get_origin(hint) is typing.Literal and value not in typing.get_args(hint):
         choices = [str(a) for a in typing.get_args(hint)]
         close = difflib.get_close_matches(str(value), choices, n=1)

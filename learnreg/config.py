@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import copy
 import difflib
+import inspect
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from learnreg.components import COMPONENT, check_component, normalize_component
+from learnreg import registry
+from learnreg.components import COMPONENT, check_component, check_seed, normalize_component
 from learnreg.errors import ConfigError
 
 #: Component sections: section name -> registry kind.
@@ -65,6 +68,31 @@ SCHEMA: dict[str, Any] = {
 LOGGER_BACKENDS = ("console", "wandb", "none")  # metrics.jsonl is always written
 PLAIN_SECTIONS = {k for k, v in SCHEMA.items() if isinstance(v, dict) and COMPONENT not in v}
 
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` reading numbers as people write them: YAML 1.1 needs a dot in a
+    float, so ``1e-3`` would be the string ``"1e-3"``; here it is the float 0.001."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str):
+    """YAML text to Python values, safely (no object tags), with ``1e-3`` a float."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 # The presets ship with the source tree (`learnreg run adalfl/digits_mlp`).
 PRESETS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -106,7 +134,11 @@ def read_yaml(path: Path) -> dict:
             f"{PRESETS}). Try `learnreg list preset`."
         )
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(
+            f"{path}: cannot read it as a YAML text file ({exc}); pass a UTF-8 YAML config"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(
             f"{path}: malformed YAML: {exc}. Fix the syntax at the position shown."
@@ -124,7 +156,7 @@ def apply_override(cfg: dict, item: str) -> None:
         raise ConfigError(f"override {item!r} must look like key.sub=value")
     key, _, text = item.partition("=")
     try:
-        value = yaml.safe_load(text) if text != "" else None
+        value = parse_yaml(text) if text != "" else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
     parts = key.strip().split(".")
@@ -174,6 +206,21 @@ def validate(raw: dict) -> dict:
         _expect(key, cfg[key], int)
     for key in ("steps", "seeds", "eval_every"):
         _expect(f"meta_test.{key}", cfg["meta_test"][key], int)
+    _expect("logger.every", cfg["logger"]["every"], int)
+    for where, value, low in (
+        ("meta_steps", cfg["meta_steps"], 0),
+        ("checkpoint_every", cfg["checkpoint_every"], 1),
+        ("max_bad_steps", cfg["max_bad_steps"], 1),
+        ("meta_test.steps", cfg["meta_test"]["steps"], 0),
+        ("meta_test.seeds", cfg["meta_test"]["seeds"], 1),
+        ("meta_test.eval_every", cfg["meta_test"]["eval_every"], 0),  # 0: at the end only
+        ("logger.every", cfg["logger"]["every"], 1),
+    ):
+        if value < low:
+            raise ConfigError(
+                f"{where} must be at least {low}, got {value}; e.g. `{where}={max(low, 1)}`"
+            )
+    check_seed("seed", cfg["seed"])
     if not isinstance(cfg["meta_test"]["baseline"], bool):
         raise ConfigError(
             f"meta_test.baseline must be true or false, got {cfg['meta_test']['baseline']!r}"
@@ -206,7 +253,34 @@ def validate(raw: dict) -> dict:
             cfg["meta_test"]["adapt"], "meta_test.adapt"
         )
         check_component("estimator", cfg["meta_test"]["adapt"], where="meta_test.adapt")
+        _check_adapt_batch(cfg)
     return cfg
+
+
+def _check_adapt_batch(cfg: dict) -> None:
+    """Refuse a meta-test adaptation that would read the meta-test labels: on an episodic
+    task (``val_is_query``) the ``val`` split is the query set the run is scored on."""
+    task = registry.lookup("task", cfg["task"][COMPONENT])
+    adapt = cfg["meta_test"]["adapt"]
+    param = _signature_params(registry.lookup("estimator", adapt[COMPONENT])).get("objective_batch")
+    batch = adapt.get("objective_batch", param.default if param is not None else None)
+    local = adapt.get("local_search")
+    if isinstance(local, dict) and local.get("objective_batch") == "val":
+        batch = "val"
+    if getattr(task, "val_is_query", False) and batch == "val":
+        raise ConfigError(
+            f"meta_test.adapt adapts on objective_batch 'val', but task "
+            f"{cfg['task'][COMPONENT]!r} is episodic: its val split is the query set the "
+            "meta-test scores, so the learned roles would adapt on meta-test labels. Set "
+            "meta_test.adapt.objective_batch=train (the support set), or drop meta_test.adapt."
+        )
+
+
+def _signature_params(target) -> dict:
+    try:
+        return dict(inspect.signature(target).parameters)
+    except (TypeError, ValueError):
+        return {}
 
 
 def _check_keys(where: str, given: dict, allowed: Mapping) -> None:

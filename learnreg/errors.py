@@ -27,3 +27,11 @@ class NumericalError(LearnregError, FloatingPointError):
 
 class ShapeError(LearnregError, ValueError):
     """Predictions, targets or inputs have shapes that do not fit together."""
+
+
+class StorageError(LearnregError, OSError):
+    """A run directory cannot be created or written (not a directory, read-only, full)."""
+
+
+class DistributedError(LearnregError):
+    """Another process of a multi-process run died or cannot be reached."""

@@ -1,9 +1,16 @@
 """One table of every named component: tasks, models, losses, optimizers, estimators...
 
-Configs name components by a short registered name (``_component_: neural``) or, for
-anything not registered, by a dotted path inside an allow-listed package
-(``_component_: torch.optim.AdamW``). Nothing outside the allow-list can be
-instantiated from a config file, so a YAML file cannot run arbitrary code.
+A config or an exported bias names a component in one of three ways, and no other:
+
+* a registered name (``_component_: neural``), learnreg's own or one registered in code
+  with :func:`register` (also by its ``module.Class`` path);
+* a dotted path to a *class* of an explicitly listed torch module that derives from that
+  module's base (:data:`DOTTED_CLASSES`: ``torch.optim.AdamW``, ``torch.nn.Tanh``...);
+* a class under a package the user allowed in code with :func:`allow_module`, deriving
+  from one of the same bases.
+
+The check runs on the name alone, before anything beyond a listed module is imported,
+and never admits a function: a file cannot run code (``torch.utils.collect_env.run``).
 """
 
 from __future__ import annotations
@@ -15,6 +22,9 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import torch
+from torch import nn
 
 from learnreg.errors import ConfigError
 
@@ -33,8 +43,24 @@ KINDS = (
     "searcher",
 )
 
-#: Packages whose attributes a config may name by dotted path.
-ALLOWED_MODULES: set[str] = {"learnreg", "torch", "torchvision", "torchopt"}
+#: Modules whose classes a config may name by dotted path, and the base class they must
+#: derive from. Only attributes of these exact modules, never their submodules.
+DOTTED_CLASSES: dict[str, type] = {
+    "torch.nn": nn.Module,
+    "torch.optim": torch.optim.Optimizer,
+    "torch.optim.lr_scheduler": torch.optim.lr_scheduler.LRScheduler,
+}
+
+#: Which listed modules each kind may name (kinds not listed: registered names only).
+DOTTED_KINDS: dict[str, tuple[str, ...]] = {
+    "model": ("torch.nn",),
+    "loss": ("torch.nn",),
+    "meta_optimizer": ("torch.optim",),
+    "meta_lr_schedule": ("torch.optim.lr_scheduler",),
+}
+
+#: Packages allowed in code with :func:`allow_module` (their classes, never functions).
+USER_MODULES: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -100,8 +126,12 @@ def partial(fn: Callable[..., Any], name: str, doc: str, /, **fixed: Any) -> Cal
 
 
 def allow_module(prefix: str) -> None:
-    """Allow configs to name components under the package ``prefix`` by dotted path."""
-    ALLOWED_MODULES.add(prefix.split(".")[0] if "." not in prefix else prefix)
+    """Allow configs to name, by dotted path, the classes under the package ``prefix`` that
+    derive from ``torch.nn.Module``, ``torch.optim.Optimizer`` or ``LRScheduler``.
+
+    Functions stay refused; to offer a function, :func:`register` it.
+    """
+    USER_MODULES.add(prefix)
 
 
 def entries(kind: str | None = None) -> list[Entry]:
@@ -110,37 +140,81 @@ def entries(kind: str | None = None) -> list[Entry]:
     return [e for k in kinds for e in sorted(_TABLE[k].values(), key=lambda e: e.name)]
 
 
-def lookup(kind: str, name: str) -> Callable[..., Any]:
-    """Resolve a component name (registered or an allow-listed dotted path).
+def lookup(kind: str | None, name: str) -> Callable[..., Any]:
+    """Resolve a component name: registered, or an allowed class's dotted path.
+
+    Args:
+        kind: the registry kind, or None for a spec nested in another component's
+            arguments (then any kind's names and any allowed class are accepted).
+        name: the ``_component_`` value.
 
     Raises:
-        ConfigError: naming the closest valid choice when ``name`` is unknown or not allowed.
+        ConfigError: ``name`` is unknown or not allowed (naming the closest valid choice);
+            nothing beyond an allowed module has been imported or called.
     """
     _load_builtin_components()
-    table = _TABLE[kind]
-    if name in table:
-        return table[name].target
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a component name must be a non-empty string, got {name!r}")
+    kinds = [kind] if kind is not None else list(KINDS)
+    for k in kinds:
+        if name in _TABLE[k]:
+            return _TABLE[k][name].target
     if "." in name:
-        return _import_allowed(kind, name)
-    close = difflib.get_close_matches(name, table.keys(), n=1)
+        for k in kinds:  # a registered component by its `module.Class` path
+            for entry in _TABLE[k].values():
+                if f"{entry.target.__module__}.{entry.target.__qualname__}" == name:
+                    return entry.target
+        return _allowed_class(kind, name)
+    names = sorted({n for k in kinds for n in _TABLE[k]})
+    close = difflib.get_close_matches(name, names, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
+    what = kind or "component"
     raise ConfigError(
-        f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(sorted(table))} "
-        "(or a dotted path inside an allowed package; see `learnreg list`)."
+        f"unknown {what} {name!r}.{hint} Valid {what}s: {', '.join(names)} "
+        "(or an allowed class's dotted path; see `learnreg list` and README, Security)."
     )
 
 
-def _import_allowed(kind: str, path: str):
-    if not any(path == m or path.startswith(m + ".") for m in ALLOWED_MODULES):
-        raise ConfigError(
-            f"{kind} {path!r} is outside the allowed packages ({', '.join(sorted(ALLOWED_MODULES))}). "
-            "Register it with learnreg.registry.register or learnreg.registry.allow_module."
-        )
+def _allowed_class(kind: str | None, path: str) -> type:
+    """The class at ``path`` when an allow-list rule admits it; checks the module name
+    before importing anything and the attribute (a class with the right base) after."""
     module_name, _, attr = path.rpartition(".")
+    listed = DOTTED_KINDS.get(kind, ()) if kind is not None else tuple(DOTTED_CLASSES)
+    user = any(module_name == m or module_name.startswith(m + ".") for m in USER_MODULES)
+    if (module_name not in listed and not user) or attr.startswith("_"):
+        raise ConfigError(_refusal(kind, path, "its module is not on the allow-list"))
     try:
-        return getattr(importlib.import_module(module_name), attr)
+        target = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot import {kind} {path!r}: {exc}") from None
+        raise ConfigError(f"cannot import {kind or 'component'} {path!r}: {exc}") from None
+    bases = (
+        (DOTTED_CLASSES[module_name],) if module_name in listed else tuple(DOTTED_CLASSES.values())
+    )
+    if not (inspect.isclass(target) and issubclass(target, bases)):
+        raise ConfigError(_refusal(kind, path, f"it is not a class deriving from {_names(bases)}"))
+    return target
+
+
+_BASE_NAMES = {
+    nn.Module: "torch.nn.Module",
+    torch.optim.Optimizer: "torch.optim.Optimizer",
+    torch.optim.lr_scheduler.LRScheduler: "torch.optim.lr_scheduler.LRScheduler",
+}
+
+
+def _names(bases) -> str:
+    return " or ".join(_BASE_NAMES[b] for b in bases)
+
+
+def _refusal(kind: str | None, path: str, why: str) -> str:
+    listed = DOTTED_KINDS.get(kind, ()) if kind is not None else tuple(DOTTED_CLASSES)
+    rule = "".join(f"classes of {m} deriving from {_names([DOTTED_CLASSES[m]])}; " for m in listed)
+    return (
+        f"{kind or 'component'} {path!r} is not allowed ({why}). A file may name only "
+        f"registered components (`learnreg list`); {rule}and what you register in code "
+        "(learnreg.registry.register, or classes under learnreg.registry.allow_module). "
+        "Never a function."
+    )
 
 
 _LOADED = False

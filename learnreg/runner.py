@@ -21,8 +21,10 @@ checkpoints, export) and runs the meta-test, the other ranks return once meta-tr
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -30,8 +32,8 @@ import torch
 
 from learnreg import config as configlib
 from learnreg.core import distributed
-from learnreg.core.trainer import aggregate
-from learnreg.errors import ConfigError, NumericalError
+from learnreg.core.trainer import aggregate, resolve_device
+from learnreg.errors import ConfigError, LearnregError, NumericalError, RunLockedError
 from learnreg.experiment import Experiment, build
 from learnreg.plots import plot
 from learnreg.tracking.atomic import atomic_write_bytes
@@ -65,6 +67,7 @@ def run(
         The summary (also written to ``summary.json``).
     """
     cfg = configlib.load(config, overrides)
+    resolve_device(cfg["device"])  # a missing GPU is refused before anything is written
     if distributed.init_from_env(cfg["device"]):
         if out is None:
             raise ConfigError(
@@ -73,6 +76,16 @@ def run(
         if not distributed.is_main():
             return follow(cfg, Path(out))
     out = Path(out) if out is not None else default_run_dir(cfg)
+    fresh = not out.exists() and not out.is_symlink()
+    try:
+        return _run_locked(cfg, out, progress)
+    except LearnregError as exc:
+        if fresh and not isinstance(exc, RunLockedError) and not (out / "checkpoints").exists():
+            shutil.rmtree(out, ignore_errors=True)  # nothing to resume: leave no half-written dir
+        raise
+
+
+def _run_locked(cfg: dict, out: Path, progress: bool) -> dict:
     with RunLock(out):
         previous = out / "config.yaml"
         # `device` may change between a checkpoint and its resume (GPU <-> CPU).
@@ -106,8 +119,23 @@ def follow(cfg: dict, out: Path) -> dict:
     exp = build(cfg)
     if state is not None:
         exp.trainer.load_state_dict(state["trainer"])
-        set_rng_state(state["rng"])
-    exp.trainer.fit(cfg["meta_steps"], progress=False)
+        ranks = state.get("rng_ranks") or []
+        set_rng_state(ranks[distributed.rank_and_world()[0]] if ranks else state["rng"])
+
+    def join_checkpoint(trainer) -> None:  # rank 0's Run._save, in step with it
+        with distributed.gathering_state():
+            trainer.state_dict()
+            distributed.gather_to_main(rng_state())
+
+    def on_step(trainer) -> None:
+        if trainer.meta_step % cfg["checkpoint_every"] == 0:
+            join_checkpoint(trainer)
+
+    try:
+        exp.trainer.fit(cfg["meta_steps"], on_step=on_step, progress=False)
+    except NumericalError:
+        join_checkpoint(exp.trainer)
+        raise
     return {}
 
 
@@ -211,12 +239,19 @@ class Run:
     def _save(self, fit_seconds: float) -> None:
         state = dict(self.progress_state)
         state["meta_train_seconds"] += fit_seconds
+        # While meta-training, every rank's live inner runs and RNG go into the checkpoint
+        # (the other ranks join in follow()); afterwards they have returned.
+        gather = state["phase"] == "fit" and distributed.is_active()
+        with distributed.gathering_state() if gather else nullcontext():
+            trainer = self.exp.trainer.state_dict()
+            rng_ranks = distributed.gather_to_main(rng_state()) if gather else []
         save_checkpoint(
             self.checkpoint_path,
             {
-                "trainer": self.exp.trainer.state_dict(),
+                "trainer": trainer,
                 "run": state,
                 "rng": rng_state(),
+                "rng_ranks": rng_ranks,
                 "log_lines": self.jsonl.lines,
             },
         )

@@ -60,9 +60,11 @@ def sweep(
     Returns:
         One row per point: the parameter values, the learned and baseline test metrics.
     """
+    from learnreg.tracking.lock import check_run_dir
     from learnreg.tracking.loggers import wandb_mode
 
     out = Path(out)
+    check_run_dir(out)
     points = grid(params)
     if wandb and wandb_mode() == "online":
         rows = _wandb_sweep(config, params, points, out, overrides or [], progress)

@@ -4,6 +4,7 @@ learns what a 1-process run learns."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -18,6 +19,7 @@ import torch.multiprocessing as mp
 from fewshot_util import context, digits_family, flat_grads, roles
 
 from learnreg.estimators import TruncatedUnroll
+from learnreg.tracking.checkpoint import load_checkpoint
 from learnreg.tracking.export import load_bias
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,3 +158,228 @@ def test_backend_and_gpu_of_each_process(monkeypatch, device, gpus, local_rank, 
     monkeypatch.setattr(distributed, "is_active", lambda: True)
     assert distributed.init_from_env(device)
     assert (seen["backend"], seen["gpu"]) == expect
+
+
+ONLINE_CONFIG = {  # online AdaLFL-style meta-training: the inner runs live across meta-steps
+    "method": "adalfl",
+    "seed": 0,
+    "task": {"_component_": "digits", "batch_size": 32},
+    "model": {"_component_": "mlp", "hidden": [16]},
+    "loss": {"_component_": "neural", "hidden": [8]},
+    "optimizer": {"_component_": "sgd", "lr": 0.05},
+    "estimator": {
+        "_component_": "truncated_unroll",
+        "window": 1,
+        "horizon": None,
+        "meta_batch": 2,
+        "objective_batch": "train",
+    },
+    "meta_optimizer": {"_component_": "adam", "lr": 0.01},
+    "meta_steps": 200,
+    "checkpoint_every": 4,
+    "meta_test": {"steps": 20, "seeds": 1, "eval_every": 0},
+    "logger": {"backends": []},
+}
+
+
+def _torchrun(config: Path, out: Path, nproc: int = 2) -> subprocess.Popen:
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    command += ["--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
+    command += ["-m", "learnreg.cli", "run", str(config), "--out", str(out), "--no-progress"]
+    return subprocess.Popen(
+        command,
+        env=env,
+        cwd=config.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` and every process under it (torchrun starts its ranks in sessions
+    of their own, so a process-group kill would leave them running)."""
+    import psutil
+
+    parent = psutil.Process(proc.pid)
+    victims = [parent, *parent.children(recursive=True)]
+    for p in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(victims, timeout=30)
+    proc.wait()
+
+
+def _meta_steps_logged(out: Path) -> int:
+    path = out / "metrics.jsonl"
+    return path.read_text().count('"meta_step"') if path.exists() else 0
+
+
+def _run_result(out: Path) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    files = sorted((out / "learned").iterdir()) + sorted((out / "final").iterdir())
+    return {
+        "summary": {k: v for k, v in summary.items() if not k.endswith("_seconds")},
+        "metrics": (out / "metrics.jsonl").read_text().splitlines(),
+        "files": {p.name: p.read_bytes() for p in files},
+    }
+
+
+@pytest.mark.slow
+def test_two_rank_online_run_killed_and_resumed_equals_an_uninterrupted_one(tmp_path):
+    """Every rank's live inner runs (and RNG) are in rank 0's checkpoint: a 2-process
+    online run SIGKILLed mid-meta-training resumes to the uninterrupted result, bit for
+    bit (before, the resumed ranks started fresh inner runs and the result differed)."""
+    import time
+
+    import yaml
+
+    config = tmp_path / "online.yaml"
+    config.write_text(yaml.safe_dump(ONLINE_CONFIG))
+    reference = _torchrun(config, tmp_path / "reference")
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()
+
+    out = tmp_path / "faulty"
+    proc = _torchrun(config, out)
+    while proc.poll() is None and _meta_steps_logged(out) < 10:  # past two checkpoints
+        time.sleep(0.002)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    _kill_tree(proc)
+    assert not (out / "summary.json").exists()
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert state["run"]["phase"] == "fit" and len(state["trainer"]["estimator"]["runs"]) == 2
+    resumed = _torchrun(config, out)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    assert _run_result(out) == _run_result(tmp_path / "reference")
+
+
+def _rank_processes(config: Path, out: Path, world: int = 2) -> list[subprocess.Popen]:
+    """The processes torchrun would start, started by hand (so the test, not torchrun's
+    agent, decides which one dies and nothing else stops the survivor)."""
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    port = str(_free_port())
+    procs = []
+    for rank in range(world):
+        env = {
+            **os.environ,
+            "PYTHONPATH": pythonpath,
+            "OMP_NUM_THREADS": "1",
+            "WANDB_MODE": "offline",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world),
+        }
+        command = [sys.executable, "-m", "learnreg.cli", "run", str(config), "--out", str(out)]
+        procs.append(
+            subprocess.Popen(
+                [*command, "--no-progress"],
+                env=env,
+                cwd=config.parent,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    return procs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [0, 1])
+def test_when_one_rank_dies_the_other_exits_with_one_error_line(tmp_path, victim):
+    import signal
+    import time
+
+    import yaml
+
+    config = tmp_path / "online.yaml"
+    config.write_text(yaml.safe_dump({**ONLINE_CONFIG, "meta_steps": 100000}))
+    out = tmp_path / "run"
+    procs = _rank_processes(config, out)
+    try:
+        while _meta_steps_logged(out) < 3:
+            assert all(p.poll() is None for p in procs), procs[0].stderr.read()
+            time.sleep(0.01)
+        procs[victim].send_signal(signal.SIGKILL)
+        survivor = procs[1 - victim]
+        assert survivor.wait(timeout=120) == 2
+        stderr = survivor.stderr.read()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith(f"error: rank {1 - victim} of 2: another process of this run")
+    assert "re-run the same command to resume" in lines[0] and "--max_restarts" in lines[0]
+
+
+def _search(rank: int = 0) -> dict:
+    """Three CMA-ES generations, the fitness computed one candidate at a time."""
+    from test_evolution import CMAES, make_trainer
+
+    from learnreg.estimators.evaluators.backends import SerialEvaluator
+    from learnreg.losses import TaylorLoss
+
+    class Recording(SerialEvaluator):
+        seen: list[int] = []
+
+        def evaluate(self, problem, losses):
+            Recording.seen.append(len(losses))
+            return super().evaluate(problem, losses)
+
+    trainer = make_trainer(TaylorLoss(), {**CMAES, "evaluator": Recording()})
+    trainer.fit(3, progress=False)
+    return {
+        "history": json.dumps(trainer.estimator.history, sort_keys=True),
+        "best": trainer.estimator.best["genome"],
+        "loss": {k: v.clone() for k, v in trainer.biases.loss.state_dict().items()},
+        "evaluated": Recording.seen,
+    }
+
+
+def _search_worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        torch.save(_search(rank), Path(out) / f"search{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_evolution_shards_the_population_over_ranks(tmp_path):
+    """Two ranks evaluate half of each generation each and end with the search a single
+    process runs (same history, best genome, loss role)."""
+    mp.spawn(_search_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"search{r}.pt", weights_only=True) for r in range(2)]
+    single = _search()
+    for r in ranks:
+        assert r["history"] == single["history"] and r["best"] == single["best"]
+        for k, v in single["loss"].items():
+            assert torch.equal(r["loss"][k], v)
+    for gen, total in enumerate(single["evaluated"]):  # each rank trained its half
+        assert ranks[0]["evaluated"][gen] + ranks[1]["evaluated"][gen] == total
+        assert abs(ranks[0]["evaluated"][gen] - ranks[1]["evaluated"][gen]) <= 1
+    assert sum(single["evaluated"]) > 0
+
+
+def test_evolution_refuses_the_ray_evaluator_under_torchrun(monkeypatch):
+    from test_evolution import CMAES, make_trainer
+
+    from learnreg.core import distributed
+    from learnreg.errors import ConfigError
+    from learnreg.estimators.evaluators.backends import RayEvaluator
+    from learnreg.losses import TaylorLoss
+
+    trainer = make_trainer(TaylorLoss(), {**CMAES, "evaluator": RayEvaluator()})
+    monkeypatch.setattr(distributed, "is_active", lambda: True)
+    with pytest.raises(ConfigError, match="under torchrun every process would start its own"):
+        trainer.fit(1, progress=False)
+    assert trainer.meta_step == 0 and not trainer.estimator.evaluator.started

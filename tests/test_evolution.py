@@ -259,3 +259,23 @@ def test_the_invariant_filter_refuses_other_losses():
     trainer = make_trainer(SymbolicLoss(), {**GP, "filters": ["taylor_invariant"]})
     with pytest.raises(learnreg.errors.ConfigError, match="taylor_invariant filter applies"):
         trainer.fit(1, progress=False)
+
+
+def test_the_evaluator_is_closed_when_the_search_ends():
+    """Meta-training's end (or its failure) closes the evaluator: a Ray instance or a
+    process pool does not outlive the search."""
+    from learnreg.estimators.evaluators.backends import SerialEvaluator
+
+    class Counting(SerialEvaluator):
+        closed = 0
+
+        def close(self):
+            Counting.closed += 1
+
+    trainer = make_trainer(TaylorLoss(), {**CMAES, "evaluator": Counting()})
+    trainer.fit(2, progress=False)
+    assert Counting.closed == 1
+    trainer.estimator.evaluator.evaluate = lambda problem, losses: 1 / 0
+    with pytest.raises(ZeroDivisionError):
+        trainer.fit(4, progress=False)
+    assert Counting.closed == 2 and trainer.meta_step == 2

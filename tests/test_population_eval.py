@@ -3,10 +3,12 @@ local search, NaN isolation), and the process-pool and Ray backends against seri
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,3 +163,62 @@ def test_a_candidate_whose_local_search_diverges_is_discarded_alone():
     assert math.isnan(together[1].fitness) and "local search diverged" in together[1].reason
     alone = evaluate_group(prob, copy.deepcopy([losses[0], losses[2]]), batched=True)
     assert [together[0].fitness, together[2].fitness] == pytest.approx(fitness(alone), abs=1e-10)
+
+
+RAY_DRIVER = """
+import ray
+from learnreg.estimators.evaluators.backends import RayEvaluator
+
+evaluator = RayEvaluator(num_cpus=1, tasks=1)
+ray_module = evaluator._ray()
+assert ray_module.get(ray_module.remote(lambda: 1).remote()) == 1  # a worker exists too
+print("ready", flush=True)
+import time
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_no_ray_process_outlives_a_killed_driver(tmp_path):
+    """SIGKILL the driver of a local Ray instance: every process it started (Ray's
+    gcs_server, raylet, DashboardAgent, RuntimeEnvAgent, workers) is gone soon after
+    (before the watchdog, the two agents stayed forever)."""
+    pytest.importorskip("ray")
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    root = Path(__file__).resolve().parent.parent
+    pythonpath = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    driver = subprocess.Popen(
+        [sys.executable, "-c", RAY_DRIVER],
+        env={**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    started = []
+    try:
+        assert driver.stdout.readline().strip() == "ready"
+        started = psutil.Process(driver.pid).children(recursive=True)
+        names = {p.name() for p in started}
+        assert {"raylet", "gcs_server", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        deadline = time.monotonic() + 30
+        alive = started
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            time.sleep(0.2)
+        assert not alive, f"outlived the driver: {[p.name() for p in alive]}"
+    finally:
+        for p in started:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        if driver.poll() is None:
+            driver.kill()

@@ -12,17 +12,25 @@ Under ``torchrun`` the process group is created from the environment (``RANK``,
 ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``): ``gloo`` on CPU, ``nccl`` on CUDA with a
 GPU per process (gloo when processes share a GPU).
 Outside ``torchrun`` every function here is a no-op for a world of one process.
+
+When a rank dies, the collective the others are in fails; they raise
+:class:`~learnreg.errors.DistributedError` (one ``error:`` line from the CLI, exit 2)
+instead of gloo's or NCCL's traceback. The run directory still holds the last
+checkpoint: re-running the same command, or ``torchrun --max_restarts=N``, resumes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
+import optree
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from learnreg.errors import ConfigError
+from learnreg.errors import ConfigError, DistributedError
 
 
 def is_active() -> bool:
@@ -71,12 +79,29 @@ def init_from_env(device: str = "auto") -> bool:
     return is_active()
 
 
+@contextlib.contextmanager
+def _collective(what: str) -> Iterator[None]:
+    """Turn the backend's failure of a collective (a peer died: "Connection closed by
+    peer", a timeout) into one :class:`DistributedError` that says what to do."""
+    try:
+        yield
+    except (RuntimeError, dist.DistBackendError) as exc:
+        rank, world = rank_and_world()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DistributedError(
+            f"rank {rank} of {world}: another process of this run stopped during {what} "
+            f"({first[:200]}); re-run the same command to resume from the last checkpoint "
+            "(torchrun --max_restarts=N does it automatically)"
+        ) from None
+
+
 def all_reduce_mean_(tensors: list[Tensor]) -> None:
     """Average ``tensors`` over ranks, in place, with one collective on a flat buffer."""
     if not is_active() or not tensors:
         return
     flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    with _collective("the meta-gradient all-reduce"):
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     _unflatten_into(flat / dist.get_world_size(), tensors)
 
 
@@ -86,8 +111,57 @@ def broadcast_(tensors: list[Tensor], src: int = 0) -> None:
         return
     with torch.no_grad():
         flat = torch.cat([t.detach().reshape(-1) for t in tensors])
-        dist.broadcast(flat, src)
+        with _collective("the meta-parameter broadcast"):
+            dist.broadcast(flat, src)
         _unflatten_into(flat, tensors)
+
+
+def gather_to_main(obj) -> list | None:
+    """Every rank's ``obj`` (tensors moved to the CPU), in rank order, on rank 0; None on
+    the other ranks. A collective: every rank must call it at the same point. Without a
+    process group: ``[obj]``."""
+    obj = optree.tree_map(lambda t: t.detach().cpu() if isinstance(t, Tensor) else t, obj)
+    if not is_active():
+        return [obj]
+    rank, world = rank_and_world()
+    gathered = [None] * world if rank == 0 else None
+    with _collective("a checkpoint's gather of every rank's state"):
+        dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
+def all_gather(obj) -> list:
+    """Every rank's ``obj`` (tensors moved to the CPU), in rank order, on every rank.
+    A collective; without a process group: ``[obj]``."""
+    obj = optree.tree_map(lambda t: t.detach().cpu() if isinstance(t, Tensor) else t, obj)
+    if not is_active():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    with _collective("an all-gather of every rank's results"):
+        dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+_GATHERING = [False]
+
+
+@contextlib.contextmanager
+def gathering_state() -> Iterator[None]:
+    """Inside, ``state_dict()`` of estimators with per-rank state (live inner runs)
+    gathers every rank's to rank 0 (:func:`gather_to_main`), so rank 0's checkpoint
+    holds them all. Every rank must enter it at the same points (the runner's rank 0
+    when it checkpoints during meta-training, the other ranks in step with it);
+    outside it, per-rank state is left out of ``state_dict()``."""
+    _GATHERING[0] = True
+    try:
+        yield
+    finally:
+        _GATHERING[0] = False
+
+
+def is_gathering_state() -> bool:
+    """Whether :func:`gathering_state` is active (and there is more than one process)."""
+    return _GATHERING[0] and is_active()
 
 
 def _unflatten_into(flat: Tensor, tensors: list[Tensor]) -> None:

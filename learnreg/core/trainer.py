@@ -27,10 +27,21 @@ ScheduleFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRS
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` is ``$LEARNREG_DEVICE`` when set, else CUDA when available, else CPU."""
     if str(device) == "auto":
-        if os.environ.get("LEARNREG_DEVICE"):
-            return torch.device(os.environ["LEARNREG_DEVICE"])
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        if not os.environ.get("LEARNREG_DEVICE"):
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = os.environ["LEARNREG_DEVICE"]
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if resolved.type == "cuda" and (resolved.index or 0) >= count:
+        raise ConfigError(
+            f"device {str(device)!r} was asked for, but this machine has "
+            f"{count or 'no'} CUDA GPU{'s' if count != 1 else ''} visible to PyTorch. Set "
+            "device=cpu, or device=auto (a GPU when there is one), or unset $LEARNREG_DEVICE."
+        )
+    return resolved
 
 
 class MetaTrainer:
@@ -117,6 +128,9 @@ class MetaTrainer:
             meta_steps: the total (a resumed trainer continues from ``self.meta_step``).
             on_step: called after every meta-step (checkpointing hooks here).
             progress: show a progress bar.
+
+        The estimator's :meth:`~learnreg.estimators.base.Estimator.close` runs when
+        this returns or raises.
         """
         if self.ctx.outer is None and self.estimator.needs_outer:
             raise ConfigError(
@@ -129,16 +143,21 @@ class MetaTrainer:
             disable=not progress or None,
             leave=False,
         )
-        while self.meta_step < meta_steps:
-            metrics = self.estimator.step(self.ctx)
-            self.meta_step += 1
-            # Estimators may namespace their own metrics ("search/best_fitness").
-            metrics = {k if "/" in k else f"meta/{k}": v for k, v in metrics.items()}
-            self._log(metrics, meta_step=self.meta_step)
-            bar.update(1)
-            if on_step is not None:
-                on_step(self)
-        bar.close()
+        try:
+            while self.meta_step < meta_steps:
+                metrics = self.estimator.step(self.ctx)
+                self.meta_step += 1
+                # Estimators may namespace their own metrics ("search/best_fitness").
+                metrics = {k if "/" in k else f"meta/{k}": v for k, v in metrics.items()}
+                self._log(metrics, meta_step=self.meta_step)
+                bar.update(1)
+                if on_step is not None:
+                    on_step(self)
+        finally:  # worker pools, a Ray instance: not kept past meta-training
+            close = getattr(self.estimator, "close", None)  # duck-typed estimators may lack it
+            if close is not None:
+                close()
+            bar.close()
         return self
 
     def evaluate(

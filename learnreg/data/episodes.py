@@ -53,6 +53,9 @@ class EpisodeFamily(TaskFamily):
     """Shared plumbing: seeded episodes per phase; subclasses implement :meth:`episode`."""
 
     episode_seed: int = 0
+    #: An episode's ``val`` split is its query set (the labels it is scored on), so no
+    #: meta-test adaptation may read it (checked when a config is loaded).
+    val_is_query: bool = True
 
     def episode(self, phase: str, generator: torch.Generator) -> Task:
         raise NotImplementedError

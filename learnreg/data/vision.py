@@ -13,12 +13,14 @@ import functools
 import gzip
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from learnreg.core.task import Split, Task
+from learnreg.data.cifar import cifar10_arrays
 from learnreg.data.splits import check_split
 from learnreg.errors import DataError
 from learnreg.registry import partial, register
@@ -55,11 +57,18 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"cannot read IDX file {path}: {exc}") from None
+    except (OSError, EOFError, zlib.error) as exc:  # a corrupt gzip stream is zlib.error
+        raise DataError(
+            f"cannot read IDX file {path} ({exc}): the file is damaged; download it again"
+        ) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
     ndim = raw[3]
+    if ndim == 0 or len(raw) < 4 + 4 * ndim:
+        raise DataError(
+            f"{path} is truncated: its header announces {ndim} dimensions but holds "
+            f"{max(len(raw) - 4, 0) // 4}; download the file again"
+        )
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
@@ -108,7 +117,24 @@ def _load_idx_dataset(name: str, path: str | None, download: bool):
             f"{name} not found (looked in: {', '.join(searched)}). To get it: {HOW_TO_GET[name]}; "
             "or point `task.path` at a folder holding the four IDX files."
         )
-    arrays = {k: read_idx(_idx_file(folder, stem)) for k, stem in IDX_FILES.items()}
+    files = {k: _idx_file(folder, stem) for k, stem in IDX_FILES.items()}
+    arrays = {k: read_idx(path) for k, path in files.items()}
+    for part in ("train", "test"):
+        images, labels = arrays[f"{part}_x"], arrays[f"{part}_y"]
+        if images.ndim != 3:
+            raise DataError(
+                f"{files[f'{part}_x']} holds an array of shape {images.shape}; images must be "
+                "(N, height, width). Is it a label file in place of an image file?"
+            )
+        if labels.ndim != 1:
+            raise DataError(
+                f"{files[f'{part}_y']} holds an array of shape {labels.shape}; labels must be (N,)"
+            )
+        if len(images) != len(labels):
+            raise DataError(
+                f"{folder}: {len(images)} {part} images but {len(labels)} labels; the IDX "
+                "files do not belong together. Download the four files again."
+            )
     return arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"]
 
 
@@ -161,6 +187,8 @@ def _torchvision_arrays(name: str, download: bool):
     import torchvision
 
     root = data_root()
+    if name == "CIFAR10":
+        return cifar10_arrays(root, download)
     cls = getattr(torchvision.datasets, name)
     try:
         if name == "SVHN":

@@ -73,6 +73,11 @@ class Estimator:
     def load_state_dict(self, state: dict, ctx: MetaContext) -> None:
         return None
 
+    def close(self) -> None:
+        """Release what the estimator started (worker pools, a Ray instance); called when
+        meta-training ends. A later :meth:`step` may start them again."""
+        return None
+
     def export(self, directory, ctx: MetaContext) -> None:
         """Write estimator-specific outputs into the run's ``learned/`` folder (optional)."""
         return None

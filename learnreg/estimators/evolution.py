@@ -11,6 +11,10 @@ its reason, never stopping the search. The loss role always holds the best candi
 found so far. The whole search state is plain data, so the runner checkpoints it every
 generation and a resumed search ends exactly where an uninterrupted one does.
 
+Under ``torchrun`` every process runs the same searcher and filters, trains its share
+of the candidates, and the fitnesses are all-gathered: the single-process search (the
+Ray evaluator, which spreads a population itself, is refused there).
+
 References:
     Gonzalez & Miikkulainen, TaylorGLO (arXiv 2002.00059).
     Raymond et al., EvoMAL (arXiv 2209.08907).
@@ -24,10 +28,11 @@ import math
 from dataclasses import dataclass
 
 from learnreg import components
+from learnreg.core import distributed
 from learnreg.errors import ConfigError
 from learnreg.estimators.base import Estimator, MetaContext, derive_seed
-from learnreg.estimators.evaluators.backends import Evaluator
-from learnreg.estimators.evaluators.fitness import FitnessProblem, LocalSearch
+from learnreg.estimators.evaluators.backends import Evaluator, split
+from learnreg.estimators.evaluators.fitness import Evaluation, FitnessProblem, LocalSearch
 from learnreg.estimators.filters import make_filter
 from learnreg.estimators.searchers.base import Searcher
 from learnreg.registry import register
@@ -95,6 +100,12 @@ class Evolution(Estimator):
         """On first use: seed the searcher, fix the template and the fitness problem."""
         if self.problem is not None:
             return
+        if distributed.is_active() and getattr(self.evaluator, "one_per_run", False):
+            raise ConfigError(
+                f"the {type(self.evaluator).__name__} spreads the population itself; under "
+                "torchrun every process would start its own. Run the search as one process, "
+                "or use the vmap, serial or processes evaluator (torchrun shards their work)"
+            )
         self.template = copy.deepcopy(ctx.biases.loss)
         if self.local_search is not None and not ctx.biases.loss.is_learned:
             raise ConfigError(
@@ -155,10 +166,22 @@ class Evolution(Estimator):
         return fresh, losses
 
     def _evaluate(self, fresh: list[Candidate], losses: list) -> None:
-        for c, loss, result in zip(fresh, losses, self.evaluator.evaluate(self.problem, losses)):
+        for c, loss, result in zip(fresh, losses, self._sharded_fitness(losses)):
             c.fitness, c.reason = result.fitness, result.reason or ""
             c.status = "evaluated" if result.reason is None else "discarded"
             c.state = result.state or {k: v.detach().cpu() for k, v in loss.state_dict().items()}
+
+    def _sharded_fitness(self, losses: list) -> list:
+        """The evaluator's results for ``losses``, each process evaluating its share."""
+        rank, world = distributed.rank_and_world()
+        if world == 1:
+            return self.evaluator.evaluate(self.problem, losses)
+        shares = split(list(range(len(losses))), world) if losses else []
+        mine = [losses[i] for i in shares[rank]] if rank < len(shares) else []
+        local = [
+            (r.fitness, r.reason, r.state) for r in self.evaluator.evaluate(self.problem, mine)
+        ]
+        return [Evaluation(*r) for part in distributed.all_gather(local) for r in part]
 
     def _remember(self, candidates: list[Candidate]) -> None:
         """Log rejected and discarded candidates with their reasons; fill the cache."""
@@ -223,6 +246,10 @@ class Evolution(Estimator):
         ]
         columns = ["generation", "candidate", "genome", "fitness", "status", "reason"]
         logger.log_table("search/population", columns, rows, meta_step=self.generation)
+
+    def close(self) -> None:
+        """Close the evaluator (its process pool or local Ray instance)."""
+        self.evaluator.close()
 
     def export(self, directory, ctx: MetaContext) -> None:
         """Write the search's outputs: the loss's formula and plot, the fitness history."""

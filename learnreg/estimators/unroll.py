@@ -63,16 +63,29 @@ class TruncatedUnroll(Estimator):
         fast_path: bool = True,
         vmap: bool = False,
     ):
-        if window < 1 or (horizon is not None and horizon < window) or meta_batch < 1:
-            raise ConfigError(
-                f"need window >= 1, horizon >= window (or None), meta_batch >= 1; got {window}, {horizon}, {meta_batch}"
-            )
+        self.check_args(window, horizon, meta_batch)
         self.window, self.horizon, self.meta_batch = window, horizon, meta_batch
         self.objective_batch, self.average, self.fast_path = objective_batch, average, fast_path
         self.vmap = vmap
         self.attached = False
         self.runs: list[InnerRun] = []
         self.next_index = 0
+
+    @staticmethod
+    def check_args(window: int = 1, horizon: int | None = 1, meta_batch: int = 1, **_) -> None:
+        """Refuse windows and horizons that do not fit together (also run when a config is
+        loaded). A run is replaced after whole windows only, so a horizon that is not a
+        multiple of the window would silently be cut to its last whole window."""
+        if window < 1 or (horizon is not None and horizon < window) or meta_batch < 1:
+            raise ConfigError(
+                f"need window >= 1, horizon >= window (or None), meta_batch >= 1; got {window}, {horizon}, {meta_batch}"
+            )
+        if horizon is not None and horizon % window:
+            raise ConfigError(
+                f"estimator horizon {horizon} is not a multiple of window {window}: inner runs "
+                f"advance by whole windows, so it would be cut to {horizon // window * window}. Use horizon {horizon // window * window} or "
+                f"{-(-horizon // window) * window}, or a window that divides {horizon}."
+            )
 
     def step(self, ctx: MetaContext) -> dict[str, float]:
         ctx.outer.zero_grad()  # first, so a distributed run's ranks agree before new runs init
@@ -152,17 +165,31 @@ class TruncatedUnroll(Estimator):
             self.next_index += missing * world
 
     def state_dict(self) -> dict:
-        """Progress and live runs. With several processes each rank holds different runs
-        and rank 0 writes the checkpoint, so live runs are not saved: a resumed
-        multi-process run starts fresh ones (nothing is lost in the episodic regime,
-        whose runs end with every meta-step)."""
-        runs = [r.state_dict() for r in self.runs] if not distributed.is_active() else []
+        """Progress and live runs (all ranks' runs, in rank order, which is index order).
+
+        With several processes each rank holds different runs: inside
+        :func:`~learnreg.core.distributed.gathering_state` (the runner's checkpoints
+        during meta-training) they are gathered to rank 0, whose checkpoint then holds
+        them all; outside it they are left out."""
+        runs = [r.state_dict() for r in self.runs]
+        if distributed.is_active():
+            gathered = (
+                distributed.gather_to_main(runs) if distributed.is_gathering_state() else None
+            )
+            runs = [sd for rank_runs in gathered or [] for sd in rank_runs]
         return {"next_index": self.next_index, "runs": runs}
 
     def load_state_dict(self, state: dict, ctx: MetaContext) -> None:
+        """Restore progress and this rank's share of the saved runs: the saved runs split
+        evenly over the ranks in index order, as :meth:`_refresh_runs` deals them out."""
         self.next_index = int(state["next_index"])
         self.runs = []
-        for sd in state["runs"]:
+        saved = state["runs"]
+        rank, world = distributed.rank_and_world()
+        if len(saved) % world:
+            return  # not dealt out by any run of this world size: start fresh runs
+        share = len(saved) // world
+        for sd in saved[rank * share : (rank + 1) * share]:
             run = ctx.new_run("meta_train", int(sd["index"]))
             run.load_state_dict(sd)
             self.runs.append(run)

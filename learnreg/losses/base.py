@@ -30,9 +30,26 @@ def check_pair(pred: Tensor, target: Tensor, kind: str, num_classes: int | None 
             raise ShapeError(
                 f"loss built for {num_classes} classes got logits with {pred.shape[1]} columns"
             )
+        _check_labels(target, pred.shape[1])
     elif pred.shape != target.shape:
         raise ShapeError(
             f"regression loss expects prediction and target of the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+
+
+def _check_labels(target: Tensor, classes: int) -> None:
+    """Labels must index a logit column; out of range they would fail deep inside a
+    scatter (or trip a device-side assert on a GPU)."""
+    if target.numel() == 0 or target.is_floating_point():
+        return
+    try:
+        low, high = (int(v) for v in torch.aminmax(target))  # one reduction
+    except RuntimeError:  # under torch.func.vmap labels cannot be read; the data was checked
+        return
+    if low < 0 or high >= classes:
+        raise ShapeError(
+            f"labels must be class indices in [0, {classes}) for logits with {classes} "
+            f"columns, got labels from {low} to {high}; check the labels or the loss's num_classes"
         )
 
 

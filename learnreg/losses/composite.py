@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from learnreg.core.objectives import task_loss
-from learnreg.losses.base import LossRole
+from learnreg.losses.base import LossRole, check_pair
 from learnreg.losses.neural import NeuralLoss
 from learnreg.registry import register
 
@@ -69,4 +69,5 @@ class TaskPlusLearned(LossRole):
         return net[2:]((1 + gamma) * h + beta).squeeze(-1).sum(-1).mean()
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        check_pair(pred, target, self.kind)
         return task_loss(pred, target, self.kind) + self.correction(pred, target)

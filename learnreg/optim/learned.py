@@ -3,7 +3,8 @@
 The rule (a :class:`~learnreg.optimizers.flat.FlatRule`) sees all parameters as one
 flat vector: each step gathers the gradients and parameters (one ``torch.cat`` each),
 runs the rule over the vector in cache-sized chunks, and adds ``lr × update`` to each
-parameter group with one ``foreach`` call per group. The rule's state lives in flat
+parameter group with one ``foreach`` call per group (after the group's decoupled weight
+decay, when it has one). The rule's state lives in flat
 buffers; ``self.state[p]`` holds views into them, so ``state_dict()`` has the usual
 per-parameter layout and a loaded state continues bit for bit.
 """
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from learnreg import components, registry
 from learnreg.errors import CheckpointError, ConfigError
+from learnreg.optim.groups import check_group_options
 from learnreg.optimizers.flat import FlatRule, compute_dtype
 from learnreg.tracking.export import load_bias
 
@@ -88,9 +90,17 @@ class LearnedOptimizer(torch.optim.Optimizer):
             rule name (``"mlp"``, ``"lstm"``, ``"meta_sgd"``) for fresh meta-parameters.
         lr: multiplies the rule's update (per group; LR schedulers change it), so
             ``lr=0`` leaves parameters unchanged and ``lr=1`` is the rule as learned.
+        weight_decay: decoupled weight decay (per group), as AdamW applies it (Loshchilov
+            & Hutter, arXiv 1711.05101): before the rule's update every parameter with a
+            gradient is multiplied by ``1 − lr · rule.nominal_lr · weight_decay``.
+            ``rule.nominal_lr`` is the rule's own step size (the MLP rule's ``step_mult``,
+            the Adam learning rate of a fresh rule; the LSTM's ``output_scale``;
+            Meta-SGD's initial learning rate), so a fresh ``"mlp"`` rule with
+            ``weight_decay=wd`` is ``AdamW(lr=lr · step_mult, weight_decay=wd)``.
         chunk_size: coordinates per chunk (default: the rule's own).
 
-    Parameters without a gradient are left alone and their rule state does not
+    A parameter group may set ``lr`` and ``weight_decay``; any other option is refused
+    (``ValueError``), since the rule would ignore it. Parameters without a gradient are left alone and their rule state does not
     advance. The rule runs in float32 for bfloat16/float16 parameters (its state is
     float32) and in the parameters' dtype otherwise; it is moved to their device.
 
@@ -105,10 +115,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
             sched.step()
     """
 
-    def __init__(self, params, rule, lr: float = 1.0, chunk_size: int | None = None):
-        if not lr >= 0.0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
-        super().__init__(params, {"lr": lr})
+    def __init__(
+        self,
+        params,
+        rule,
+        lr: float = 1.0,
+        chunk_size: int | None = None,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
         everything = self._params()
         self.rule = resolve_rule(rule, everything).to(everything[0].device)
         self.chunk_size = chunk_size
@@ -159,6 +174,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
                     steps.append(piece.view_as(p).to(p.dtype))
                 index += 1
             if targets and group["lr"] != 0:
+                decay = group["lr"] * self.rule.nominal_lr * group["weight_decay"]
+                if decay != 0:  # decoupled: the rule never sees it (AdamW's order)
+                    torch._foreach_mul_(targets, 1.0 - decay)
                 torch._foreach_add_(targets, steps, alpha=group["lr"])
 
     # -- flat state -------------------------------------------------------------------
@@ -212,6 +230,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         """Load a state saved by :meth:`state_dict`, keeping the rule's float32 state
         for low-precision parameters (``torch.optim`` would cast it to their dtype)."""
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # saved before an option existed (weight_decay)
+            for name, value in self.defaults.items():
+                group.setdefault(name, value)
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         for pid, p in zip(saved_ids, self._params()):
             if pid in state_dict["state"]:
@@ -236,6 +257,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         return state
 
     def add_param_group(self, param_group: dict) -> None:
+        check_group_options(param_group, self.defaults, type(self).__name__)
+        for name in ("lr", "weight_decay"):
+            value = param_group.get(name, self.defaults[name])
+            if not value >= 0.0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         super().add_param_group(param_group)
         if hasattr(self, "_layout"):  # not during __init__
             self._layout.invalidate()

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from learnreg.optim.batchnorm import frozen_bn_stats
+from learnreg.optim.groups import check_group_options
 from learnreg.optim.perturbations import Perturbation
 
 #: hyperparameters that must be equal in every parameter group (they are not per-tensor).
@@ -95,6 +96,8 @@ class PerturbedOptimizer(torch.optim.Optimizer):
     """
 
     perturbation: Perturbation
+    #: hyperparameters that must be >= 0 in every group.
+    nonnegative: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -105,6 +108,15 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         **base_kwargs,
     ):
         self.base_optimizer = build_base_optimizer(params, base_optimizer, base_kwargs)
+        # A hyperparameter named like one of the base optimizer's options (eps with Adam,
+        # alpha with RMSprop, rho with Adadelta) gets a prefixed group key ("sam_eps"):
+        # one shared key would hand the method the base optimizer's value, silently.
+        prefix = type(self).__name__.lower()
+        self.option_keys = {
+            name: f"{prefix}_{name}" if name in self.base_optimizer.defaults else name
+            for name in defaults
+        }
+        defaults = {self.option_keys[name]: value for name, value in defaults.items()}
         super().__init__(self.base_optimizer.param_groups, defaults)
         self.param_groups = self.base_optimizer.param_groups  # one shared list
         self.model = model
@@ -112,20 +124,35 @@ class PerturbedOptimizer(torch.optim.Optimizer):
 
     # -- parameter groups -------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the base optimizer (and so to this one). Its options must be
+        this method's hyperparameters or the base optimizer's (``ValueError`` otherwise:
+        neither would read them)."""
+        check_group_options(
+            param_group,
+            {*self.defaults, *self.base_optimizer.defaults},
+            f"{type(self).__name__} around {type(self.base_optimizer).__name__}",
+        )
         groups = self.base_optimizer.param_groups
         if not any(g is param_group for g in groups):
             self.base_optimizer.add_param_group(param_group)
             param_group = groups[-1]
         for name, value in self.defaults.items():
             param_group.setdefault(name, value)
+        for name in self.nonnegative:
+            if not self.option(param_group, name) >= 0.0:
+                raise ValueError(f"{name} must be >= 0, got {self.option(param_group, name)}")
         self.init_group(param_group)
+
+    def option(self, group: dict[str, Any], name: str) -> Any:
+        """The value of this method's hyperparameter ``name`` in ``group`` (whatever its key)."""
+        return group[self.option_keys[name]]
 
     def init_group(self, group: dict[str, Any]) -> None:
         """Called once per parameter group when it joins (subclasses fill derived values)."""
 
     def group_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         """The equations' hyperparameters for one group (subclasses derive more)."""
-        return {name: group[name] for name in self.defaults}
+        return {name: self.option(group, name) for name in self.option_keys}
 
     # -- the phases ---------------------------------------------------------------------
     @property
@@ -262,6 +289,9 @@ class PerturbedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
+        for group in self.param_groups:  # a state saved before a hyperparameter existed
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
         self._progress.reset()
 
     def __repr__(self) -> str:

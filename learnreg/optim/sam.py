@@ -15,12 +15,6 @@ from learnreg.optim.perturbations import GAMPerturbation, GSAMPerturbation, SAMP
 from learnreg.optim.perturbed import PerturbedOptimizer
 
 
-def _check_nonnegative(**values: float) -> None:
-    for name, value in values.items():
-        if not value >= 0.0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
-
-
 class _TwoPass(PerturbedOptimizer):
     def first_step(self, zero_grad: bool = False) -> None:
         """Perturb the parameters from the gradients of the first pass."""
@@ -61,6 +55,7 @@ class SAM(_TwoPass):
     """
 
     perturbation = SAMPerturbation()
+    nonnegative = ("rho", "eps")
 
     def __init__(
         self,
@@ -72,7 +67,6 @@ class SAM(_TwoPass):
         model: nn.Module | None = None,
         **base_kwargs,
     ):
-        _check_nonnegative(rho=rho, eps=eps)
         defaults = {"rho": rho, "adaptive": adaptive, "eps": eps}
         super().__init__(params, base_optimizer, defaults, model, **base_kwargs)
 
@@ -95,6 +89,7 @@ class GSAM(_TwoPass):
     """
 
     perturbation = GSAMPerturbation()
+    nonnegative = ("rho_max", "rho_min", "alpha", "eps")
 
     def __init__(
         self,
@@ -110,7 +105,6 @@ class GSAM(_TwoPass):
         model: nn.Module | None = None,
         **base_kwargs,
     ):
-        _check_nonnegative(rho_max=rho_max, rho_min=rho_min, alpha=alpha, eps=eps)
         defaults = {
             "rho_max": rho_max,
             "rho_min": rho_min,
@@ -123,21 +117,22 @@ class GSAM(_TwoPass):
         super().__init__(params, base_optimizer, defaults, model, **base_kwargs)
 
     def init_group(self, group):
-        if group["lr_max"] is None:  # the group's learning rate when it joined
-            group["lr_max"] = group.get("initial_lr", group["lr"])
+        if self.option(group, "lr_max") is None:  # the group's learning rate when it joined
+            group[self.option_keys["lr_max"]] = group.get("initial_lr", group["lr"])
 
     def group_hyperparameters(self, group):
-        lr, lr_max, lr_min = float(group["lr"]), float(group["lr_max"]), float(group["lr_min"])
-        rho_max, rho_min = group["rho_max"], group["rho_min"]
+        lr = float(group["lr"])
+        lr_max, lr_min = float(self.option(group, "lr_max")), float(self.option(group, "lr_min"))
+        rho_max, rho_min = self.option(group, "rho_max"), self.option(group, "rho_min")
         if lr_max == lr_min:
             rho_t = rho_max
         else:
             rho_t = rho_min + (rho_max - rho_min) * (lr - lr_min) / (lr_max - lr_min)
         return {
             "rho_t": rho_t,
-            "alpha": group["alpha"],
-            "adaptive": group["adaptive"],
-            "eps": group["eps"],
+            "alpha": self.option(group, "alpha"),
+            "adaptive": self.option(group, "adaptive"),
+            "eps": self.option(group, "eps"),
         }
 
 
@@ -158,6 +153,7 @@ class GAM(PerturbedOptimizer):
     """
 
     perturbation = GAMPerturbation()
+    nonnegative = ("rho", "rho_prime", "gamma", "eps")
 
     def __init__(
         self,
@@ -172,7 +168,6 @@ class GAM(PerturbedOptimizer):
         model: nn.Module | None = None,
         **base_kwargs,
     ):
-        _check_nonnegative(rho=rho, rho_prime=rho_prime, gamma=gamma, eps=eps)
         defaults = {
             "rho": rho,
             "rho_prime": rho_prime,

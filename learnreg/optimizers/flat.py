@@ -55,10 +55,13 @@ class FlatRule(OptimizerRole):
         gpu_chunk_factor: on a GPU the default chunk is this many times longer: there
             kernel launches, not the cache, bound a chunk's time (32k-coordinate chunks
             made a 10M-parameter step ~300 launches of each kernel).
+        nominal_lr: the rule's own step size, which scales decoupled weight decay in
+            :class:`~learnreg.optim.LearnedOptimizer` (as AdamW's learning rate does).
     """
 
     chunk_size: int | None = 32768
     gpu_chunk_factor: int = 128
+    nominal_lr: float = 1.0
 
     def slots(self) -> dict[str, tuple[int, ...]]:
         """Per-coordinate state: name -> leading shape (``()`` for one number); a slot is

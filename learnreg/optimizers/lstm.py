@@ -55,6 +55,7 @@ class LSTMRule(FlatRule):
         super().__init__()
         self.hidden, self.layers = hidden, layers
         self.preprocess_k, self.output_scale = preprocess_k, output_scale
+        self.nominal_lr = float(output_scale)
         self.cells = nn.ModuleList(
             nn.LSTMCell(2 if i == 0 else hidden, hidden) for i in range(layers)
         )

@@ -44,6 +44,7 @@ class MetaSGD(FlatRule):
         self.shapes = [list(s) for s in shapes]
         self.lr = nn.Parameter(torch.full((sum(math.prod(s) for s in self.shapes),), float(lr)))
         self.init_args = {"shapes": self.shapes, "lr": lr}  # exportable: no model object
+        self.nominal_lr = float(lr)
 
     def check_shapes(self, shapes: list[list[int]]) -> None:
         if shapes != self.shapes:

@@ -72,6 +72,7 @@ class MLPRule(FlatRule):
         if len(rms_decays) != 2:
             raise ValueError(f"rms_decays must be (fast, slow), got {rms_decays}")
         self.step_mult, self.exp_mult, self.eps = step_mult, exp_mult, eps
+        self.nominal_lr = float(step_mult)  # a fresh rule's Adam learning rate
         self.register_buffer("momentum_decays", torch.tensor(momentum_decays))
         self.register_buffer("rms_decays", torch.tensor(rms_decays))
         self.register_buffer("timescales", torch.tensor(timescales))

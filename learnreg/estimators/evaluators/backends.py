@@ -10,15 +10,14 @@ shipped to each worker once and reused across generations.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import multiprocessing
-import os
 import weakref
 from typing import Literal
 
 import torch
 
 from learnreg.errors import ConfigError
+from learnreg.estimators.evaluators import ray_local
 from learnreg.estimators.evaluators.fitness import Evaluation, FitnessProblem, evaluate_group
 from learnreg.registry import register
 
@@ -36,7 +35,14 @@ def split(items: list, parts: int) -> list[list]:
 
 
 class Evaluator:
-    """Computes the fitness of a list of candidate losses for one problem."""
+    """Computes the fitness of a list of candidate losses for one problem.
+
+    Attributes:
+        one_per_run: the evaluator spreads the work over machines itself (Ray), so a
+            multi-process run must not start one per process.
+    """
+
+    one_per_run = False
 
     def evaluate(self, problem: FitnessProblem, losses: list) -> list[Evaluation]:
         raise NotImplementedError
@@ -166,29 +172,6 @@ def _check_picklable(problem: FitnessProblem, backend: str) -> None:
 # ---- Ray -----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _loopback_only(ray):
-    """While a private local instance starts, keep it on 127.0.0.1: on Linux Ray replaces
-    a loopback node address by the machine's network address (so that other nodes could
-    join) unless its cluster mode is off, which it reads from this variable (in the
-    processes it starts) and constant (in this one). Both are restored afterwards."""
-    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
-    saved_env = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
-    saved_constant = getattr(constants, "ENABLE_RAY_CLUSTER", None)
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    if saved_constant is not None:
-        constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        if saved_env is None:
-            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
-        else:
-            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = saved_env
-        if saved_constant is not None:
-            constants.ENABLE_RAY_CLUSTER = saved_constant
-
-
 def _evaluate_chunk(problem: FitnessProblem, losses: list, batched: bool) -> list[Evaluation]:
     return evaluate_group(problem, losses, batched)
 
@@ -197,6 +180,10 @@ def _evaluate_chunk(problem: FitnessProblem, losses: list, batched: bool) -> lis
 class RayEvaluator(Evaluator):
     """Fitness evaluations as Ray tasks: on an existing cluster (``address``) or a local
     Ray instance on the loopback interface. Needs the optional extra ``learnreg[ray]``.
+
+    A local instance this evaluator started is shut down by :meth:`close` (the search
+    calls it when meta-training ends); if the process dies first, even by SIGKILL, a
+    watchdog kills the instance's processes (:mod:`.ray_local`).
 
     Args:
         address: a cluster address (``ray://head:10001``, ``auto``); None starts Ray
@@ -208,6 +195,8 @@ class RayEvaluator(Evaluator):
         runtime_env: Ray runtime environment (e.g. ``{"py_modules": [...]}`` when the
             cluster's nodes do not have learnreg installed).
     """
+
+    one_per_run = True
 
     def __init__(
         self,
@@ -223,6 +212,7 @@ class RayEvaluator(Evaluator):
         self.num_cpus, self.runtime_env = num_cpus, runtime_env
         self.resources = {"num_cpus": cpus_per_task, "num_gpus": gpus_per_task}
         self.started = False
+        self.watchdog = None
         self.problem, self.problem_ref = None, None
 
     def _ray(self):
@@ -238,13 +228,7 @@ class RayEvaluator(Evaluator):
             if self.address is not None:
                 ray.init(address=self.address, **options)
             else:
-                with _loopback_only(ray):
-                    ray.init(
-                        num_cpus=self.num_cpus,
-                        include_dashboard=False,
-                        _node_ip_address="127.0.0.1",
-                        **options,
-                    )
+                self.watchdog = ray_local.start(ray, self.num_cpus, options)
                 self.started = True
         return ray
 
@@ -268,5 +252,5 @@ class RayEvaluator(Evaluator):
         if self.started:
             import ray
 
-            ray.shutdown()
-            self.started = False
+            ray_local.stop(ray, self.watchdog)
+            self.started, self.watchdog = False, None
