@@ -24,8 +24,16 @@ SETTINGS = [
     ("MAML, sine 10-shot, MLP 40-40", "maml/sine", 16),
     ("MAML, digits 5-way 1-shot, conv4-32", "maml/digits_5w1s", 4),
     ("MAML, Fashion-MNIST 5-way 1-shot, conv4-32", "maml/fmnist_5w1s", 4),
-    ("NPBML, Fashion-MNIST 5-way 1-shot, conv4-32", "npbml/fmnist_5w1s", 4),
-    ("NPBML, Fashion-MNIST 5-way 5-shot, conv4-32", "npbml/fmnist_5w5s", 4),
+    (
+        "NPBML (gradient-preconditioner variant), Fashion-MNIST 5-way 1-shot, conv4-32",
+        "npbml_gradprecond/fmnist_5w1s",
+        4,
+    ),
+    (
+        "NPBML (gradient-preconditioner variant), Fashion-MNIST 5-way 5-shot, conv4-32",
+        "npbml_gradprecond/fmnist_5w5s",
+        4,
+    ),
 ]
 
 

@@ -19,7 +19,7 @@ from learnreg.errors import ConfigError, LearnregError
 def cmd_run(args) -> int:
     from learnreg.runner import run
 
-    run(args.config, args.overrides, args.out, progress=not args.no_progress)
+    run(args.config, args.overrides, args.out, progress=not args.no_progress, imports=args.imports)
     return 0
 
 
@@ -33,6 +33,7 @@ def cmd_sweep(args) -> int:
         args.overrides,
         args.wandb,
         not args.no_progress,
+        imports=args.imports,
     )
     print((Path(args.out) / "comparison.md").read_text())
     return 0
@@ -41,13 +42,16 @@ def cmd_sweep(args) -> int:
 def cmd_plot(args) -> int:
     from learnreg.plots import plot
 
+    _import(args, args.run_dir)  # plots a user module registers
     for path in plot(args.run_dir, args.only or None):
         print(path)
+    return 0
 
 
 def cmd_eval(args) -> int:
     from learnreg.eval.report import evaluate_run
 
+    _import(args, None)  # evaluate_run imports the run's own recorded modules
     evaluate_run(
         args.run_dir,
         radii=tuple(args.radii),
@@ -68,12 +72,13 @@ def cmd_list(args) -> int:
             f"`learnreg list {args.kind}`: unknown kind; choose one of "
             f"{', '.join([*registry.KINDS, 'preset'])}, or none to list everything"
         )
+    _import(args, None)
     for kind in registry.KINDS:
         entries = registry.entries(kind)
         if entries and (args.kind in (None, kind)):
             print(f"{kind}:")
             for e in entries:
-                print(f"  {e.name:<22} {e.description}")
+                print(f"  {e.name:<22} {plain_text(e.description)}")
     if args.kind in (None, "preset"):
         print("presets (learnreg run PRESET):")
         for path in sorted(PRESETS.rglob("*.yaml")) if PRESETS.is_dir() else []:
@@ -87,6 +92,7 @@ def cmd_describe(args) -> int:
     path = Path(args.path)
     if path.is_dir():  # a run directory, or its learned/ folder
         learned = path / "learned" if (path / "learned").is_dir() else path
+        _import(args, learned.parent if learned != path else path)
         path = learned / args.role
         online = learned / f"{args.role}_online_seed0"
         if not path.with_suffix(".json").exists() and online.with_suffix(".json").exists():
@@ -95,9 +101,33 @@ def cmd_describe(args) -> int:
                 f"{args.role}; {args.role}_offline is where every online run started)"
             )
             path = online
+    else:
+        _import(args, path.parent.parent)
     module = load_bias(path, device="cpu")
-    print(module.describe() if hasattr(module, "describe") else repr(module))
+    if hasattr(module, "describe"):
+        print(module.describe())
+    else:
+        from learnreg.describe import describe_module
+
+        print(describe_module(module, path))
     return 0
+
+
+def _import(args, run_dir) -> None:
+    """The modules the user named with ``--import``, then those a run directory recorded."""
+    from learnreg.imports import import_modules, import_recorded
+
+    import_modules(args.imports)
+    if run_dir is not None:
+        import_recorded(run_dir)
+
+
+def plain_text(text: str) -> str:
+    """A docstring line without reStructuredText markup (``code``, :class:`X` -> X)."""
+    import re
+
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", lambda m: m.group(1).split(".")[-1], text)
+    return text.replace("``", "").replace("`", "")
 
 
 def _preset_description(path: Path) -> str:
@@ -115,8 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     sub = parser.add_subparsers(dest="command", required=True)
+    imports = argparse.ArgumentParser(add_help=False)
+    imports.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (it registers custom components); repeatable",
+    )
 
-    p = sub.add_parser("run", help="meta-train and meta-test a config; write a run directory")
+    p = sub.add_parser(
+        "run", parents=[imports], help="meta-train and meta-test a config; write a run directory"
+    )
     p.add_argument("config", help="a YAML file or a preset name (see `learnreg list preset`)")
     p.add_argument(
         "overrides", nargs="*", help="key.sub=value overrides, e.g. meta_steps=50 optimizer.lr=0.1"
@@ -125,7 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("sweep", help="run a grid of a config's values; write one comparison table")
+    p = sub.add_parser(
+        "sweep",
+        parents=[imports],
+        help="run a grid of a config's values; write one comparison table",
+    )
     p.add_argument("config", help="a YAML file or a preset name")
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to every point")
     p.add_argument(
@@ -136,18 +181,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("plot", help="draw a run's figures into RUN_DIR/plots (and its W&B run)")
+    p = sub.add_parser(
+        "plot", parents=[imports], help="draw a run's figures into RUN_DIR/plots (and its W&B run)"
+    )
     p.add_argument("run_dir", help="a run directory written by `learnreg run`")
     p.add_argument("--only", nargs="*", help="only these plots (default: every applicable one)")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("describe", help="print an exported bias (a learned loss as a formula)")
+    p = sub.add_parser(
+        "describe", parents=[imports], help="print an exported bias (a learned loss as a formula)"
+    )
     p.add_argument("path", help="a run directory, its learned/ folder, or an exported bias")
     p.add_argument("--role", default="loss", help="the role to describe in a run directory")
     p.set_defaults(func=cmd_describe)
 
     p = sub.add_parser(
-        "eval", help="flatness (PGA) and robustness (FGSM) of a finished run's models"
+        "eval",
+        parents=[imports],
+        help="flatness (PGA) and robustness (FGSM) of a finished run's models",
     )
     p.add_argument("run_dir", help="a finished run directory")
     p.add_argument(
@@ -161,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("list", help="list registered components and presets")
+    p = sub.add_parser("list", parents=[imports], help="list registered components and presets")
     p.add_argument("kind", nargs="?", help="only this kind (loss, optimizer, task, preset...)")
     p.set_defaults(func=cmd_list)
     return parser
@@ -169,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_SILENT", "true")
+    # Idle OpenMP workers sleep instead of spinning (read when torch loads, so set before
+    # it is imported): with more than one thread on a busy machine, spinning workers made
+    # `make run` 15x slower (BENCHMARKS.md §6, "make run and intra-op threads").
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # `learnreg run CONFIG --out D meta_steps=3`: overrides after options

@@ -21,6 +21,7 @@ import yaml
 from learnreg import registry
 from learnreg.components import COMPONENT, check_component, check_seed, normalize_component
 from learnreg.errors import ConfigError
+from learnreg.imports import import_modules
 
 #: Component sections: section name -> registry kind.
 COMPONENT_SECTIONS = {
@@ -41,6 +42,8 @@ SCHEMA: dict[str, Any] = {
     "description": "",
     "seed": 0,
     "device": "auto",
+    "threads": None,
+    "imports": [],
     "task": None,
     "model": None,
     "loss": None,
@@ -107,22 +110,42 @@ def parse_yaml(text: str):
 PRESETS = Path(__file__).resolve().parent.parent / "configs"
 
 
-def load(source: str | Path | Mapping, overrides: list[str] | None = None) -> dict:
+def load(
+    source: str | Path | Mapping,
+    overrides: list[str] | None = None,
+    imports: list[str] | None = None,
+) -> dict:
     """Load a config (path, YAML text mapping or dict), apply overrides, fill defaults, validate.
+
+    The modules under the config's ``imports`` key (and ``imports``) are imported first,
+    so the components they register can be named (see :mod:`learnreg.imports`).
 
     Args:
         source: a YAML file path, or an already-parsed mapping.
         overrides: ``dotted.key=value`` strings; values are parsed as YAML scalars/lists.
+        imports: more modules to import (``learnreg run --import``), recorded in the
+            resolved config's ``imports`` after those the config lists.
 
     Returns:
         The resolved config as plain dicts and lists.
     """
     if isinstance(source, Mapping):
         raw = copy.deepcopy(dict(source))
+        from_file = []  # a mapping is built by the caller's own code
     else:
-        raw = read_yaml(resolve_preset(source))
+        source = resolve_preset(source)
+        raw = read_yaml(source)
+        from_file = raw.get("imports") or []
     for item in overrides or []:
         apply_override(raw, item)
+    names = raw.get("imports") or []
+    if not isinstance(names, list) or not isinstance(from_file, list):
+        raise ConfigError(f"imports must be a list of module names, got {names!r}")
+    raw["imports"] = names + [m for m in imports or [] if m not in names]
+    # Names typed by the user (--import, overrides) are trusted; the file's are checked.
+    typed = [m for m in raw["imports"] if m not in from_file or m in (imports or [])]
+    import_modules(typed)
+    import_modules([m for m in raw["imports"] if m not in typed], named_in=source)
     return validate(raw)
 
 
@@ -214,6 +237,14 @@ def validate(raw: dict) -> dict:
         raise ConfigError("the config has no `task` section; e.g. `task: {_component_: digits}`.")
     for key in ("seed", "meta_steps", "checkpoint_every", "max_bad_steps"):
         _expect(key, cfg[key], int)
+    if cfg["threads"] is not None and (
+        not isinstance(cfg["threads"], int)
+        or isinstance(cfg["threads"], bool)
+        or cfg["threads"] < 0
+    ):
+        raise ConfigError(
+            f"threads must be a whole number >= 0 (0: torch's default) or null, got {cfg['threads']!r}"
+        )
     for key in ("steps", "seeds", "eval_every"):
         _expect(f"meta_test.{key}", cfg["meta_test"][key], int)
     _expect("logger.every", cfg["logger"]["every"], int)

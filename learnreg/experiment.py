@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from dataclasses import dataclass
 
 import torch
 
-from learnreg import components
-from learnreg.core.bias import Biases
+from learnreg import components, registry
+from learnreg.core.bias import Biases, adopt_role, is_learned
 from learnreg.core.monitors import BestCheckpoint
 from learnreg.core.task import SingleTask, Task, TaskFamily
 from learnreg.core.trainer import MetaTrainer
@@ -79,10 +80,28 @@ def build_biases(cfg: dict, task: Task, loss=None, optimizer=None, init=None) ->
     """Loss, optimizer and init roles from the config, or from the given specs."""
     ctx = role_context(task, cfg["seed"])
     return Biases(
-        components.instantiate("loss", loss or cfg["loss"] or default_loss(task.kind), **ctx),
-        components.instantiate("optimizer", optimizer or cfg["optimizer"], **ctx),
-        components.instantiate("init", init or cfg["init"], **ctx),
+        build_role("loss", loss or cfg["loss"] or default_loss(task.kind), ctx),
+        build_role("optimizer", optimizer or cfg["optimizer"], ctx),
+        build_role("init", init or cfg["init"], ctx),
     )
+
+
+def build_role(role: str, spec, ctx: dict):
+    """One role from its spec. A registered plain ``nn.Module`` (no :class:`Bias` base)
+    records the arguments that rebuild it, so that it exports like a built-in role: the
+    spec's own, and the plain context values (``num_classes``...) its constructor takes."""
+    spec = components.normalize_component(spec, role)
+    module = components.instantiate(role, spec, **ctx)
+    params = inspect.signature(registry.lookup(role, spec[components.COMPONENT])).parameters
+    args = {k: v for k, v in spec.items() if k != components.COMPONENT}
+    args.update({k: v for k, v in ctx.items() if k in params and k not in args and _plain_value(v)})
+    return adopt_role(module, role, args)
+
+
+def _plain_value(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_plain_value(v) for v in value)
+    return isinstance(value, (int, float, str, bool)) or value is None
 
 
 def baseline_optimizer(cfg: dict, learned: Biases) -> dict:
@@ -92,7 +111,7 @@ def baseline_optimizer(cfg: dict, learned: Biases) -> dict:
     if optimizer is None:
         optimizer = (
             cfg["optimizer"]
-            if not learned.optimizer.is_learned
+            if not is_learned(learned.optimizer)
             else {"_component_": "adam", "lr": 1e-3}
         )
     return optimizer

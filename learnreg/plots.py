@@ -306,4 +306,9 @@ def _log_to_wandb(run_dir: Path, paths: list[Path]) -> None:
         settings=wandb.Settings(silent=True, console="off"),
     )
     run.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in paths})
+    log_file = run.settings.sync_file if run.offline else None
     run.finish()
+    if log_file:  # finish() can return before wandb-core has flushed the segment
+        from learnreg.tracking.wandb_offline import wait_until_complete
+
+        wait_until_complete(log_file)

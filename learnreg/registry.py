@@ -170,7 +170,7 @@ def lookup(kind: str | None, name: str) -> Callable[..., Any]:
     hint = f" Did you mean {close[0]!r}?" if close else ""
     what = kind or "component"
     raise ConfigError(
-        f"unknown {what} {name!r}.{hint} Valid {what}s: {', '.join(names)} "
+        f"unknown {what} {name!r}.{hint} Valid {what} names: {', '.join(names)} "
         "(or an allowed class's dotted path; see `learnreg list` and README, Security)."
     )
 
@@ -239,3 +239,6 @@ def _load_builtin_components() -> None:
         "learnreg.tracking",
     ):
         importlib.import_module(pkg)
+    from learnreg.imports import load_entry_points  # installed packages' components
+
+    load_entry_points()

@@ -42,7 +42,9 @@ from learnreg.errors import ConfigError, LearnregError, NumericalError, RunLocke
 from learnreg.eval import comparison, probes
 from learnreg.eval.baselines import base_lr, lr_grid, primary_metric, tune_seed
 from learnreg.experiment import Experiment, baseline_optimizer, build
+from learnreg.imports import import_recorded
 from learnreg.plots import plot
+from learnreg.threads import configure_threads
 from learnreg.tracking.atomic import atomic_write_bytes
 from learnreg.tracking.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from learnreg.tracking.export import load_bias, save_bias, save_state
@@ -61,6 +63,7 @@ def run(
     overrides: list[str] | None = None,
     out: str | Path | None = None,
     progress: bool = True,
+    imports: list[str] | None = None,
 ) -> dict:
     """Meta-train and meta-test the method a config describes; write a run directory.
 
@@ -68,13 +71,18 @@ def run(
         config: a YAML path or a config mapping.
         overrides: ``dotted.key=value`` strings applied on top.
         out: the run directory (default ``runs/<method>-<task>-<time>``).
-        progress: show progress bars.
+        progress: show progress bars (on a terminal; elsewhere one line per interval).
+        imports: modules registering custom components (``--import``), recorded in the
+            run's ``config.yaml`` under ``imports``; resuming ``out`` re-imports those.
 
     Returns:
         The summary (also written to ``summary.json``).
     """
-    cfg = configlib.load(config, overrides)
+    if out is not None:  # a resume rebuilds the custom components its first run imported
+        imports = [*import_recorded(out), *(imports or [])]
+    cfg = configlib.load(config, overrides, imports)
     resolve_device(cfg["device"])  # a missing GPU is refused before anything is written
+    configure_threads(cfg["threads"])
     if distributed.init_from_env(cfg["device"]):
         if out is None:
             raise ConfigError(
@@ -85,31 +93,48 @@ def run(
     out = Path(out) if out is not None else default_run_dir(cfg)
     fresh = not out.exists() and not out.is_symlink()
     try:
-        return _run_locked(cfg, out, progress)
+        return _run_locked(cfg, out, progress, source_name(config))
     except LearnregError as exc:
         if fresh and not isinstance(exc, RunLockedError) and not (out / "checkpoints").exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing to resume: leave no half-written dir
         raise
 
 
-def _run_locked(cfg: dict, out: Path, progress: bool) -> dict:
+def _run_locked(cfg: dict, out: Path, progress: bool, source: str | None) -> dict:
     with RunLock(out):
         previous = out / "config.yaml"
         # `device` may change between a checkpoint and its resume (GPU <-> CPU).
-        if previous.exists() and _without_device(configlib.read_yaml(previous)) != (
-            _without_device(cfg)
-        ):
+        changed = config_changes(configlib.read_yaml(previous), cfg) if previous.exists() else []
+        if changed:
             raise ConfigError(
-                f"{out} holds a run with a different config; choose a new --out to start another run"
+                f"{out} holds a run with a different config ({', '.join(changed[:8])} differ); "
+                "choose a new --out to start another run, or re-run with the same config"
             )
         if (out / "summary.json").exists():
             return json.loads((out / "summary.json").read_text())
         atomic_write_bytes(previous, configlib.dump(cfg).encode())
-        return Run(cfg, out, progress).execute()
+        return Run(cfg, out, progress, source).execute()
 
 
-def _without_device(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k != "device"}
+def config_changes(previous: dict, cfg: dict) -> list[str]:
+    """The dotted keys whose values differ between a run directory's config and ``cfg``.
+
+    Where a run executes (``device``, ``threads``) may change between a checkpoint and its
+    resume; keys a config written by an older learnreg lacks count as their defaults."""
+    previous = {**configlib.SCHEMA, **previous}
+    return [
+        key for key in _differences(previous, cfg) if key.split(".")[0] not in ("device", "threads")
+    ]
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            found
+            for key in list(a) + [k for k in b if k not in a]
+            for found in _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        ]
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def follow(cfg: dict, out: Path) -> dict:
@@ -146,6 +171,16 @@ def follow(cfg: dict, out: Path) -> dict:
     return {}
 
 
+def source_name(config) -> str | None:
+    """A config's name: its preset (``adalfl/digits_mlp``) or file stem; None for a dict."""
+    if isinstance(config, Mapping):
+        return None
+    path = configlib.resolve_preset(config).resolve()
+    if path.is_relative_to(configlib.PRESETS):
+        return str(path.relative_to(configlib.PRESETS).with_suffix(""))
+    return path.stem
+
+
 def default_run_dir(cfg: dict) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{cfg['method']}-{cfg['task']['_component_']}-{stamp}"
@@ -154,15 +189,30 @@ def default_run_dir(cfg: dict) -> Path:
 class Run:
     """One run directory's life: build, resume, fit, export, meta-test, summarize."""
 
-    def __init__(self, cfg: dict, out: Path, progress: bool):
+    def __init__(self, cfg: dict, out: Path, progress: bool, source: str | None = None):
         self.cfg, self.out, self.progress = cfg, out, progress
+        setting = source or cfg["method"]  # the W&B group and name start with it
         self.jsonl = JsonlLogger(out / "metrics.jsonl")
         backends = cfg["logger"]["backends"]
         self.logger = MultiLogger(
             self.jsonl,
-            ConsoleLogger(cfg["logger"]["every"]) if "console" in backends else None,
+            ConsoleLogger(
+                cfg["logger"]["every"],
+                meta_steps=cfg["meta_steps"],
+                meta_test_steps=cfg["meta_test"]["steps"],
+                meta_test_seeds=cfg["meta_test"]["seeds"],
+                eval_every=cfg["meta_test"]["eval_every"],
+                runs_per_seed=2 if cfg["meta_test"]["baseline"] else 1,
+            )
+            if "console" in backends
+            else None,
             WandbLogger(
-                out, cfg, cfg["logger"]["project"], cfg["logger"]["group"], cfg["logger"]["tags"]
+                out,
+                cfg,
+                cfg["logger"]["project"],
+                cfg["logger"]["group"] or setting,
+                cfg["logger"]["tags"],
+                name=f"{setting} seed={cfg['seed']} ({out.resolve().name})",
             )
             if "wandb" in backends
             else None,
@@ -193,6 +243,7 @@ class Run:
             # so a fresh run's summary equals the one a finished run reads back
             summary = strict_json(self._summary())
             atomic_write_bytes(self.out / "summary.json", json.dumps(summary, indent=2).encode())
+            self.logger.log_summary(summary)
             plot(self.out, logger=self.logger)  # through the open W&B run: one segment
         finally:
             self.logger.close()

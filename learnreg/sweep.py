@@ -45,6 +45,7 @@ def sweep(
     overrides: list[str] | None = None,
     wandb: bool = False,
     progress: bool = True,
+    imports: list[str] | None = None,
 ) -> list[dict]:
     """Run the grid and write the comparison table.
 
@@ -56,6 +57,8 @@ def sweep(
         wandb: log every run to W&B, grouped under the sweep's directory name; when W&B
             is online, the grid runs as a W&B sweep (``wandb.sweep`` + a local agent).
         progress: show progress bars.
+        imports: modules registering custom components (``--import``), recorded in
+            every point's run directory.
 
     Returns:
         One row per point: the parameter values, the learned and baseline test metrics.
@@ -67,16 +70,19 @@ def sweep(
     check_run_dir(out)
     points = grid(params)
     if wandb and wandb_mode() == "online":
-        rows = _wandb_sweep(config, params, points, out, overrides or [], progress)
+        rows = _wandb_sweep(config, params, points, out, overrides or [], progress, imports)
     else:
         rows = [
-            _run_point(config, point, out, overrides or [], wandb, progress) for point in points
+            _run_point(config, point, out, overrides or [], wandb, progress, imports)
+            for point in points
         ]
     write_table(rows, out)
     return rows
 
 
-def _run_point(config, point: dict, out: Path, overrides, wandb: bool, progress: bool) -> dict:
+def _run_point(
+    config, point: dict, out: Path, overrides, wandb: bool, progress: bool, imports=None
+) -> dict:
     """One grid point as an ordinary run directory; its row of the comparison table."""
     from learnreg.runner import run
 
@@ -86,7 +92,7 @@ def _run_point(config, point: dict, out: Path, overrides, wandb: bool, progress:
     ]
     if wandb:
         extra += ["logger.backends=[console,wandb]", f"logger.group={out.name}"]
-    summary = run(config, [*overrides, *extra], out / point_name(point), progress)
+    summary = run(config, [*overrides, *extra], out / point_name(point), progress, imports)
     row = dict(point)
     row.update({f"learned_{m}": v for m, v in summary["test"].items()})
     row.update({f"baseline_{m}": v for m, v in summary.get("baseline", {}).get("test", {}).items()})
@@ -94,14 +100,14 @@ def _run_point(config, point: dict, out: Path, overrides, wandb: bool, progress:
     return row
 
 
-def _wandb_sweep(config, params, points, out: Path, overrides, progress) -> list[dict]:
+def _wandb_sweep(config, params, points, out: Path, overrides, progress, imports) -> list[dict]:
     """The grid as a W&B sweep (online only): W&B's controller hands out the points, a
     local agent runs each as an ordinary run directory whose W&B run is the sweep's run."""
     import wandb
 
     from learnreg import config as configlib
 
-    cfg = configlib.load(config, overrides)
+    cfg = configlib.load(config, overrides, imports)
     project = cfg["logger"]["project"] or f"learnreg-{cfg['method']}"
     spec = {
         "method": "grid",
@@ -119,7 +125,7 @@ def _wandb_sweep(config, params, points, out: Path, overrides, progress) -> list
         run_dir = out / point_name(point)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "wandb_id").write_text(run.id)  # the run's W&B logger adopts this run
-        rows.append(_run_point(config, point, out, overrides, True, progress))
+        rows.append(_run_point(config, point, out, overrides, True, progress, imports))
 
     wandb.agent(sweep_id, function=one_point, project=project, count=len(points))
     return sorted(rows, key=lambda r: points.index({k: r[k] for k in points[0]}))
@@ -132,7 +138,15 @@ def write_table(rows: list[dict], out: Path) -> None:
     writer.writeheader()
     writer.writerows(rows)
     (out / "comparison.csv").write_text(buffer.getvalue())
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    lines += [
+        "| " + " | ".join(table_cell(c, row.get(c, "")) for c in columns) + " |" for row in rows
+    ]
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
+
+
+def table_cell(column: str, value) -> str:
+    """Seconds to a tenth (timings vary more than that between runs), metrics to 4 decimals."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.1f}" if column == "seconds" else f"{value:.4f}"

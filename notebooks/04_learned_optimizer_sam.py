@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -40,7 +42,8 @@ base = {
         "meta_test": {"task": "digits", "model": {"_component_": "mlp", "hidden": [24]}},
     },
     "optimizer": {"_component_": "mlp", "hidden": [16, 16]},
-    "estimator": {"_component_": "truncated_unroll", "window": 5, "horizon": 40, "meta_batch": 2, "average": True},
+    # the meta-objective on the training batch, as the Learning Regularizers protocol (docs/learned_optimizers.md)
+    "estimator": {"_component_": "truncated_unroll", "window": 5, "horizon": 40, "meta_batch": 2, "average": True, "objective_batch": "train"},
     "meta_grad_clip": 1.0,
     "meta_steps": 6 if FAST else 200,
     "meta_test": {"steps": 100 if FAST else 1000, "seeds": 2 if FAST else 3, "eval_every": 50},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from learnreg.models import MLP
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Modules trusted with --import are remembered per user; tests keep their own list.
+os.environ.setdefault("LEARNREG_HOME", tempfile.mkdtemp(prefix="learnreg-home-"))
 # Two xdist workers on two cores: one intra-op thread each avoids oversubscription.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)

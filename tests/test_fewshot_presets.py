@@ -18,7 +18,9 @@ from learnreg.runner import run
 
 PRESETS = Path(__file__).resolve().parent.parent / "configs"
 FEW_SHOT = sorted(
-    p for folder in ("maml", "metasgd", "npbml") for p in (PRESETS / folder).rglob("*.yaml")
+    p
+    for folder in ("maml", "metasgd", "npbml", "npbml_gradprecond")
+    for p in (PRESETS / folder).rglob("*.yaml")
 )
 
 
@@ -29,10 +31,54 @@ def test_preset_builds_its_roles(path):
     cfg = configlib.load(path, ["device=cpu"])
     exp = build(cfg)
     biases = exp.trainer.biases
-    assert cfg["estimator"]["window"] == cfg["estimator"]["horizon"] == 5
+    paper = path.stem.endswith("_paper")
+    # the papers: one inner step for Meta-SGD and for MAML's sine, five for MAML's images
+    one_step = paper and (path.parent.name == "metasgd" or "sine" in path.stem)
+    assert cfg["estimator"]["window"] == cfg["estimator"]["horizon"] == (1 if one_step else 5)
     assert type(biases.init).__name__ in ("LearnedInit", "FiLMInit")
     assert cfg["meta_test"]["seeds"] == 600
-    assert exp.trainer.ctx.outer.scheduler is not None
+    assert (exp.trainer.ctx.outer.scheduler is not None) != paper  # the papers use none
+    assert "NOT the" in cfg["description"] or paper or "npbml" in str(path)
+
+
+def _one_step_by_hand(path):
+    """The preset's first inner step from θ0 on one episode, and θ0 − 0.01·∇MSE by hand."""
+    cfg = configlib.load(path, ["device=cpu"])
+    exp = build(cfg)
+    ctx = exp.trainer.ctx
+    run_ = ctx.new_run("meta_train", 0)
+    x, y = run_.task.train.x, run_.task.train.y
+    theta0 = {k: v.detach() for k, v in run_.state.params.items()}
+    grads = torch.func.grad(
+        lambda p: torch.nn.functional.mse_loss(torch.func.functional_call(run_.model, p, (x,)), y)
+    )(theta0)
+    from learnreg.core.inner import inner_step
+
+    with torch.no_grad():
+        state, _ = inner_step(
+            run_.model, run_.state, run_.next_train(), ctx.biases.loss, ctx.biases.optimizer
+        )
+    return cfg, theta0, grads, state
+
+
+@pytest.mark.parametrize("method", ["maml", "metasgd"])
+def test_paper_sine_preset_is_one_plain_sgd_step(method):
+    """MAML / Meta-SGD sine as their papers set it: one step, lr 0.01, no momentum, meta-batch
+    25, A ~ U[0.1, 5], φ ~ U[0, π]; the step is θ0 − 0.01·∇MSE (at Meta-SGD's initial rates)."""
+    cfg, theta0, grads, state = _one_step_by_hand(PRESETS / method / "sine_paper.yaml")
+    est = cfg["estimator"]
+    assert (est["window"], est["horizon"], est["meta_batch"], cfg["meta_test"]["steps"]) == (
+        1,
+        1,
+        25,
+        1,
+    )
+    assert cfg["task"]["amplitude"] == [0.1, 5.0] and cfg["task"]["phase"] == [0.0, math.pi]
+    assert cfg["optimizer"].get("momentum", 0.0) == 0.0 and not cfg["optimizer"].get("nesterov")
+    for k in theta0:
+        torch.testing.assert_close(
+            state.params[k], theta0[k] - 0.01 * grads[k], rtol=1e-5, atol=1e-7
+        )
 
 
 def test_short_episodic_run_reports_confidence_intervals(tmp_path):
@@ -41,7 +87,7 @@ def test_short_episodic_run_reports_confidence_intervals(tmp_path):
         [
             "meta_steps=3",
             "meta_test.seeds=12",
-            "model.base.hidden=8",
+            "model.hidden=8",
             "logger.backends=[none]",
             "device=cpu",
         ],
@@ -56,7 +102,7 @@ def test_short_episodic_run_reports_confidence_intervals(tmp_path):
     t = 2.200985160091639  # Student t_{0.975} with 11 degrees of freedom
     assert summary["test_ci95"]["accuracy"] == pytest.approx(t * std / math.sqrt(12))
     assert (tmp_path / "learned" / "init.safetensors").is_file()
-    assert (tmp_path / "learned" / "optimizer.json").is_file()
+    assert (tmp_path / "learned" / "loss.json").is_file()  # NPBML's inner optimizer is fixed SGD
 
 
 def test_cosine_schedule_follows_its_formula_and_resumes():

@@ -177,7 +177,50 @@ def test_wandb_offline_run_records_config_metrics_and_artifacts(tmp_path, monkey
     assert [row["meta/meta_loss"] for row in logged] == pytest.approx(
         [r["meta/meta_loss"] for r in jsonl]
     )
-    curves = [row for row in record["history"] if "meta_test/learned/test_error" in row]
+    curves = [row for row in record["history"] if "meta_test/learned/seed_0/test_error" in row]
     assert [row["inner_step"] for row in curves] == [10, 20]
     artifact = next(a for a in record["artifacts"] if a["type"] == "learned-biases")
     assert {"loss.json", "loss.safetensors"} <= set(artifact["files"])
+
+
+def test_wandb_record_holds_name_group_summary_and_every_seed(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = {
+        **CONFIG,
+        "meta_steps": 3,
+        "meta_test": {"steps": 10, "seeds": 2, "eval_every": 5},
+        "logger": {"backends": ["wandb"]},
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    summary = learnreg.run(tmp_path / "tiny.yaml", out=tmp_path / "run", progress=False)
+    record = read_run(tmp_path / "run")
+    assert record["name"] == "tiny seed=0 (run)" and record["group"] == "tiny"
+    # The summary under summary.json's keys, nested keys joined with "/".
+    assert record["summary"]["n"] == 2
+    for metric in ("accuracy", "loss"):
+        assert record["summary"][f"test/{metric}"] == pytest.approx(summary["test"][metric])
+        assert record["summary"][f"test_ci95/{metric}"] == pytest.approx(
+            summary["test_ci95"][metric]
+        )
+        assert record["summary"][f"baseline/test/{metric}"] == pytest.approx(
+            summary["baseline"]["test"][metric]
+        )
+    # Every seed, as its own series; the learned loss's units under their own key.
+    jsonl = [r for r in _records(tmp_path / "run") if "inner_step" in r]
+    for seed in (0, 1):
+        rows = [r for r in record["history"] if r.get("seed") == seed]
+        learned = [r for r in rows if f"meta_test/learned/seed_{seed}/test_error" in r]
+        assert [r["inner_step"] for r in learned] == [5, 10]
+        expected = [
+            r["meta_test/learned/test_error"]
+            for r in jsonl
+            if "meta_test/learned/test_error" in r and r["seed"] == seed
+        ]
+        assert [r[f"meta_test/learned/seed_{seed}/test_error"] for r in learned] == pytest.approx(
+            expected
+        )
+        assert all(f"meta_test/learned/seed_{seed}/train_learned_loss" in r for r in learned)
+        assert not any(f"meta_test/learned/seed_{seed}/train_loss" in r for r in rows)
+        assert any(f"meta_test/baseline/seed_{seed}/train_loss" in r for r in rows)

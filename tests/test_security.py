@@ -17,7 +17,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from learnreg import config, registry
+from learnreg import cli, config, registry
 from learnreg.core.bias import Bias
 from learnreg.errors import CheckpointError, ConfigError
 from learnreg.losses import NeuralLoss, neural
@@ -301,3 +301,47 @@ def test_cifar10_batches_are_read_without_running_code(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="names posix.system|names os.system"):
         vision.cifar10(val_size=1)
     assert not marker.exists()
+
+
+def _marker_module(tmp_path, name):
+    """A module on sys.path that leaves a marker file when it is imported."""
+    marker = tmp_path / f"{name}.imported"
+    (tmp_path / f"{name}.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+    )
+    return marker
+
+
+def test_a_config_file_cannot_import_an_untrusted_module(tmp_path, monkeypatch):
+    from learnreg.imports import trusted
+
+    configlib = config
+
+    marker = _marker_module(tmp_path, "stranger_mod")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = tmp_path / "received.yaml"
+    cfg.write_text("task: {_component_: digits}\nimports: [stranger_mod]\n")
+    with pytest.raises(ConfigError, match=r"--import stranger_mod"):
+        configlib.load(cfg)
+    assert not marker.exists() and "stranger_mod" not in trusted()
+    # Named by the user, it is imported and remembered; the same file then loads.
+    configlib.load(cfg, imports=["stranger_mod"])
+    assert marker.exists() and "stranger_mod" in trusted()
+    from learnreg.imports import trust_file
+
+    assert "stranger_mod" in trust_file().read_text().split()
+
+
+def test_a_received_run_directory_cannot_import_an_installed_module(tmp_path, monkeypatch):
+    from learnreg.imports import import_recorded
+
+    marker = _marker_module(tmp_path, "installed_but_untrusted")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("imports: [installed_but_untrusted]\n")
+    with pytest.raises(ConfigError, match="imports only modules you named yourself"):
+        import_recorded(run)
+    assert not marker.exists()
+    code = cli.main(["describe", str(run)])
+    assert code == 2 and not marker.exists()

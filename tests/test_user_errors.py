@@ -278,7 +278,7 @@ def test_overrides_may_follow_options(monkeypatch, capsys, tmp_path):
     )
     assert calls[-1][:3] == ("quickstart", ["seed=1", "meta_steps=3"], "D")
 
-    def sweep(config, params, out, overrides, *rest):
+    def sweep(config, params, out, overrides, *rest, **keywords):
         calls.append((config, params, overrides))
         (tmp_path / "comparison.md").write_text("table\n")
 

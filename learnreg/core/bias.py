@@ -50,6 +50,30 @@ class Bias(nn.Module):
         return any(p.requires_grad for p in self.parameters())
 
 
+def is_learned(module: nn.Module) -> bool:
+    """Whether a role (a :class:`Bias` or a plain ``nn.Module``) has meta-parameters."""
+    return any(p.requires_grad for p in module.parameters())
+
+
+def adopt_role(module: nn.Module, role: str, args: dict[str, Any]) -> nn.Module:
+    """Give a plain ``nn.Module`` built for ``role`` what an export needs: its role and
+    the constructor arguments that rebuild it (a :class:`Bias` records its own).
+
+    Args:
+        module: the built role.
+        role: ``loss``, ``optimizer`` or ``init``.
+        args: the keyword arguments it was built with (JSON-plain values).
+
+    Returns:
+        ``module``, unchanged when it is a :class:`Bias` already.
+    """
+    if "init_args" not in module.__dict__:
+        object.__setattr__(module, "init_args", _plain(args))
+    if not getattr(module, "role", ""):
+        object.__setattr__(module, "role", role)
+    return module
+
+
 def _plain(value: Any) -> Any:
     """Tuples to lists, recursively, so arguments survive a JSON round trip unchanged."""
     if isinstance(value, dict):

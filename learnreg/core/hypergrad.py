@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call
 
-from learnreg.core.inner import Batch, InnerState
+from learnreg.core.inner import Batch, InnerState, frozen_names
 
 
 def applies(state: InnerState) -> bool:
@@ -42,9 +42,11 @@ def one_step(
         meta-loss and the base loss before the step (both detached).
     """
     x, y = batch
-    names = list(state.params)
+    frozen = frozen_names(model)  # held fixed by the inner loop, as in inner_step
+    names = [k for k in state.params if k not in frozen]
+    fixed = {k: state.params[k].detach() for k in frozen}
     theta = [state.params[k].detach().requires_grad_() for k in names]
-    pred = functional_call(model, (dict(zip(names, theta)), state.buffers), (x,))
+    pred = functional_call(model, ({**dict(zip(names, theta)), **fixed}, state.buffers), (x,))
     pred_leaf = pred.detach().requires_grad_()
     base_loss = loss(pred_leaf, y)
     (e,) = torch.autograd.grad(base_loss, pred_leaf, create_graph=True)
@@ -54,9 +56,8 @@ def one_step(
     g_leaf = [g.detach().requires_grad_() for g in grads]
     base = {k: t.detach() for k, t in zip(names, theta)}
     updates, opt_state = optimizer(dict(zip(names, g_leaf)), state.opt_state, base)
-    new_state = InnerState(
-        {k: base[k] + updates[k] for k in names}, state.buffers, opt_state, state.step + 1
-    )
+    params = {k: fixed[k] if k in frozen else base[k] + updates[k] for k in state.params}
+    new_state = InnerState(params, state.buffers, opt_state, state.step + 1)
     meta_loss = meta_objective(new_state)
     opt_meta = [p for p in optimizer.parameters() if p.requires_grad]
     targets = g_leaf + opt_meta

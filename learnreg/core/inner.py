@@ -9,12 +9,19 @@ come from ``torch.func.grad_and_value``, so the same :func:`inner_step` is
   roles under ordinary autograd (a truncated unroll backpropagates through it),
 * cheap and graph-free under ``torch.no_grad()`` (meta-testing, fitness evaluation),
 * vmappable over a population of meta-parameters (:mod:`learnreg.estimators.evaluator`).
+
+Which parameters the inner loop adapts is a property of the model: a model with an
+``adapt_patterns`` attribute (shell-style name patterns, set by the ``adapt_only`` model
+component or a model's own ``adapt`` argument) adapts only the parameters matching one of
+them; the others are held fixed (they still carry the init role's meta-gradient through
+the forward pass). Without the attribute every parameter adapts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
 from typing import Any
 
 import optree
@@ -56,6 +63,17 @@ class InnerState:
         )
 
 
+def frozen_names(model: nn.Module) -> frozenset[str]:
+    """The parameters the inner loop holds fixed: those matching none of the model's
+    ``adapt_patterns`` (empty when the model has none: everything adapts)."""
+    patterns = getattr(model, "adapt_patterns", None)
+    if patterns is None:
+        return frozenset()
+    return frozenset(
+        k for k, _ in model.named_parameters() if not any(fnmatchcase(k, p) for p in patterns)
+    )
+
+
 def forward(model: nn.Module, state: InnerState, x: Tensor) -> Tensor:
     """The base model's output at the state's parameters."""
     return functional_call(model, (state.params, state.buffers), (x,))
@@ -72,7 +90,9 @@ def init_state(model: nn.Module, init, optimizer, task=None) -> InnerState:
     """
     params = init(model, task)
     buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
-    return InnerState(params, buffers, optimizer.init(params), 0)
+    frozen = frozen_names(model)
+    adapted = {k: v for k, v in params.items() if k not in frozen}
+    return InnerState(params, buffers, optimizer.init(adapted), 0)
 
 
 def inner_step(
@@ -94,13 +114,17 @@ def inner_step(
         The next state and the (detached) base loss at the current parameters.
     """
     x, y = batch
+    frozen = frozen_names(model)
+    adapted = {k: v for k, v in state.params.items() if k not in frozen}
+    fixed = {k: v for k, v in state.params.items() if k in frozen}
 
-    def base_loss(params: Params) -> Tensor:
-        return loss(functional_call(model, (params, state.buffers), (x,)), y)
+    def base_loss(adapted: Params) -> Tensor:
+        return loss(functional_call(model, ({**adapted, **fixed}, state.buffers), (x,)), y)
 
-    grads, value = torch.func.grad_and_value(base_loss)(state.params)
-    updates, opt_state = optimizer(grads, state.opt_state, state.params)
-    params = {k: p + updates[k] for k, p in state.params.items()}
+    grads, value = torch.func.grad_and_value(base_loss)(adapted)
+    updates, opt_state = optimizer(grads, state.opt_state, adapted)
+    # held parameters pass through as the same tensors: bit-identical, graph intact
+    params = {k: p if k in frozen else p + updates[k] for k, p in state.params.items()}
     return InnerState(params, state.buffers, opt_state, state.step + 1), value.detach()
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from learnreg.core.bias import Biases
+from learnreg.core.bias import Biases, is_learned
 from learnreg.core.inner import InnerRun, inner_step
 from learnreg.core.monitors import Monitor
 from learnreg.core.outer import OuterOptimizer
@@ -289,11 +289,12 @@ class MetaTrainer:
             f"test_{k}": v
             for k, v in evaluate_split(run.model, run.state, run.task.test, run.task.kind).items()
         }
-        metrics["train_loss"] = inner_loss  # in the run's own loss's units
+        # A learned loss is in its own units: keep it apart from cross-entropy's train_loss.
+        metrics["train_learned_loss" if is_learned(biases.loss) else "train_loss"] = inner_loss
         metrics.update(update_statistics(before, run.state.params))
         # ‖Δθ‖ per logged step, for the update-size ratio against the baseline run.
         run.update_norms[run.state.step] = metrics["update_norm"]
-        if biases.loss.is_learned:  # how the loss looks now (it may still be adapting)
+        if is_learned(biases.loss):  # how the loss looks now (it may still be adapting)
             grid, values = loss_profile(biases.loss, run.task.kind, run.task.num_classes)
             metrics["loss_argmin"] = profile_argmin(grid, values)
             metrics["loss_profile"] = values

@@ -3,7 +3,7 @@
 from learnreg.data import class_pools, episodes, optimizees, tabular, vision
 from learnreg.data.episodes import FewShotEpisodes, SineEpisodes
 from learnreg.data.splits import standardize, three_way_split
-from learnreg.data.tabular import sklearn_task
+from learnreg.data.tabular import sklearn_task, tensor_task
 from learnreg.data.vision import data_root, read_idx
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "standardize",
     "three_way_split",
     "sklearn_task",
+    "tensor_task",
     "data_root",
     "read_idx",
 ]

@@ -90,6 +90,9 @@ class FewShotEpisodes(EpisodeFamily):
         episode_seed: seeds the episode sequence.
         path: a folder holding the dataset (default: the data root, then system folders).
         download: let torchvision download the dataset when it is absent.
+        transductive: append the query inputs to the support set (train split) with the
+            label -100 (PyTorch's ``ignore_index``: unlabelled), so the inner loop's loss
+            and batch statistics see them, as in NPBML; cross-entropy ignores them.
         model: the model spec (injected from the run's ``model`` section).
     """
 
@@ -106,13 +109,14 @@ class FewShotEpisodes(EpisodeFamily):
         episode_seed: int = 0,
         path: str | None = None,
         download: bool = False,
+        transductive: bool = False,
         model=None,
     ):
         if min(ways, shots, queries) < 1:
             raise DataError(f"need ways, shots, queries >= 1; got {ways}, {shots}, {queries}")
         self.pool: ClassPool = load_pool(dataset, class_split, split_seed, path, download)
         self.dataset, self.ways, self.shots, self.queries = dataset, ways, shots, queries
-        self.episode_seed = episode_seed
+        self.episode_seed, self.transductive = episode_seed, transductive
         for phase in ("train", "test"):
             self._check_phase(phase)
         shape = tuple(self.pool.x.shape[1:])
@@ -151,6 +155,10 @@ class FewShotEpisodes(EpisodeFamily):
         labels = torch.arange(self.ways)
         train = Split(self.pool.images(torch.cat(support)), labels.repeat_interleave(self.shots))
         test = Split(self.pool.images(torch.cat(query)), labels.repeat_interleave(self.queries))
+        if self.transductive:  # the query inputs, unlabelled, join the support set
+            train = Split(
+                torch.cat([train.x, test.x]), torch.cat([train.y, torch.full_like(test.y, -100)])
+            )
         return Task(
             self.name,
             "classification",

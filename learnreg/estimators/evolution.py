@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from learnreg import components
 from learnreg.core import distributed
+from learnreg.core.bias import is_learned
 from learnreg.errors import ConfigError
 from learnreg.estimators.base import Estimator, MetaContext, derive_seed
 from learnreg.estimators.evaluators.backends import Evaluator, split
@@ -107,7 +108,7 @@ class Evolution(Estimator):
                 "or use the vmap, serial or processes evaluator (torchrun shards their work)"
             )
         self.template = copy.deepcopy(ctx.biases.loss)
-        if self.local_search is not None and not ctx.biases.loss.is_learned:
+        if self.local_search is not None and not is_learned(ctx.biases.loss):
             raise ConfigError(
                 "local_search tunes the loss's weights, but it has none that learn (learnable: false?)"
             )

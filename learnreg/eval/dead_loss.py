@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import warnings
 
+from learnreg.core.bias import is_learned
 from learnreg.core.monitors import Monitor, snapshot
 from learnreg.errors import ConfigError, NumericalError
 from learnreg.eval.loss_shape import loss_profile
@@ -88,7 +89,7 @@ class DeadLossMonitor(Monitor):
         self.healthy: tuple[dict, dict | None] | None = None  # (meta-params, outer state)
 
     def _applies(self, biases, kind: str) -> bool:
-        return self.policy != "off" and kind == "classification" and biases.loss.is_learned
+        return self.policy != "off" and kind == "classification" and is_learned(biases.loss)
 
     def _check(self, biases, outer, num_classes: int, where: str, step: int) -> dict:
         slopes = loss_slopes(biases.loss, num_classes, self.p_min)
@@ -125,7 +126,7 @@ class DeadLossMonitor(Monitor):
         return metrics
 
     def after_meta_step(self, trainer) -> dict[str, float]:
-        if self.policy == "off" or not trainer.biases.loss.is_learned:
+        if self.policy == "off" or not is_learned(trainer.biases.loss):
             return {}
         if self.healthy is None:  # the first meta-parameters count as healthy
             self.healthy = (snapshot(trainer.biases), None)

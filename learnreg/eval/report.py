@@ -20,6 +20,7 @@ from learnreg.core.trainer import resolve_device
 from learnreg.errors import CheckpointError
 from learnreg.eval import robustness, sharpness
 from learnreg.eval.metrics import evaluate_split, summarize
+from learnreg.imports import import_recorded
 from learnreg.tracking.atomic import atomic_write_bytes
 from learnreg.tracking.export import load_state
 from learnreg.tracking.loggers import JsonlLogger, strict_json
@@ -98,6 +99,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
+    import_recorded(run_dir)  # the run's custom components (see learnreg.imports)
     cfg = configlib.load(run_dir / "config.yaml")
     device = resolve_device(cfg["device"])
     family = build_family(cfg)

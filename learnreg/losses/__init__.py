@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from learnreg.losses import composite, fixed, neural, symbolic, taylor
+from learnreg.losses import composite, fixed, neural, npbml, symbolic, taylor
 from learnreg.losses.base import LossRole
 from learnreg.losses.composite import TaskPlusLearned
 from learnreg.losses.fixed import MSE, CrossEntropy, LabelSmoothing, SparseLSR
 from learnreg.losses.neural import NeuralLoss, SmoothLeakyReLU
+from learnreg.losses.npbml import NPBMLLoss
 from learnreg.losses.symbolic import SymbolicLoss
 from learnreg.losses.taylor import TaylorLoss
 
@@ -31,6 +32,7 @@ __all__ = [
     "composite",
     "fixed",
     "neural",
+    "npbml",
     "symbolic",
     "taylor",
     "LossRole",
@@ -39,6 +41,7 @@ __all__ = [
     "LabelSmoothing",
     "SparseLSR",
     "NeuralLoss",
+    "NPBMLLoss",
     "TaskPlusLearned",
     "SmoothLeakyReLU",
     "SymbolicLoss",

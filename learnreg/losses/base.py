@@ -41,11 +41,15 @@ def check_pair(pred: Tensor, target: Tensor, kind: str, num_classes: int | None 
 
 def _check_labels(target: Tensor, classes: int) -> None:
     """Labels must index a logit column; out of range they would fail deep inside a
-    scatter (or trip a device-side assert on a GPU)."""
+    scatter (or trip a device-side assert on a GPU). -100 (PyTorch's ``ignore_index``)
+    marks an unlabelled row (transductive few-shot batches) and is allowed."""
     if target.numel() == 0 or target.is_floating_point():
         return
     try:
-        low, high = (int(v) for v in torch.aminmax(target))  # one reduction
+        labelled = target[target != -100]
+        if labelled.numel() == 0:
+            return
+        low, high = (int(v) for v in torch.aminmax(labelled))  # one reduction
     except RuntimeError:  # under torch.func.vmap labels cannot be read; the data was checked
         return
     if low < 0 or high >= classes:

@@ -1,10 +1,16 @@
 """Feature-wise linear modulation: ``(1 + γ)·z + β`` per channel, the identity at γ = β = 0.
 
-:class:`FiLM` layers are ordinary model parameters: the inner loop adapts them like any
-other weight, and an init role decides their starting values per task
-(:class:`learnreg.inits.film.FiLMInit` generates them from the support set's
-statistics). The ``film`` model component inserts one after every activation of any
-sequential model, so the same backbone is available with and without FiLM.
+Two kinds:
+
+* :class:`FiLM`: (γ, β) are ordinary model parameters: the inner loop adapts them like any
+  other weight, and an init role decides their starting values per task
+  (:class:`learnreg.inits.film.FiLMInit` generates them from the support set's
+  statistics). The ``film`` model component inserts one after every activation of any
+  sequential model, so the same backbone is available with and without FiLM (the
+  ``npbml_gradprecond`` presets).
+* :class:`AdaptiveFiLM` (NPBML): (γ, β) are computed at every forward pass by a linear
+  generator from the channel means of a conditioning tensor (a block's input), so they
+  follow whatever batch passes through; the generator is zero at first (the identity).
 
 References:
     Perez et al., "FiLM: Visual Reasoning with a General Conditioning Layer"
@@ -36,6 +42,31 @@ class FiLM(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         shape = (1, -1) + (1,) * (z.dim() - 2)
         return (1 + self.gamma.view(shape)) * z + self.beta.view(shape)
+
+
+class AdaptiveFiLM(nn.Module):
+    """``(1 + γ)·z + β`` with ``(γ, β) = W·mean(x) + b`` per forward pass (NPBML's FiLM).
+
+    ``mean(x)`` averages the conditioning tensor over every dimension but the channels
+    (dim 1): batch and space. That equals NPBML's per-example generator averaged over the
+    batch, since the generator is affine. ``W`` and ``b`` start at zero.
+
+    Args:
+        in_channels: channels of the conditioning tensor.
+        out_channels: channels of the modulated tensor.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.generator = nn.Linear(in_channels, 2 * out_channels)
+        nn.init.zeros_(self.generator.weight)
+        nn.init.zeros_(self.generator.bias)
+
+    def forward(self, z: Tensor, condition: Tensor) -> Tensor:
+        dims = [0, *range(2, condition.dim())]
+        gamma, beta = self.generator(condition.mean(dims)).chunk(2)
+        shape = (1, -1) + (1,) * (z.dim() - 2)
+        return (1 + gamma.view(shape)) * z + beta.view(shape)
 
 
 def add_film(model: nn.Module, width_of=None) -> nn.Module:

@@ -3,19 +3,48 @@
 Each names its phases the way its paper's algorithm does: SAM and GSAM take
 ``first_step()`` (perturb) and ``second_step()`` (restore and descend); GAM takes
 ``first_step()``, ``second_step()``, ``third_step()`` and ``fourth_step()``. All accept
-``step(closure)``. See :class:`~learnreg.optim.perturbed.PerturbedOptimizer` for the
+``step(closure)``, which makes *every* pass itself, the first included: the closure
+computes the loss and calls ``backward()``, and ``step`` calls it once per pass. Code
+ported from davda54/sam, whose ``step(closure)`` expects the first ``backward()`` to
+have been made before it, passes ``first_pass_done=True`` to SAM's and GSAM's ``step``
+(otherwise it pays for one pass more than it needs). See :class:`~learnreg.optim.perturbed.PerturbedOptimizer` for the
 mechanics and :mod:`learnreg.optim.perturbations` for the equations.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
+from learnreg.optim.batchnorm import frozen_bn_stats
 from learnreg.optim.perturbations import GAMPerturbation, GSAMPerturbation, SAMPerturbation
 from learnreg.optim.perturbed import PerturbedOptimizer
 
 
 class _TwoPass(PerturbedOptimizer):
+    def step(self, closure=None, *, first_pass_done: bool = False):
+        """One full step.
+
+        Args:
+            closure: re-evaluates the loss and calls ``backward()`` (None: finish a step
+                the phase API started).
+            first_pass_done: davda54/sam's convention: the gradients at the unperturbed
+                parameters are already in ``.grad`` (``loss.backward()`` came before
+                ``step``), so the closure is called once, at the perturbed parameters.
+                False (the default): ``step`` calls the closure for both passes.
+
+        Returns:
+            The closure's loss at the unperturbed parameters; None when
+            ``first_pass_done`` (that loss was the caller's own) or without a closure.
+        """
+        if closure is None or not first_pass_done:
+            return super().step(closure)
+        self.first_step(zero_grad=True)
+        with frozen_bn_stats(self.model), torch.enable_grad():
+            closure()
+        self.second_step()
+        return None
+
     def first_step(self, zero_grad: bool = False) -> None:
         """Perturb the parameters from the gradients of the first pass."""
         self.ascend(zero_grad)
@@ -43,6 +72,11 @@ class SAM(_TwoPass):
         model: lets ``step(closure)`` keep BatchNorm statistics still in the second pass.
         **base_kwargs: the base optimizer's arguments (``lr``...).
 
+    ``step(closure)`` calls the closure for both passes (it computes the loss *and*
+    ``backward()``); with ``first_pass_done=True`` it follows davda54/sam instead, where
+    ``loss.backward()`` at the unperturbed weights comes before ``step`` and the closure
+    is only the second pass.
+
     Example::
 
         opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
@@ -51,7 +85,12 @@ class SAM(_TwoPass):
             loss.backward()
             return loss
         opt.zero_grad()
-        opt.step(closure)
+        opt.step(closure)  # two passes, both made by step
+
+        # davda54/sam's convention: the first pass is yours, the closure the second.
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step(closure, first_pass_done=True)
     """
 
     perturbation = SAMPerturbation()

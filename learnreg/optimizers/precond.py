@@ -142,13 +142,16 @@ class PreconditionedSGD(OptimizerRole):
         self.record_args(shapes=shapes, lr=lr, momentum=momentum, nesterov=nesterov, mode=mode)
 
     def precondition(self, grads: Params) -> Params:
-        """``P·g`` per tensor, with the learning rate folded in."""
-        if list(grads) != self.names:
+        """``P·g`` per tensor, with the learning rate folded in. ``grads`` may cover a
+        subset of the model's parameters (a model that adapts only some of them)."""
+        unknown = [k for k in grads if k not in self.names]
+        if unknown or not grads:
             raise ConfigError(
                 f"preconditioned_sgd was built for parameters {self.names[:3]}..., "
                 f"got {list(grads)[:3]}...; build it from the same model spec"
             )
-        return {k: pre(grads[k]) for k, pre in zip(self.names, self.preconditioners)}
+        by_name = dict(zip(self.names, self.preconditioners))
+        return {k: by_name[k](g) for k, g in grads.items()}
 
     def init(self, params: Params) -> Any:
         return self.transform.init(params)

@@ -176,11 +176,18 @@ def _bias_class(meta_path: Path, doc: dict) -> type:
         check_component(doc["role"], spec, where=str(meta_path))
     except ConfigError as exc:
         raise CheckpointError(f"{meta_path}: refused: {exc}") from None
-    if not (isinstance(target, type) and issubclass(target, Bias) and target.role == doc["role"]):
+    bias = isinstance(target, type) and issubclass(target, Bias) and target.role == doc["role"]
+    # A plain nn.Module that code the user imported registered for this role (docs/extending.md).
+    registered = (
+        isinstance(target, type)
+        and issubclass(target, nn.Module)
+        and any(entry.target is target for entry in registry.entries(doc["role"]))
+    )
+    if not (bias or registered):
         raise CheckpointError(
             f"{meta_path}: refused: {doc['component']!r} is not a learnreg {doc['role']} bias "
-            "class; an exported bias names a registered Bias subclass (`learnreg list "
-            f"{doc['role']}`)"
+            "class; an exported bias names a Bias subclass or an nn.Module registered for its "
+            f"role (`learnreg list {doc['role']}`)"
         )
     return target
 

@@ -13,10 +13,13 @@ import json
 import math
 import os
 import sys
+import time
 import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Protocol
+
+from tqdm.auto import tqdm
 
 from learnreg.tracking.wandb_offline import wait_until_complete
 
@@ -75,17 +78,44 @@ class JsonlLogger:
 
 
 class ConsoleLogger:
-    """Prints meta-training metrics every ``every`` meta-steps and meta-test results."""
+    """Prints a line every ``every`` meta-steps and every logged meta-test curve point
+    (each ``eval_every`` inner steps), with elapsed time and an ETA when the totals are
+    known: progress that shows in a log file or CI output as well as on a terminal.
 
-    def __init__(self, every: int = 50, stream=None):
+    Args:
+        every: meta-steps between meta-training lines.
+        stream: where to print (default ``sys.stderr``).
+        meta_steps: total meta-steps (for the meta-training ETA).
+        meta_test_steps: inner steps of one meta-test run.
+        meta_test_seeds: meta-test seeds.
+        eval_every: inner steps between meta-test curve points (0: only at the end).
+        runs_per_seed: meta-test runs per seed (learned, then baseline when there is one).
+    """
+
+    def __init__(
+        self,
+        every: int = 50,
+        stream=None,
+        meta_steps: int | None = None,
+        meta_test_steps: int | None = None,
+        meta_test_seeds: int | None = None,
+        eval_every: int = 0,
+        runs_per_seed: int = 2,
+    ):
         self.every, self.stream = every, stream or sys.stderr
+        self.meta_steps, self.meta_test_steps = meta_steps, meta_test_steps
+        self.meta_test_seeds, self.runs_per_seed = meta_test_seeds, runs_per_seed
+        self.eval_every = eval_every or meta_test_steps
+        self.clocks: dict[str, tuple[float, float]] = {}  # phase -> (start time, start fraction)
+        self.last_line = time.monotonic()  # a phase's clock starts at the previous line
 
     def log(self, metrics: dict[str, float], **axes: int) -> None:
         step = axes.get("meta_step")
         if step is not None and step % self.every != 0:
             return
         if step is None and "inner_step" in axes:
-            return  # learning curves go to the files, not the terminal
+            self._meta_test_line(metrics, axes)
+            return
         where = " ".join(f"{k}={v}" for k, v in axes.items())
         if "meta/one_step_gain" in metrics:  # the meta-training probes, in plain words
             print(f"[{where}] {probe_line(metrics)}", file=self.stream)
@@ -93,7 +123,46 @@ class ConsoleLogger:
         body = " ".join(
             f"{k.split('/')[-1]}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))
         )
-        print(f"[{where}] {body}", file=self.stream)
+        total = self.meta_steps
+        timing = (
+            self._timing("meta_train", step / total, (step - self.every) / total)
+            if step is not None and total
+            else ""
+        )
+        self._print(f"[{where}] {body}{timing}")
+
+    def _meta_test_line(self, metrics: dict, axes: dict) -> None:
+        tag = next((k.split("/")[1] for k in metrics if k.startswith("meta_test/")), "?")
+        shown = " ".join(
+            f"{k.split('/')[-1]}={v:.4g}"
+            for k, v in metrics.items()
+            if k.split("/")[-1].startswith("test_") and isinstance(v, (int, float))
+        )
+        step, timing = axes["inner_step"], ""
+        if self.meta_test_steps and self.meta_test_seeds:
+            # Runs finished before this one: earlier seeds', then learned before baseline.
+            done = (axes.get("seed") or 0) * self.runs_per_seed + (tag == "baseline")
+            runs = self.meta_test_seeds * self.runs_per_seed
+            fraction = (done + step / self.meta_test_steps) / runs
+            interval = min(self.eval_every, step) / self.meta_test_steps / runs
+            timing = self._timing("meta_test", fraction, fraction - interval)
+        total = f"/{self.meta_test_steps}" if self.meta_test_steps else ""
+        self._print(f"[meta-test {tag} seed={axes.get('seed')} step={step}{total}] {shown}{timing}")
+
+    def _timing(self, phase: str, fraction: float, previous: float) -> str:
+        """Elapsed time of ``phase`` and its ETA; ``previous`` is the fraction done one
+        interval ago (where the phase stood when this process's clock started)."""
+        now = time.monotonic()
+        start, start_fraction = self.clocks.setdefault(phase, (self.last_line, max(previous, 0)))
+        self.last_line = now
+        elapsed, gained = now - start, fraction - start_fraction
+        eta = elapsed / gained * (1 - fraction) if gained > 0 else None
+        text = f" | {_duration(elapsed)} elapsed"
+        return text + (f", ETA {_duration(eta)}" if eta is not None else "")
+
+    def _print(self, line: str) -> None:
+        # Through tqdm, so that a progress bar on the same terminal is redrawn below it.
+        tqdm.write(line, file=self.stream)
 
     def log_table(self, name, columns, rows, **axes) -> None:
         return None  # tables go to the files and W&B, not the terminal
@@ -122,6 +191,15 @@ def probe_line(metrics: dict[str, float]) -> str:
     return text
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 class WandbLogger:
     """Weights & Biases backend. Offline unless credentials exist (never prompts).
 
@@ -132,6 +210,12 @@ class WandbLogger:
         project: W&B project (default ``learnreg-<method>``).
         group: W&B group (seeds and sweeps of one setting share it).
         tags: W&B tags.
+        name: the W&B run's display name.
+
+    Meta-test curves go under ``meta_test/<learned|baseline>/seed_<i>/<metric>``, one
+    series per meta-test seed (each row also carries ``seed``); :meth:`log_summary` puts
+    the run's final summary in ``run.summary`` under summary.json's keys, nested keys
+    joined with ``/``.
     """
 
     def __init__(
@@ -141,6 +225,7 @@ class WandbLogger:
         project: str | None = None,
         group: str | None = None,
         tags=(),
+        name: str | None = None,
     ):
         import wandb
 
@@ -155,6 +240,7 @@ class WandbLogger:
             self.run = wandb.init(
                 project=project or f"learnreg-{config.get('method', 'custom')}",
                 group=group,
+                name=name,
                 tags=list(tags),
                 config=config,
                 dir=str(run_dir),
@@ -173,11 +259,18 @@ class WandbLogger:
                 self.run.define_metric(prefix, step_metric=axis)
 
     def log(self, metrics: dict[str, float], **axes: int) -> None:
-        seed = axes.pop("seed", None)
-        if seed not in (None, 0):
-            return  # one curve per axis in the W&B UI; every seed is in metrics.jsonl
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        seed = axes.get("seed")
+        if seed is not None:  # one series per seed: `meta_test/learned/seed_1/test_error`
+            scalars = {_per_seed(k, seed): v for k, v in scalars.items()}
         self.run.log({**scalars, **axes})
+
+    def log_summary(self, summary: dict) -> None:
+        """The run's final summary in ``run.summary`` (the W&B runs table's columns)."""
+        flat = flatten(summary)
+        if "n" not in flat and "meta_test_seeds" in flat:
+            flat["n"] = flat["meta_test_seeds"]  # the sample size behind every mean and CI
+        self.run.summary.update(flat)
 
     def log_table(self, name: str, columns: list[str], rows: list[list], **axes: int) -> None:
         import wandb
@@ -208,6 +301,24 @@ class WandbLogger:
             )
 
 
+def _per_seed(key: str, seed: int) -> str:
+    head, sep, metric = key.rpartition("/")
+    return f"{head}/seed_{seed}/{metric}" if sep else f"seed_{seed}/{key}"
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested dicts as one level of ``a/b/c`` keys; scalars and strings only (per-seed
+    lists stay in summary.json)."""
+    out: dict = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}/"))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            out[name] = _json_number(value)
+    return out
+
+
 class MultiLogger:
     """Fans every call out to several backends."""
 
@@ -230,6 +341,11 @@ class MultiLogger:
     def log_artifact(self, path, name, kind) -> None:
         for lg in self.loggers:
             lg.log_artifact(path, name, kind)
+
+    def log_summary(self, summary: dict) -> None:
+        for lg in self.loggers:
+            if hasattr(lg, "log_summary"):  # the backends with a run summary (W&B)
+                lg.log_summary(summary)
 
     def close(self) -> None:
         for lg in self.loggers:

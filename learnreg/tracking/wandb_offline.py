@@ -1,8 +1,8 @@
 """Read an offline W&B run (the ``run-<id>.wandb`` transaction log) without syncing it.
 
 The file is a LevelDB-style log (32 KiB blocks of checksummed chunks) of wandb's own
-protobuf ``Record`` messages. This reads back the config, the logged history rows and the
-artifacts, to check what a run recorded or to inspect one on a machine with no W&B server.
+protobuf ``Record`` messages. This reads back the run's name and group, its config and
+summary, the logged history rows and the artifacts, to check what a run recorded or to inspect one on a machine with no W&B server.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ def _chunks(data: bytes):
             pos += _BLOCK - pos % _BLOCK
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):
+            break  # a chunk wandb-core is still writing
         chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 0:
@@ -46,8 +48,9 @@ def read_run(path: str | Path) -> dict:
             (a learnreg run directory).
 
     Returns:
-        ``{"config": dict, "history": [row dicts], "artifacts": [{"name", "type", "files"}]}``,
-        merged over every segment of a resumed run.
+        ``{"name": str, "group": str, "config": dict, "summary": dict, "history": [row
+        dicts], "artifacts": [{"name", "type", "files"}]}``, merged over every segment of a
+        resumed run (the summary holds the last value written under each key).
     """
 
     path = Path(path)
@@ -58,7 +61,14 @@ def read_run(path: str | Path) -> dict:
         )
         if not segments:
             raise FileNotFoundError(f"no offline W&B run under {path}")
-    out: dict = {"config": {}, "history": [], "artifacts": []}
+    out: dict = {
+        "name": None,
+        "group": None,
+        "config": {},
+        "summary": {},
+        "history": [],
+        "artifacts": [],
+    }
     for segment in segments:
         _read_segment(segment, out)
     return out
@@ -78,10 +88,15 @@ def wait_until_complete(path: str | Path, timeout: float = 60.0) -> bool:
     Returns:
         Whether the exit record was seen in time.
     """
+    from google.protobuf.message import DecodeError
+
     path, deadline = Path(path), time.monotonic() + timeout
     while True:
-        if path.exists() and any(kind == "exit" for kind, _ in _records(path)):
-            return True
+        try:
+            if path.exists() and any(kind == "exit" for kind, _ in _records(path)):
+                return True
+        except DecodeError:
+            pass  # read halfway through a record being written: look again
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
@@ -101,6 +116,11 @@ def _read_segment(path: Path, out: dict) -> None:
     for kind, record in _records(path):
         if kind == "run":
             out["config"].update(_config(record.run.config))
+            out["name"] = record.run.display_name or out["name"]
+            out["group"] = record.run.run_group or out["group"]
+        elif kind == "summary":
+            for item in record.summary.update:
+                out["summary"]["/".join(item.nested_key) or item.key] = json.loads(item.value_json)
         elif kind == "config":
             out["config"].update(_config(record.config))
         elif kind == "history":
