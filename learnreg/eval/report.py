@@ -155,12 +155,15 @@ def format_eval(result: dict) -> str:
     names = list(result[tags[0]]["mean"])
     header = [f"{t} (n={result[t].get('n', len(result[t]['per_seed']))})" for t in tags]
     lines = ["| metric | " + " | ".join(header) + " |", "|---" * (len(tags) + 1) + "|"]
+    any_interval = False
     for name in names:
         cells = []
         for t in tags:
             ci = result[t].get("ci95", {}).get(name, math.nan)
             half = f" ± {ci:.2g}" if math.isfinite(ci) else ""
+            any_interval |= bool(half)
             cells.append(f"{result[t]['mean'][name]:.4g}{half}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("(mean ± 95% Student-t half-width over n seeds)")
+    if any_interval:
+        lines.append("(mean ± 95% Student-t half-width over n seeds)")
     return "\n".join(lines)

@@ -132,7 +132,14 @@ class ConsoleLogger:
         self._print(f"[{where}] {body}{timing}")
 
     def _meta_test_line(self, metrics: dict, axes: dict) -> None:
-        tag = next((k.split("/")[1] for k in metrics if k.startswith("meta_test/")), "?")
+        # Progress follows the runs' curves (meta_test/<run>/<metric>); run-level
+        # diagnostics such as meta_test/update_ratio are logged but not printed.
+        tags = [
+            k.split("/")[1] for k in metrics if k.startswith("meta_test/") and k.count("/") >= 2
+        ]
+        if not tags:
+            return
+        tag = tags[0]
         shown = " ".join(
             f"{k.split('/')[-1]}={v:.4g}"
             for k, v in metrics.items()
