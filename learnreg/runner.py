@@ -36,11 +36,13 @@ import torch
 from tqdm.auto import tqdm
 
 from learnreg import config as configlib
+from learnreg.controls import control_config
 from learnreg.core import distributed
 from learnreg.core.trainer import aggregate, resolve_device
 from learnreg.errors import ConfigError, LearnregError, NumericalError, RunLockedError
 from learnreg.eval import comparison, probes
 from learnreg.eval.baselines import base_lr, lr_grid, primary_metric, tune_seed
+from learnreg.eval.comparison import format_summary  # noqa: F401 - learnreg.runner.format_summary
 from learnreg.experiment import Experiment, baseline_optimizer, build
 from learnreg.imports import import_recorded
 from learnreg.plots import plot
@@ -501,73 +503,3 @@ class Run:
         if "console" not in self.cfg["logger"]["backends"]:
             return
         print(format_summary(summary))
-
-
-def format_summary(summary: dict) -> str:
-    """The learned result and every baseline (mean ± Student-t 95% CI, n), and the
-    paired verdicts; summaries written before the baselines protocol print as before."""
-    n = summary.get("n", summary["meta_test_seeds"])
-    n_test = f", {summary['n_test']} test examples each" if "n_test" in summary else ""
-    lines = [f"{summary['method']} on {summary['task']} ({n} meta-test seeds{n_test}):"]
-    if "baselines" in summary:
-        lines += comparison.format_comparison(summary)
-    else:
-        for name, block in (("learned ", summary), ("baseline", summary.get("baseline") or {})):
-            if block.get("test"):
-                parts = [
-                    f"{m} {v:.4f} ± {block['test_std'].get(m, 0.0):.4f}"
-                    for m, v in block["test"].items()
-                    if m != "accuracy"
-                ]
-                lines.append(f"  {name}  test " + ", ".join(parts))
-    blocks = [("learned", summary), *summary.get("baselines", {}).items()]
-    for name, block in blocks:
-        if block.get("diverged"):
-            lines.append(
-                f"  WARNING: {block['diverged']} {name} run(s) diverged (per_seed.diverged_at)"
-            )
-    lines.append(
-        f"  meta-train {summary['meta_train_seconds']:.1f}s, meta-test {summary['meta_test_seconds']:.1f}s"
-        + (f", lr tuning {summary['tune_seconds']:.1f}s" if summary.get("tune_seconds") else "")
-        + (
-            f", controls {summary['controls_seconds']:.1f}s"
-            if summary.get("controls_seconds")
-            else ""
-        )
-    )
-    return "\n".join(lines)
-
-
-def control_config(cfg: dict, exp: Experiment, name: str = "learned_lr") -> dict:
-    """The config of a control run: the baseline's loss and init with a meta-learned
-    step size on the baseline's optimizer, trained by the run's own estimator for the
-    same meta-steps and meta-tested the same way (online adaptation included).
-
-    A search (an estimator without an outer optimizer: TaylorGLO, EvoMAL, GP-LFL) cannot
-    train a step size, and its fitness (validation error) has no gradient; its control
-    uses a one-step unroll on the validation loss instead, for the same meta-steps.
-    """
-    control = {k: v for k, v in cfg.items()}
-    control["method"] = f"{cfg['method']}-{name}-control"
-    control["loss"] = cfg["baseline"]["loss"]
-    control["optimizer"] = {
-        "_component_": "learned_lr",
-        "base": baseline_optimizer(cfg, exp.trainer.biases),
-    }
-    control["init"] = {"_component_": "random"}
-    if not exp.trainer.estimator.needs_outer:
-        control["estimator"] = {
-            "_component_": "truncated_unroll",
-            "window": 1,
-            "horizon": 1,
-            "objective_batch": "val",
-        }
-        control["objective"] = {"_component_": "task_loss"}
-    control["meta_test"] = {**cfg["meta_test"], "baseline": False}
-    control["baseline"] = {
-        **cfg["baseline"],
-        "tune": {**cfg["baseline"]["tune"], "enabled": False},
-        "controls": [],
-    }
-    control["logger"] = {**cfg["logger"], "backends": []}
-    return control

@@ -118,3 +118,38 @@ def format_comparison(summary: dict) -> list[str]:
             f" (paired t, n={d['n']}{p}, learned better on {d['wins']}/{d['n']}): {d['verdict']}"
         )
     return lines
+
+
+def format_summary(summary: dict) -> str:
+    """The learned result and every baseline (mean ± Student-t 95% CI, n), and the
+    paired verdicts; summaries written before the baselines protocol print as before."""
+    n = summary.get("n", summary["meta_test_seeds"])
+    n_test = f", {summary['n_test']} test examples each" if "n_test" in summary else ""
+    lines = [f"{summary['method']} on {summary['task']} ({n} meta-test seeds{n_test}):"]
+    if "baselines" in summary:
+        lines += format_comparison(summary)
+    else:
+        for name, block in (("learned ", summary), ("baseline", summary.get("baseline") or {})):
+            if block.get("test"):
+                parts = [
+                    f"{m} {v:.4f} ± {block['test_std'].get(m, 0.0):.4f}"
+                    for m, v in block["test"].items()
+                    if m != "accuracy"
+                ]
+                lines.append(f"  {name}  test " + ", ".join(parts))
+    blocks = [("learned", summary), *summary.get("baselines", {}).items()]
+    for name, block in blocks:
+        if block.get("diverged"):
+            lines.append(
+                f"  WARNING: {block['diverged']} {name} run(s) diverged (per_seed.diverged_at)"
+            )
+    lines.append(
+        f"  meta-train {summary['meta_train_seconds']:.1f}s, meta-test {summary['meta_test_seconds']:.1f}s"
+        + (f", lr tuning {summary['tune_seconds']:.1f}s" if summary.get("tune_seconds") else "")
+        + (
+            f", controls {summary['controls_seconds']:.1f}s"
+            if summary.get("controls_seconds")
+            else ""
+        )
+    )
+    return "\n".join(lines)
