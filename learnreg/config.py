@@ -235,6 +235,16 @@ def validate(raw: dict) -> dict:
         cfg[key] = value
     if cfg["task"] is None:
         raise ConfigError("the config has no `task` section; e.g. `task: {_component_: digits}`.")
+    _check_scalars(cfg)
+    _check_monitors(cfg)
+    if cfg["device"] not in ("auto", "cpu", "cuda") and not str(cfg["device"]).startswith("cuda:"):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg['device']!r}")
+    _check_nested_components(cfg)
+    return cfg
+
+
+def _check_scalars(cfg: dict) -> None:
+    """Types and ranges of the plain settings (counts, seeds, clip, logger backends)."""
     for key in ("seed", "meta_steps", "checkpoint_every", "max_bad_steps"):
         _expect(key, cfg[key], int)
     if cfg["threads"] is not None and (
@@ -279,9 +289,10 @@ def validate(raw: dict) -> dict:
             raise ConfigError(
                 f"logger.backends: unknown backend {backend!r}.{hint} Choose from {', '.join(LOGGER_BACKENDS)}."
             )
-    _check_monitors(cfg)
-    if cfg["device"] not in ("auto", "cpu", "cuda") and not str(cfg["device"]).startswith("cuda:"):
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg['device']!r}")
+
+
+def _check_nested_components(cfg: dict) -> None:
+    """Normalise and check the components nested in the baseline and meta_test sections."""
     cfg["baseline"]["tune"] = _baseline_tune(cfg["baseline"]["tune"])
     cfg["baseline"]["controls"] = _baseline_controls(cfg["baseline"]["controls"])
     for sub in ("loss", "optimizer"):
@@ -298,7 +309,6 @@ def validate(raw: dict) -> dict:
         )
         check_component("estimator", cfg["meta_test"]["adapt"], where="meta_test.adapt")
         _check_adapt_batch(cfg)
-    return cfg
 
 
 TUNE_DEFAULT = SCHEMA["baseline"]["tune"]
