@@ -69,8 +69,10 @@ def probs_and_onehot(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _traced(t: Tensor) -> bool:
-    """Inside ``torch.func`` transforms (vmap, grad) data-dependent checks cannot run."""
-    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+    """Inside ``torch.func`` transforms (vmap, grad) data-dependent checks cannot run; nor
+    while ``torch.compile`` traces (the compiled graph-free step of learnreg.core.compiled,
+    whose batches come from tasks the eager path already checked)."""
+    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
 def class_targets(pred: Tensor, target: Tensor) -> Tensor:
