@@ -32,7 +32,7 @@ from collections.abc import Callable, Hashable, Iterator
 import torch
 from torch import Tensor, nn
 
-from learnreg.core.inner import Batch, InnerState, LossFn, Params, inner_step
+from learnreg.core.inner import Batch, InnerState, LossFn, inner_step
 
 #: structures whose compilation failed, with the reason (they run eagerly)
 FAILED: dict[Hashable, str] = {}
@@ -40,7 +40,9 @@ _COMPILED: dict[str, Callable] = {}
 
 
 def _pure_step(model, loss, optimizer, params, buffers, opt_state, x, y):
-    state, value = inner_step(model, InnerState(params, buffers, opt_state, 0), (x, y), loss, optimizer)
+    state, value = inner_step(
+        model, InnerState(params, buffers, opt_state, 0), (x, y), loss, optimizer
+    )
     return state.params, state.opt_state, value
 
 
@@ -145,4 +147,3 @@ def graph_free_loop(
         if callback is not None:
             callback(state, value)
     return state
-
