@@ -19,6 +19,9 @@ ratio stays meaningful on a busy machine even when the absolute times do not.
   hand-written ``nn.Module`` + ``torch.optim.SGD`` loop over the candidates.
 * ``sam``: one SAM step (SGD base) on the 784-1024-1024-10 MLP, learnreg's
   :class:`~learnreg.optim.SAM` vs ``pytorch_optimizer.SAM``.
+* ``gsam``: one GSAM step (α 0.4, constant ρ 0.05, SGD base) on the same MLP, learnreg's
+  :class:`~learnreg.optim.GSAM` vs ``pytorch_optimizer.GSAM`` driven as its docs say
+  (``set_closure``, a ``ProportionScheduler`` for ρ, ``update_rho_t()`` every step).
 """
 
 from __future__ import annotations
@@ -119,10 +122,7 @@ def sam(args) -> list[str]:
 
     from learnreg.optim import SAM
 
-    torch.manual_seed(0)
-    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
-    models = [MLP((1, 28, 28), 10, hidden=(1024, 1024)) for _ in range(2)]
-    models[1].load_state_dict(models[0].state_dict())
+    x, y, models = _mlp_pair()
     ours = SAM(models[0].parameters(), torch.optim.SGD, rho=0.05, lr=1e-3, momentum=0.9)
     peer = PeerSAM(models[1].parameters(), torch.optim.SGD, rho=0.05, lr=1e-3, momentum=0.9)
 
@@ -147,6 +147,55 @@ def sam(args) -> list[str]:
     r = interleaved_ratio(a, b, args.steps, args.repeats, warmup=2)
     return [
         f"| SAM step, MLP 784-1024-1024-10, batch 128 | pytorch_optimizer.SAM | "
+        f"{r['candidate_ms']:.1f} | {r['reference_ms']:.1f} | {r['ratio']:.2f}x |"
+    ]
+
+
+def _mlp_pair():
+    torch.manual_seed(0)
+    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+    models = [MLP((1, 28, 28), 10, hidden=(1024, 1024)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    return x, y, models
+
+
+def gsam(args) -> list[str]:
+    from pytorch_optimizer import GSAM as PeerGSAM
+    from pytorch_optimizer.lr_scheduler.proportion import ProportionScheduler
+
+    from learnreg.optim import GSAM
+
+    x, y, models = _mlp_pair()
+    ours = GSAM(
+        models[0].parameters(), torch.optim.SGD, rho_max=0.05, rho_min=0.05, alpha=0.4,
+        lr=1e-3, momentum=0.9,
+    )  # fmt: skip
+    base = torch.optim.SGD(models[1].parameters(), lr=1e-3, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.LambdaLR(base, lambda _: 1.0)
+    rho = ProportionScheduler(schedule, max_lr=1e-3, min_lr=1e-3, max_value=0.05, min_value=0.05)
+    peer = PeerGSAM(models[1].parameters(), base, model=models[1], rho_scheduler=rho, alpha=0.4)
+    peer.set_closure(F.cross_entropy, x, y)
+
+    def closure():
+        ours.zero_grad()
+        loss = F.cross_entropy(models[0](x), y)
+        loss.backward()
+        return loss
+
+    def ours_step():
+        ours.step(closure)
+
+    def peer_step():
+        peer.step()
+        peer.update_rho_t()
+
+    for _ in range(2):  # the second step uses the momentum buffers of the first
+        ours_step(), peer_step()
+        for p, q in zip(models[0].parameters(), models[1].parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    r = interleaved_ratio(ours_step, peer_step, args.steps, args.repeats, warmup=2)
+    return [
+        f"| GSAM step (α 0.4), MLP 784-1024-1024-10, batch 128 | pytorch_optimizer.GSAM | "
         f"{r['candidate_ms']:.1f} | {r['reference_ms']:.1f} | {r['ratio']:.2f}x |"
     ]
 
@@ -272,7 +321,7 @@ def population(args) -> list[str]:
     return rows
 
 
-BENCHES = {"maml": maml, "ml3": ml3, "sam": sam, "population": population}
+BENCHES = {"maml": maml, "ml3": ml3, "sam": sam, "gsam": gsam, "population": population}
 
 
 def main(argv: list[str] | None = None) -> None:
