@@ -55,42 +55,41 @@ def mlp_flops(rule: MLPRule) -> int:
     return total
 
 
-def rate(fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def machine_probes(rule: MLPRule, chunk: int) -> dict[str, tuple[callable, float]]:
+    """Work whose rate bounds the step: name -> (function, units of work per call).
 
-
-def machine_rates(rule: MLPRule, chunk: int, repeats: int) -> dict[str, float]:
-    """Peak matmul GFLOP/s, the rule's own matmul GFLOP/s over a chunk, and GB/s."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    peak = 2 * 2048**3 / rate(lambda: a @ b, repeats) / 1e9
+    ``peak`` a square float32 matmul (FLOPs), ``rule matmuls`` the rule's MLP over one
+    chunk of features (FLOPs), ``add`` a large elementwise add (bytes moved)."""
+    a, b = torch.randn(1536, 1536), torch.randn(1536, 1536)
     features = torch.randn(rule.num_features, chunk)
     t = torch.tensor(10.0)
-    with torch.no_grad():
-        per_chunk = rate(lambda: rule._mlp(features, t, torch.float32), repeats * 4)
-    shaped = mlp_flops(rule) * chunk / per_chunk / 1e9
     x, y = torch.randn(1 << 25), torch.randn(1 << 25)
     z = torch.empty_like(x)
-    bandwidth = 12 * x.numel() / rate(lambda: torch.add(x, y, out=z), repeats) / 1e9
-    return {"peak_gflops": peak, "rule_gemm_gflops": shaped, "bandwidth_gbs": bandwidth}
+
+    def rule_mlp():
+        with torch.no_grad():
+            rule._mlp(features, t, torch.float32)
+
+    return {
+        "peak": (lambda: a @ b, 2 * 1536**3),
+        "rule matmuls": (rule_mlp, mlp_flops(rule) * chunk),
+        "add": (lambda: torch.add(x, y, out=z), 12 * x.numel()),
+    }
 
 
-def interleaved(fns: dict[str, callable], repeats: int, steps: int) -> dict[str, float]:
-    """Median ms per call of each function, timed in alternating blocks of ``steps``."""
+def interleaved(fns: dict[str, callable], repeats: int, steps: int) -> dict[str, list[float]]:
+    """Seconds per call of each function in each round; a round times every function in
+    turn (``steps`` calls each), so machine load slows a round's entries alike."""
     times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up
+        fn()
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
             for _ in range(steps):
                 fn()
-            times[name].append((time.perf_counter() - start) / steps * 1e3)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+            times[name].append((time.perf_counter() - start) / steps)
+    return times
 
 
 def optimizers(size: int, hidden: tuple[int, ...]):
@@ -132,32 +131,39 @@ def main(argv=None) -> None:
     eager.step(), eager.step()
     for p, q in zip(models[1].parameters(), models[2].parameters()):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-8)
-    rates = machine_rates(rule, rule.chunk_size, args.repeats)
-    flops = mlp_flops(rule) + ELEMENTWISE_FLOPS
-    floor_flop = flops * n / (rates["peak_gflops"] * 1e9) * 1e3
-    floor_bytes = BYTES_PER_COORDINATE * n / (rates["bandwidth_gbs"] * 1e9) * 1e3
-    shaped = mlp_flops(rule) * n / (rates["rule_gemm_gflops"] * 1e9) * 1e3
-    floor = max(floor_flop, floor_bytes)
-    ms = interleaved(
-        {"Adam(foreach=True)": adam.step, "eager": eager.step, "compiled": fast.step},
-        args.repeats,
-        args.steps,
+    probes = machine_probes(rule, rule.chunk_size)
+    steps = {"Adam(foreach=True)": adam.step, "eager": eager.step, "compiled": fast.step}
+    times = interleaved(
+        {**steps, **{name: fn for name, (fn, _) in probes.items()}}, args.repeats, args.steps
     )
+    rates = {name: [work / t for t in times[name]] for name, (_, work) in probes.items()}
+    flops = mlp_flops(rule) + ELEMENTWISE_FLOPS
+    # the floor of each round, from that round's measured rates
+    floors = [
+        max(flops * n / peak, BYTES_PER_COORDINATE * n / bandwidth)
+        for peak, bandwidth in zip(rates["peak"], rates["add"])
+    ]
+    shaped = [mlp_flops(rule) * n / r for r in rates["rule matmuls"]]
+    med = statistics.median
     print(f"machine: {machine('cpu')}, load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
     print(
         f"rule mlp {tuple(args.hidden)}, {n / 1e6:.2f}M parameters: {flops} FLOPs and "
-        f"{BYTES_PER_COORDINATE} bytes per coordinate\n"
-        f"measured: peak matmul {rates['peak_gflops']:.1f} GFLOP/s, the rule's matmuls "
-        f"{rates['rule_gemm_gflops']:.1f} GFLOP/s, add {rates['bandwidth_gbs']:.1f} GB/s\n"
-        f"floor: {floor:.1f} ms (FLOPs {floor_flop:.1f} ms, bytes {floor_bytes:.1f} ms); "
-        f"the rule's matmuls alone at their measured rate: {shaped:.1f} ms; "
-        f"first compiled step (compile included) {compile_s:.1f} s\n"
+        f"{BYTES_PER_COORDINATE} bytes per coordinate; rounds: {args.repeats}\n"
+        f"measured (medians): peak matmul {med(rates['peak']) / 1e9:.1f} GFLOP/s, the rule's "
+        f"matmuls {med(rates['rule matmuls']) / 1e9:.1f} GFLOP/s, add "
+        f"{med(rates['add']) / 1e9:.1f} GB/s\n"
+        f"floor {med(floors) * 1e3:.1f} ms (FLOP-bound where the FLOP term is larger); the "
+        f"rule's matmuls alone at their own measured rate {med(shaped) * 1e3:.1f} ms; first "
+        f"compiled step (compile included) {compile_s:.1f} s\n"
     )
-    print("| step | ms | / floor | / Adam(foreach) |")
+    print("| step | ms (median) | / floor (median of rounds) | / Adam(foreach) |")
     print("|---|---:|---:|---:|")
-    print(f"| floor | {floor:.1f} | 1.00x | {floor / ms['Adam(foreach=True)']:.1f}x |")
-    for name, t in ms.items():
-        print(f"| {name} | {t:.1f} | {t / floor:.2f}x | {t / ms['Adam(foreach=True)']:.1f}x |")
+    adam_t = times["Adam(foreach=True)"]
+    rows = {"floor": floors, "rule matmuls only": shaped, **{k: times[k] for k in steps}}
+    for name, ts in rows.items():
+        over_floor = med([t / f for t, f in zip(ts, floors)])
+        over_adam = med([t / a for t, a in zip(ts, adam_t)])
+        print(f"| {name} | {med(ts) * 1e3:.1f} | {over_floor:.2f}x | {over_adam:.1f}x |")
 
 
 if __name__ == "__main__":
