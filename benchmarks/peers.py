@@ -16,7 +16,10 @@ ratio stays meaningful on a busy machine even when the absolute times do not.
   differentiable SGD step on the learned loss, the task loss on the same batch, Adam)
   vs the same step written with torchopt's functional API and with ``higher``.
 * ``population``: fitness of 16 TaylorGLO candidate losses, learnreg's evaluators vs a
-  hand-written ``nn.Module`` + ``torch.optim.SGD`` loop over the candidates.
+  hand-written ``nn.Module`` + ``torch.optim.SGD`` loop over the candidates; also with
+  the fitness inner loop replaced by the compiled graph-free loop
+  (:func:`learnreg.core.compiled.graph_free_loop`, the wiring a ``compile`` switch of
+  the evaluators makes at ``evaluate_group``'s ``inner_loop`` call).
 * ``sam``: one SAM step (SGD base) on the 784-1024-1024-10 MLP, learnreg's
   :class:`~learnreg.optim.SAM` vs ``pytorch_optimizer.SAM``.
 * ``gsam``: one GSAM step (α 0.4, constant ρ 0.05, SGD base) on the same MLP, learnreg's
@@ -305,6 +308,12 @@ def population(args) -> list[str]:
     modes = {
         "learnreg vmap": functools.partial(fitness, VmapEvaluator(), problem, losses),
         "learnreg sequential": functools.partial(fitness, SerialEvaluator(), problem, losses),
+        "learnreg vmap, compiled step": _compiled(
+            functools.partial(fitness, VmapEvaluator(), problem, losses)
+        ),
+        "learnreg sequential, compiled step": _compiled(
+            functools.partial(fitness, SerialEvaluator(), problem, losses)
+        ),
     }
     reference = hand()
     rows = []
@@ -319,6 +328,24 @@ def population(args) -> list[str]:
             f"{r['candidate_ms']:.0f} | {r['reference_ms']:.0f} | {r['ratio']:.2f}x |"
         )
     return rows
+
+
+def _compiled(fn):
+    """``fn`` with the fitness evaluation's inner loop compiled (graph_free_loop)."""
+    import functools
+
+    from learnreg.core.compiled import graph_free_loop
+    from learnreg.estimators.evaluators import fitness as fitness_module
+
+    def run():
+        plain = fitness_module.inner_loop
+        fitness_module.inner_loop = functools.partial(graph_free_loop, compile=True)
+        try:
+            return fn()
+        finally:
+            fitness_module.inner_loop = plain
+
+    return run
 
 
 BENCHES = {"maml": maml, "ml3": ml3, "sam": sam, "gsam": gsam, "population": population}
