@@ -176,3 +176,41 @@ def test_learned_optimizer_compile_failure_falls_back(monkeypatch):
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     assert MLPRule in flatlib.COMPILE_FAILED
+
+
+def _meta_test_trainer(compile: bool):
+    from learnreg import config as configlib
+    from learnreg.experiment import build
+
+    cfg = configlib.load(
+        {"task": {"_component_": "digits"}, "model": {"_component_": "mlp", "hidden": [8]}},
+        ["logger.backends=[none]", "device=cpu", f"meta_test.compile={str(compile).lower()}"],
+    )
+    return build(cfg).trainer
+
+
+def test_meta_test_compile_switch_gives_the_eager_run():
+    """``meta_test.compile: true`` routes the frozen meta-test steps through the compiled
+    step; the run ends where the eager one does."""
+    runs = []
+    for compile in (False, True):
+        trainer = _meta_test_trainer(compile)
+        assert trainer.compile_meta_test is compile
+        task = trainer.ctx.family.meta_test_task(0)
+        run, _ = trainer.meta_test_run(trainer.ctx.biases, task, 0, 6, None, "learned")
+        runs.append(run)
+    assert not compiled.FAILED  # compiled, not the eager fallback
+    assert runs[1].state.step == runs[0].state.step == 6
+    for k, v in runs[0].state.params.items():
+        torch.testing.assert_close(runs[1].state.params[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_meta_test_compile_must_be_a_bool():
+    from learnreg import config as configlib
+    from learnreg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="meta_test.compile must be true or false"):
+        configlib.load(
+            {"task": {"_component_": "digits"}, "model": {"_component_": "mlp"}},
+            ["meta_test.compile=3"],
+        )

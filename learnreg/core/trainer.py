@@ -13,8 +13,9 @@ import torch
 from tqdm.auto import tqdm
 
 from learnreg.core.bias import Biases, is_learned
+from learnreg.core.compiled import graph_free_step
 from learnreg.core.estimator import Estimator, MetaContext, meta_step
-from learnreg.core.inner import InnerRun, inner_step
+from learnreg.core.inner import InnerRun
 from learnreg.core.metaparams import meta_parameters
 from learnreg.core.monitors import Monitor
 from learnreg.core.outer import OuterOptimizer
@@ -86,8 +87,10 @@ class MetaTrainer:
         adapt_meta_optimizer: MetaOptimizerFactory | None = None,
         meta_lr_schedule: ScheduleFactory | None = None,
         monitors: Sequence[Monitor] = (),
+        compile_meta_test: bool = False,
     ):
         self.device = resolve_device(device)
+        self.compile_meta_test = compile_meta_test  # frozen meta-test steps via torch.compile
         biases.to(self.device)
         self.meta_optimizer = meta_optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
         self.adapt_meta_optimizer = adapt_meta_optimizer or self.meta_optimizer
@@ -261,10 +264,10 @@ class MetaTrainer:
                 if checks:
                     self._log(checks, inner_step=run.state.step, seed=index)
             else:
-                with torch.no_grad():
-                    run.state, loss = inner_step(
-                        run.model, run.state, run.next_train(), biases.loss, biases.optimizer
-                    )
+                run.state, loss = graph_free_step(
+                    run.model, run.state, run.next_train(), biases.loss, biases.optimizer,
+                    self.compile_meta_test,
+                )  # fmt: skip
                 inner_loss = float(loss)
             if not math.isfinite(inner_loss):  # report the divergence; never average it away
                 run.diverged_at = run.state.step
