@@ -12,6 +12,7 @@ import optree
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 
 from learnreg.core import compiled
 from learnreg.core.compiled import graph_free_loop, graph_free_step
@@ -45,6 +46,7 @@ def test_compiled_step_follows_the_eager_trajectory():
     """Four SGD (Nesterov) steps: the momentum transform's first step and later ones
     compile to different graphs; every state and loss along the way equals eager's."""
     model, optimizer, state, batches = _problem()
+    counters.clear()
     eager, fast = state, state
     for batch in batches:
         with torch.no_grad():
@@ -53,6 +55,8 @@ def test_compiled_step_follows_the_eager_trajectory():
         torch.testing.assert_close(loss_fast, loss_eager, rtol=1e-6, atol=1e-7)
         _assert_states_close(fast, eager)
     assert fast.params["1.weight"].ne(state.params["1.weight"]).any()  # it trained
+    # one graph each, no graph break (the label check is skipped while tracing)
+    assert not counters["graph_break"], dict(counters["graph_break"])
 
 
 def test_compiled_step_with_a_learned_loss_carries_no_graph():
@@ -62,6 +66,7 @@ def test_compiled_step_with_a_learned_loss_carries_no_graph():
     model, optimizer, state, batches = _problem(1, Adam(0.01))
     loss = NeuralLoss(num_classes=3, hidden=(4,))
     assert all(p.requires_grad for p in loss.parameters())
+    counters.clear()
     eager, fast = state, state
     for batch in batches[:3]:
         with torch.no_grad():
@@ -70,6 +75,7 @@ def test_compiled_step_with_a_learned_loss_carries_no_graph():
         assert not value.requires_grad
         assert not any(p.requires_grad for p in fast.params.values())
         _assert_states_close(fast, eager)
+    assert not counters["graph_break"], dict(counters["graph_break"])
 
 
 def test_compiled_loop_equals_inner_loop_with_callback():

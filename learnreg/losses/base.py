@@ -43,8 +43,8 @@ def _check_labels(target: Tensor, classes: int) -> None:
     """Labels must index a logit column; out of range they would fail deep inside a
     scatter (or trip a device-side assert on a GPU). -100 (PyTorch's ``ignore_index``)
     marks an unlabelled row (transductive few-shot batches) and is allowed."""
-    if target.numel() == 0 or target.is_floating_point():
-        return
+    if target.numel() == 0 or target.is_floating_point() or torch.compiler.is_compiling():
+        return  # compiling: a data-dependent read would break the graph (the data was checked)
     try:
         labelled = target[target != -100]
         if labelled.numel() == 0:
