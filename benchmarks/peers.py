@@ -17,9 +17,9 @@ ratio stays meaningful on a busy machine even when the absolute times do not.
   vs the same step written with torchopt's functional API and with ``higher``.
 * ``population``: fitness of 16 TaylorGLO candidate losses, learnreg's evaluators vs a
   hand-written ``nn.Module`` + ``torch.optim.SGD`` loop over the candidates; also with
-  the fitness inner loop replaced by the compiled graph-free loop
-  (:func:`learnreg.core.compiled.graph_free_loop`, the wiring a ``compile`` switch of
-  the evaluators makes at ``evaluate_group``'s ``inner_loop`` call).
+  the fitness inner loop stepping by the compiled graph-free step
+  (``inner_loop(..., step=learnreg.core.compiled.graph_free_step)``, the wiring a
+  ``compile`` switch of the evaluators makes at ``evaluate_group``'s ``inner_loop`` call).
 * ``sam``: one SAM step (SGD base) on the 784-1024-1024-10 MLP, learnreg's
   :class:`~learnreg.optim.SAM` vs ``pytorch_optimizer.SAM``.
 * ``gsam``: one GSAM step (α 0.4, constant ρ 0.05, SGD base) on the same MLP, learnreg's
@@ -144,14 +144,20 @@ def sam(args) -> list[str]:
         return step
 
     a, b = step_for(ours, models[0], False), step_for(peer, models[1], True)
-    a(), b()
-    for p, q in zip(models[0].parameters(), models[1].parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-    r = interleaved_ratio(a, b, args.steps, args.repeats, warmup=2)
-    return [
-        f"| SAM step, MLP 784-1024-1024-10, batch 128 | pytorch_optimizer.SAM | "
+    return [_weights_row("SAM step", "pytorch_optimizer.SAM", a, b, models, 1, args)]
+
+
+def _weights_row(work: str, peer: str, ours, theirs, models, checked: int, args) -> str:
+    """Assert equal weights after ``checked`` steps of each, then time them interleaved."""
+    for _ in range(checked):
+        ours(), theirs()
+        for p, q in zip(models[0].parameters(), models[1].parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    r = interleaved_ratio(ours, theirs, args.steps, args.repeats, warmup=2)
+    return (
+        f"| {work}, MLP 784-1024-1024-10, batch 128 | {peer} | "
         f"{r['candidate_ms']:.1f} | {r['reference_ms']:.1f} | {r['ratio']:.2f}x |"
-    ]
+    )
 
 
 def _mlp_pair():
@@ -192,14 +198,11 @@ def gsam(args) -> list[str]:
         peer.step()
         peer.update_rho_t()
 
-    for _ in range(2):  # the second step uses the momentum buffers of the first
-        ours_step(), peer_step()
-        for p, q in zip(models[0].parameters(), models[1].parameters()):
-            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-    r = interleaved_ratio(ours_step, peer_step, args.steps, args.repeats, warmup=2)
+    # two steps checked: the second uses the momentum buffers of the first
     return [
-        f"| GSAM step (α 0.4), MLP 784-1024-1024-10, batch 128 | pytorch_optimizer.GSAM | "
-        f"{r['candidate_ms']:.1f} | {r['reference_ms']:.1f} | {r['ratio']:.2f}x |"
+        _weights_row(
+            "GSAM step (α 0.4)", "pytorch_optimizer.GSAM", ours_step, peer_step, models, 2, args
+        )
     ]
 
 
@@ -331,15 +334,16 @@ def population(args) -> list[str]:
 
 
 def _compiled(fn):
-    """``fn`` with the fitness evaluation's inner loop compiled (graph_free_loop)."""
+    """``fn`` with the fitness evaluation's inner loop stepping by the compiled step."""
     import functools
 
-    from learnreg.core.compiled import graph_free_loop
+    from learnreg.core.compiled import graph_free_step
+    from learnreg.core.inner import inner_loop
     from learnreg.estimators.evaluators import fitness as fitness_module
 
     def run():
         plain = fitness_module.inner_loop
-        fitness_module.inner_loop = functools.partial(graph_free_loop, compile=True)
+        fitness_module.inner_loop = functools.partial(inner_loop, step=graph_free_step)
         try:
             return fn()
         finally:

@@ -21,13 +21,14 @@ What is compiled and what is not:
 When compilation fails (no C compiler, an operation dynamo cannot trace), the step runs
 eagerly from then on for that structure and one ``RuntimeWarning`` names the reason.
 Compiled and eager steps agree to float rounding (``tests/test_compiled.py``); the first
-call of each structure pays the compile time (seconds on a CPU).
+call of each structure pays the compile time (seconds on a CPU). A compiled loop is
+``inner_loop(..., step=graph_free_step)``.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 
 import torch
 from torch import Tensor, nn
@@ -120,30 +121,3 @@ def graph_free_step(
         )
         return result
     return InnerState(params, state.buffers, opt_state, state.step + 1), value
-
-
-def graph_free_loop(
-    model: nn.Module,
-    state: InnerState,
-    batches: Iterator[Batch],
-    loss: LossFn,
-    optimizer,
-    steps: int,
-    callback: Callable[[InnerState, Tensor], None] | None = None,
-    compile: bool = True,
-) -> InnerState:
-    """:func:`~learnreg.core.inner.inner_loop` under ``torch.no_grad()``, each step by
-    :func:`graph_free_step` (compiled when ``compile``).
-
-    Args:
-        model, state, batches, loss, optimizer, steps, callback: as for ``inner_loop``.
-        compile: compile the step (eager fallback where compilation fails).
-
-    Returns:
-        The state after ``steps`` steps (no graph).
-    """
-    for _ in range(steps):
-        state, value = graph_free_step(model, state, next(batches), loss, optimizer, compile)
-        if callback is not None:
-            callback(state, value)
-    return state
