@@ -220,3 +220,38 @@ def test_meta_test_compile_must_be_a_bool():
             {"task": {"_component_": "digits"}, "model": {"_component_": "mlp"}},
             ["meta_test.compile=3"],
         )
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_fitness_with_the_compiled_step_equals_eager(batched, monkeypatch):
+    """Population fitness (TaylorGLO candidates) with the fitness inner loop stepping by
+    the compiled step, vmapped over the candidates and one by one: the fitness values
+    are eager's (the wiring a ``compile`` switch of the evaluators makes)."""
+    import functools
+
+    from learnreg.core.objectives import TaskError
+    from learnreg.data import sklearn_task
+    from learnreg.estimators.evaluators import fitness as fitness_module
+    from learnreg.estimators.evaluators.fitness import FitnessProblem, evaluate_group
+    from learnreg.losses import TaylorLoss
+
+    task = sklearn_task("digits", batch_size=32)
+    task.model_fn = functools.partial(MLP, task.input_shape, task.out_features, hidden=[8])
+    base = torch.tensor([0.0, 0.5, 0.0, 0.0, 0.0, 2.0, -2.0, 0.0])
+    g = torch.Generator().manual_seed(0)
+    losses = [
+        TaylorLoss("classification", 10, (base + 0.1 * torch.randn(8, generator=g)).tolist())
+        for _ in range(2)
+    ]
+    problem = FitnessProblem(
+        [task], [1], SGD(0.05, momentum=0.9), RandomInit(), TaskError(), steps=4
+    )
+    eager = [e.fitness for e in evaluate_group(problem, copy.deepcopy(losses), batched)]
+    monkeypatch.setattr(
+        fitness_module, "inner_loop", functools.partial(inner_loop, step=graph_free_step)
+    )
+    counters.clear()
+    fast = [e.fitness for e in evaluate_group(problem, copy.deepcopy(losses), batched)]
+    assert fast == pytest.approx(eager, abs=1.5 / len(task.val))  # one example may flip
+    assert counters["stats"]["unique_graphs"] >= 1  # it did compile
+    assert not counters["graph_break"], dict(counters["graph_break"])
