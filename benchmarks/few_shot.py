@@ -106,8 +106,7 @@ def random_init_rung(preset: str, seeds: int, val_episodes: int, device: str, ou
         values = []
         for i, task in tasks:
             run_, _ = meta_test.meta_test_run(
-                exp.trainer,
-                exp.baseline, task.to(exp.trainer.device), i, steps, None, "baseline"
+                exp.trainer, exp.baseline, task.to(exp.trainer.device), i, steps, None, "baseline"
             )
             value = meta_test.final_metrics(run_)[metric]
             values.append(value if math.isfinite(value) else sign * float("inf"))

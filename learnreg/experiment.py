@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -11,12 +10,11 @@ import torch
 
 from learnreg import components, registry
 from learnreg.core.bias import Biases, adopt_role, is_learned
-from learnreg.eval.best_checkpoint import BestCheckpoint
-from learnreg.core.task import SingleTask, Task, TaskFamily
+from learnreg.core.task import Task, TaskFamily
 from learnreg.core.trainer import MetaTrainer
 from learnreg.data.build import build_family
-from learnreg.errors import ConfigError
 from learnreg.estimators.base import Estimator, derive_seed
+from learnreg.eval.best_checkpoint import BestCheckpoint
 from learnreg.eval.dead_loss import DeadLossMonitor
 
 

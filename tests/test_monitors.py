@@ -14,12 +14,12 @@ from conftest import tiny_task
 from learnreg import config
 from learnreg.core.bias import Biases
 from learnreg.core.inner import inner_step
-from learnreg.eval.best_checkpoint import BestCheckpoint
 from learnreg.core.objectives import TaskLoss
 from learnreg.core.task import SingleTask, Split
 from learnreg.core.trainer import MetaTrainer
 from learnreg.errors import NumericalError
 from learnreg.estimators.base import Estimator
+from learnreg.eval.best_checkpoint import BestCheckpoint
 from learnreg.eval.dead_loss import DeadLossMonitor, is_dead, loss_slopes
 from learnreg.eval.meta_test import evaluate
 from learnreg.experiment import build_biases, build_family

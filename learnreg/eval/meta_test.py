@@ -25,9 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 from learnreg.core.bias import Biases, is_learned
+from learnreg.core.estimator import meta_step
 from learnreg.core.inner import InnerRun, inner_step
+from learnreg.core.metaparams import meta_parameters
 from learnreg.core.outer import OuterOptimizer
-from learnreg.core.trainer import meta_step
 from learnreg.eval.loss_shape import loss_profile, profile_argmin
 from learnreg.eval.metrics import evaluate_split, summarize, update_ratios, update_statistics
 
@@ -98,6 +99,7 @@ def adapt_outer(trainer, biases: Biases, adapt) -> OuterOptimizer | None:
         trainer.meta_grad_clip,
         trainer.max_bad_steps,
         sync=False,
+        named=meta_parameters(biases),
     )
 
 
@@ -131,7 +133,7 @@ def meta_test_run(
     while run.state.step < steps:
         before = run.state.params  # functional updates: the old tensors stay valid
         if adapt is not None:
-            stepped = meta_step(adapt, ctx)
+            stepped = meta_step(ctx, adapt)
             # `base_loss`: estimators written before the rename to `inner_loss`
             inner_loss = stepped.get("inner_loss", stepped.get("base_loss"))
             checks: dict = {}
@@ -163,7 +165,6 @@ def final_metrics(run: InnerRun) -> dict:
     if run.diverged_at is not None:
         metrics["diverged_at"] = run.diverged_at
     return metrics
-
 
 
 def log_curve(
