@@ -30,10 +30,10 @@ from typing import Literal
 
 import torch
 
+from learnreg.core.estimator import derive_seed
 from learnreg.core.task import Split, Task, TaskFamily
 from learnreg.data.class_pools import ClassPool, load_pool
 from learnreg.errors import DataError
-from learnreg.core.estimator import derive_seed
 from learnreg.registry import register
 
 
