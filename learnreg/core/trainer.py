@@ -135,7 +135,7 @@ class MetaTrainer:
             on_step: called after every meta-step (checkpointing hooks here).
             progress: show a progress bar.
 
-        The estimator's :meth:`~learnreg.estimators.base.Estimator.close` runs when
+        The estimator's :meth:`~learnreg.core.estimator.Estimator.close` runs when
         this returns or raises.
         """
         if self.ctx.outer is None and self.estimator.needs_outer:
