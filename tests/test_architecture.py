@@ -27,6 +27,7 @@ METHODS = ("adalfl", "ml3", "maml", "npbml", "taylorglo", "evomal", "metasgd", "
 #: branch makes Evolution role-generic and owns them (drop each entry as it goes).
 PENDING_ROLE_GENERIC = {
     "learnreg/estimators/evaluators/population.py",
+    "learnreg/estimators/report.py",
     "learnreg/estimators/filters.py",
     "learnreg/estimators/searchers/base.py",
     "learnreg/estimators/searchers/cmaes.py",
@@ -214,6 +215,20 @@ def test_core_and_estimators_name_no_method_and_no_role_class(sub):
         if methods or named:
             bad.append(f"{path.relative_to(PACKAGE.parent)}: {sorted(methods | named)}")
     assert not bad, f"{sub}/ must stay method- and role-generic:\n" + "\n".join(bad)
+
+
+def test_estimators_import_no_role_package():
+    """Estimators move meta-parameters of any role: they import no concrete roles."""
+    modules, bad = _modules(), []
+    roles = ("learnreg.losses", "learnreg.optimizers", "learnreg.inits", "learnreg.models")
+    for name, path in modules.items():
+        rel = str(path.relative_to(PACKAGE.parent))
+        if not name.startswith("learnreg.estimators") or rel in PENDING_ROLE_GENERIC:
+            continue
+        for target, line in _imports(name, path):
+            if _existing(target, modules).startswith(roles):
+                bad.append(f"{rel}:{line} imports {_existing(target, modules)}")
+    assert not bad, "\n".join(sorted(set(bad)))
 
 
 def test_the_word_scan_ignores_docstrings_and_sees_code(tmp_path):
