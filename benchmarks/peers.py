@@ -10,7 +10,7 @@ ratio stays meaningful on a busy machine even when the absolute times do not.
 
 * ``maml``: one MAML meta-step on sine (``configs/maml/sine.yaml``: MLP 40-40, 5 inner
   SGD steps with Nesterov momentum, Adam outer step with clipping) at meta-batch 4 and 16,
-  learnreg's vmapped meta-batch vs torchopt's functional API under ``torch.func.vmap``
+  learnreg's vmapped meta-batch (``meta_step``, as the trainer calls it) vs torchopt's functional API under ``torch.func.vmap``
   doing the same vectorized computation on the same episodes and batches.
 * ``ml3``: one ML3 meta-step (``configs/ml3/digits_mlp.yaml``: a fresh model, one
   differentiable SGD step on the learned loss, the task loss on the same batch, Adam)
@@ -39,6 +39,7 @@ from torch.func import functional_call, grad, vmap
 
 from benchmarks.common import interleaved_ratio, machine
 from benchmarks.few_shot_throughput import trainer as fewshot_trainer
+from learnreg.core.estimator import meta_step
 from learnreg.estimators.base import derive_seed
 from learnreg.models import MLP
 
@@ -90,25 +91,36 @@ def _maml_reference(tr):
     return step
 
 
+def _first_meta_step(tr, role: str):
+    """One meta-step the trainer's way (:func:`~learnreg.core.estimator.meta_step`),
+    returning its metrics and the estimate's meta-gradient of ``role`` (parameter order)."""
+    captured = {}
+    estimate = tr.estimator.estimate
+
+    def capture(ctx):
+        result = estimate(ctx)
+        # copies: the outer step clips the gradient it is given in place
+        captured["grads"] = {n: g.clone() for n, g in result.grads[role].items()}
+        return result
+
+    tr.estimator.estimate = capture  # an instance attribute: meta_step still sees the class's
+    try:
+        metrics = meta_step(tr.ctx, tr.estimator)
+    finally:
+        del tr.estimator.estimate
+    return metrics, list(captured["grads"].values())
+
+
 def _maml_row(meta_batch: int, args) -> str:
     tr = fewshot_trainer("maml/sine", True, meta_batch)
     reference = _maml_reference(tr)
-    captured = {}
-    outer_step = tr.ctx.outer.step
-
-    def capture(loss):
-        captured["grads"] = [p.grad.clone() for p in tr.ctx.biases.init.theta]
-        return outer_step(loss)
-
-    tr.ctx.outer.step = capture
-    metrics = tr.estimator.step(tr.ctx)
+    metrics, grads_ours = _first_meta_step(tr, "init")
     losses, grads = reference()
     assert abs(metrics["meta_loss"] - float(losses.mean())) < 1e-5 * max(1.0, metrics["meta_loss"])
-    for a, b in zip(captured["grads"], grads):
+    for a, b in zip(grads_ours, grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    tr.ctx.outer.step = outer_step
     r = interleaved_ratio(
-        lambda: tr.estimator.step(tr.ctx), reference, args.steps, args.repeats, warmup=2
+        lambda: meta_step(tr.ctx, tr.estimator), reference, args.steps, args.repeats, warmup=2
     )
     return (
         f"| MAML sine meta-step, B={meta_batch} | torchopt functional + vmap | "
@@ -263,22 +275,17 @@ def ml3(args) -> list[str]:
     for peer in ("torchopt", "higher"):
         tr = _ml3_trainer()
         reference = _ml3_peer(tr, peer)
-        captured = {}
-        outer_step = tr.ctx.outer.step
-
-        def capture(loss, captured=captured, tr=tr, outer_step=outer_step):
-            captured["grads"] = [p.grad.clone() for p in tr.ctx.biases.loss.parameters()]
-            return outer_step(loss)
-
-        tr.ctx.outer.step = capture
-        metrics = tr.estimator.step(tr.ctx)
+        metrics, grads_ours = _first_meta_step(tr, "loss")
         meta, grads = reference()
         assert abs(metrics["meta_loss"] - meta) < 1e-5 * max(1.0, meta), (metrics, meta)
-        for a, b in zip(captured["grads"], grads):
+        for a, b in zip(grads_ours, grads):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
-        tr.ctx.outer.step = outer_step
         r = interleaved_ratio(
-            lambda tr=tr: tr.estimator.step(tr.ctx), reference, args.steps, args.repeats, warmup=2
+            lambda tr=tr: meta_step(tr.ctx, tr.estimator),
+            reference,
+            args.steps,
+            args.repeats,
+            warmup=2,
         )
         rows.append(
             f"| ML3 meta-step, digits MLP 64-100-10, batch 64 | {peer} | "

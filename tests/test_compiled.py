@@ -17,6 +17,7 @@ from torch._dynamo.utils import counters
 from learnreg.core import compiled
 from learnreg.core.compiled import graph_free_step
 from learnreg.core.inner import init_state, inner_loop, inner_step
+from learnreg.eval.meta_test import meta_test_run
 from learnreg.inits import RandomInit
 from learnreg.losses import CrossEntropy, NeuralLoss
 from learnreg.models import MLP
@@ -203,7 +204,7 @@ def test_meta_test_compile_switch_gives_the_eager_run():
         trainer = _meta_test_trainer(compile)
         assert trainer.compile_meta_test is compile
         task = trainer.ctx.family.meta_test_task(0)
-        run, _ = trainer.meta_test_run(trainer.ctx.biases, task, 0, 6, None, "learned")
+        run, _ = meta_test_run(trainer, trainer.ctx.biases, task, 0, 6, None, "learned")
         runs.append(run)
     assert not compiled.FAILED  # compiled, not the eager fallback
     assert runs[1].state.step == runs[0].state.step == 6
