@@ -5,7 +5,7 @@ The convention of ML3, TaylorGLO and EvoMAL: for classification ``y`` is the one
 target and ``f(x)`` the softmax probability; for regression the raw target and prediction.
 Subclasses implement ``elementwise(target, prediction)``; the split lets a population of
 such losses share the softmax and one-hot of one batch
-(:class:`~learnreg.estimators.evaluators.population.PopulationLoss`) and lets any of them
+(:mod:`learnreg.losses.search`) and lets any of them
 be plotted over target × prediction (:mod:`learnreg.losses.plot`).
 """
 
@@ -34,6 +34,12 @@ class ElementwiseLoss(LossRole):
         if self.kind == "classification":
             return F.one_hot(target, pred.shape[-1]).to(pred.dtype), pred.softmax(-1)
         return target, pred
+
+    def plot(self, path):
+        """Draw the loss over target × prediction into ``path`` (:func:`~learnreg.losses.plot.plot_loss`)."""
+        from learnreg.losses.plot import plot_loss
+
+        return plot_loss(self, path)
 
     def reduce(self, values: Tensor) -> Tensor:
         """Sum over classes/outputs, mean over the batch."""
