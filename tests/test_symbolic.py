@@ -13,16 +13,16 @@ import pytest
 import sympy
 import torch
 from deap import gp
-
-from learnreg import losses
-from learnreg.errors import ConfigError
-from learnreg.estimators.searchers.gp import (
+from learnreg.losses.gp import (
     PSET,
     GeneticProgramming,
     Tree,
     repair,
     tree_from_string,
 )
+
+from learnreg import losses
+from learnreg.errors import ConfigError
 from learnreg.losses import SymbolicLoss
 from learnreg.losses.symbolic import SYMBOLS, canonical
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from learnreg.losses import composite, fixed, neural, npbml, symbolic, taylor
-from learnreg.losses import gp, search  # searcher and filters of the loss role (after symbolic, taylor)
+from learnreg.losses import composite, fixed, gp, neural, npbml, search, symbolic, taylor
 from learnreg.losses.base import LossRole
 from learnreg.losses.composite import TaskPlusLearned
 from learnreg.losses.fixed import MSE, CrossEntropy, LabelSmoothing, SparseLSR

@@ -25,8 +25,8 @@ import random
 import torch
 from deap import base, gp, tools
 
-from learnreg.errors import CheckpointError, ConfigError
 from learnreg.core.estimator import derive_seed
+from learnreg.errors import CheckpointError, ConfigError
 from learnreg.estimators.searchers.base import (
     OwnRandom,
     Searcher,

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from learnreg.core import population
-from learnreg.core.estimator import MetaContext, derive_seed
+from learnreg.core.estimator import derive_seed
 from learnreg.errors import ConfigError
 from learnreg.estimators.filters import Equivalent, Filter
 from learnreg.losses.taylor import TaylorLoss, invariant_margin

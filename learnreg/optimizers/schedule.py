@@ -58,7 +58,9 @@ class ScheduleSGD(FlatRule):
             )
         values = [math.log(lr)] * knots if log_lrs is None else [float(v) for v in log_lrs]
         if len(values) != knots:
-            raise ConfigError(f"schedule_sgd: {knots} knots need as many log_lrs, got {len(values)}")
+            raise ConfigError(
+                f"schedule_sgd: {knots} knots need as many log_lrs, got {len(values)}"
+            )
         self.knots, self.horizon, self.nominal_lr = knots, horizon, float(lr)
         self.log_lrs = nn.Parameter(torch.tensor(values))
 
