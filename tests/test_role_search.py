@@ -149,3 +149,53 @@ def test_a_searcher_or_filter_of_another_role_is_refused():
         Evolution("cmaes", filters=["taylor_invariant"], role="init")
     with pytest.raises(ConfigError, match="unknown filter"):
         Evolution("cmaes", filters=["taylor_invariants"])
+
+
+SCHEDULE_RUN = {
+    "method": "cmaes_schedule",
+    "task": {"_component_": "digits", "batch_size": 32},
+    "model": {"_component_": "mlp", "hidden": [16]},
+    "loss": {"_component_": "ce"},
+    "optimizer": {"_component_": "schedule_sgd", "lr": 0.01, "knots": 3, "horizon": 20},
+    "objective": {"_component_": "task_error"},
+    "estimator": {
+        "_component_": "evolution",
+        "role": "optimizer",
+        "searcher": {"_component_": "cmaes", "population": 4, "start": "current"},
+        "fitness_steps": 20,
+    },
+    "meta_steps": 2,
+    "meta_test": {"steps": 20, "seeds": 1, "eval_every": 20},
+    "baseline": {"optimizer": {"_component_": "sgd", "lr": 0.01}},
+    "logger": {"backends": []},
+}
+
+
+def test_a_schedule_search_run_exports_a_drop_in_optimizer(tmp_path):
+    import json
+
+    import learnreg
+
+    learnreg.run(SCHEDULE_RUN, out=tmp_path, progress=False)
+    learned = tmp_path / "learned"
+    for name in ("optimizer.json", "optimizer_formula.txt", "optimizer.png", "search_history.json"):
+        assert (learned / name).is_file(), name
+    best = json.loads((learned / "search_history.json").read_text())["best"]
+    model = torch.nn.Linear(64, 10)
+    opt = LearnedOptimizer.from_run(tmp_path, model.parameters())
+    knots = opt.rule.log_lrs.tolist()  # the best genome, as the exported rule
+    assert best["genome"] == "[" + ", ".join(f"{v:.4g}" for v in knots) + "]"
+    assert knots != pytest.approx([math.log(0.01)] * 3)  # the search moved it
+
+
+def test_the_cmaes_schedule_preset_searches_the_optimizer_role():
+    from learnreg import config as configlib
+    from learnreg.experiment import build
+
+    trainer = build(
+        configlib.load("configs/cmaes_schedule/digits_mlp.yaml", ["device=cpu"])
+    ).trainer
+    estimator = trainer.estimator
+    assert estimator.role == "optimizer" and not estimator.needs_outer
+    assert isinstance(trainer.biases.optimizer, ScheduleSGD)
+    assert trainer.biases.optimizer.horizon == estimator.fitness_steps == 1000
