@@ -34,6 +34,9 @@ def loss_values(losses: list, preds: Tensor, target: Tensor) -> Tensor:
     if population.modules_stackable(losses):
         template, values = losses[0], population.stack_parameters(losses)
         return vmap(lambda v, p: functional_call(template, v, (p, target)))(values, preds)
+    together = getattr(losses[0], "population_values", None)
+    if together is not None:
+        return together(losses, preds, target)
     return torch.stack([loss(p, target) for loss, p in zip(losses, preds)])
 
 

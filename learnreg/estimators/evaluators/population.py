@@ -96,8 +96,7 @@ class Population:
         forward = vmap(lambda p, b: functional_call(model, (p, b), (x,)), randomness="different")
 
         def total(adapted):
-            preds = forward({**adapted, **fixed}, buffers)
-            return self._each("loss", lambda loss, pred: loss(pred, y), preds).sum()
+            return self._loss_values(forward({**adapted, **fixed}, buffers), y).sum()
 
         adapted = {k: v for k, v in params.items() if k not in frozen}
         grads = torch.func.grad(total)(adapted)
@@ -107,10 +106,21 @@ class Population:
         params = {k: p if k in frozen else p + updates[k] for k, p in params.items()}
         return params, buffers, opt_state
 
+    def _loss_values(self, preds, target):
+        """Every member's loss on its own predictions; candidate losses whose class offers
+        ``population_values(losses, preds, target)`` compute them together (elementwise
+        losses share one softmax), else one after another."""
+        together = getattr(self.candidates[0], "population_values", None)
+        if self.role == "loss" and together is not None:
+            return together(self.candidates, preds, target)
+        return self._each("loss", lambda loss, pred: loss(pred, target), preds)
+
     def _each(self, role: str, fn, *args):
         """``fn(member's role module, *member's args)`` for every member (args stacked)."""
         if role != self.role:  # the same module for everyone
             module = self.template.roles()[role]
+            if getattr(module, "elementwise", False):  # coordinatewise: stacked is the same
+                return fn(module, *args)
             return vmap(lambda *a: fn(module, *a), randomness="different")(*args)
         parts = population.unstack(args, len(self.members))
         return population.stack([fn(m.roles()[role], *a) for m, a in zip(self.members, parts)])
