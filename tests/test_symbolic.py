@@ -13,6 +13,10 @@ import pytest
 import sympy
 import torch
 from deap import gp
+
+from learnreg import losses
+from learnreg.errors import ConfigError
+from learnreg.losses import SymbolicLoss
 from learnreg.losses.gp import (
     PSET,
     GeneticProgramming,
@@ -20,10 +24,6 @@ from learnreg.losses.gp import (
     repair,
     tree_from_string,
 )
-
-from learnreg import losses
-from learnreg.errors import ConfigError
-from learnreg.losses import SymbolicLoss
 from learnreg.losses.symbolic import SYMBOLS, canonical
 
 
