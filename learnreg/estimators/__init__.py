@@ -9,7 +9,7 @@ from learnreg.estimators.evaluators.backends import (
     VmapEvaluator,
 )
 from learnreg.estimators.evolution import Evolution
-from learnreg.estimators.searchers import CMAES, GeneticProgramming, Searcher
+from learnreg.estimators.searchers import CMAES, Searcher
 from learnreg.estimators.unroll import TruncatedUnroll
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "Evolution",
     "Searcher",
     "CMAES",
-    "GeneticProgramming",
     "Evaluator",
     "VmapEvaluator",
     "SerialEvaluator",
