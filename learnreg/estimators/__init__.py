@@ -9,6 +9,7 @@ from learnreg.estimators.evaluators.backends import (
     VmapEvaluator,
 )
 from learnreg.estimators.evolution import Evolution
+from learnreg.estimators.implicit import ImplicitMAML as ImplicitMAML
 from learnreg.estimators.searchers import CMAES, GeneticProgramming, Searcher
 from learnreg.estimators.unroll import TruncatedUnroll
 
