@@ -253,3 +253,15 @@ def test_presets_hold_the_papers_settings(name):
     assert isinstance(exp.trainer.estimator, ImplicitMAML)
     assert type(exp.trainer.biases.init).__name__ == "LearnedInit"
     assert exp.trainer.ctx.outer is not None and exp.trainer.ctx.outer.scheduler is None
+
+
+def test_vmapped_inner_steps_give_the_looped_meta_gradient():
+    family = sine_family(shots=4, queries=4)
+    biases = roles(family, init="maml", loss="ce")
+    biases.optimizer = SGD(0.05).double()
+    ctx = context(family, biases)
+    looped = ImplicitMAML(steps=4, meta_batch=3, vmap=False).estimate(ctx)
+    vmapped = ImplicitMAML(steps=4, meta_batch=3, vmap=True).estimate(ctx)
+    for k, g in looped.grads["init"].items():
+        torch.testing.assert_close(vmapped.grads["init"][k], g, rtol=1e-10, atol=1e-12)
+    assert vmapped.metrics["meta_loss"] == pytest.approx(looped.metrics["meta_loss"], rel=1e-12)

@@ -25,7 +25,6 @@ References:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Literal
 
@@ -39,82 +38,124 @@ from learnreg.core import distributed
 from learnreg.core.estimator import Estimate, Estimator, MetaContext
 from learnreg.core.inner import Batch, LossFn, Params, frozen_names
 from learnreg.core.metaparams import meta_parameters
+from learnreg.core.population import map_members, unstack
 from learnreg.errors import ConfigError
 from learnreg.registry import register
 
 SOLVERS = {"cg": linear_solve.solve_cg, "normal_cg": linear_solve.solve_normal_cg}
 
 
-def proximal_solution(
-    model: nn.Module,
-    theta0: Params,
-    buffers: Params,
-    batch: Batch,
-    loss: LossFn,
-    optimizer,
-    lam: float,
-    steps: int,
-    solve: Callable,
-) -> tuple[Params, Tensor, Tensor]:
-    """The proximal inner solution φ* around ``theta0``, differentiable with respect to
-    ``theta0`` by implicit differentiation (not through the inner steps).
+class ProximalProblem:
+    """One model's proximal inner problem, L_train(φ) + (λ/2)·‖φ − θ0‖², as pure functions
+    of tuples of tensors (so they vmap over tasks and torchopt can differentiate them).
 
     Parameters the model holds fixed (``adapt_patterns``) are not part of φ: they pass
     through unchanged, and the implicit gradient includes how they move φ*.
 
     Args:
         model: the base model (used functionally).
-        theta0: the starting parameters by name (the init role's output, on its graph).
-        buffers: the model's buffers.
-        batch: the support set ``(inputs, targets)`` that ``L_train`` is the loss on.
+        names: the parameter names in the order of the tuples.
         loss: the loss role.
-        optimizer: the inner optimizer role; it minimizes the proximal objective.
         lam: the proximal strength λ.
-        steps: inner steps of the optimizer.
-        solve: a torchopt linear solver, ``solve(matvec, b) -> x``.
-
-    Returns:
-        The parameters at φ* by name, the norm of the stationarity residual
-        ‖∇L_train(φ) + λ(φ − θ0)‖ at the returned φ (zero at an exact solution) and
-        ``L_train`` there, both detached.
     """
-    frozen = frozen_names(model)
-    names = [k for k in theta0 if k not in frozen]
-    held = [k for k in theta0 if k in frozen]
-    x, y = batch
 
-    def support_loss(phi: tuple, fixed: tuple) -> Tensor:
-        params = {**dict(zip(names, phi)), **dict(zip(held, fixed))}
-        return loss(functional_call(model, (params, buffers), (x,)), y)
+    def __init__(self, model: nn.Module, names: list[str], loss: LossFn, lam: float):
+        frozen = frozen_names(model)
+        self.model, self.loss, self.lam = model, loss, lam
+        self.names = [k for k in names if k not in frozen]
+        self.held = [k for k in names if k in frozen]
 
-    def stationarity(phi: tuple, theta: tuple, fixed: tuple) -> tuple:
-        grads = torch.func.grad(support_loss)(phi, fixed)
-        return tuple(g + lam * (p - t) for g, p, t in zip(grads, phi, theta))
+    def split(self, params: Params) -> tuple[tuple, tuple]:
+        """``params`` as (adapted φ, held) tuples."""
+        return tuple(params[k] for k in self.names), tuple(params[k] for k in self.held)
 
-    def solver(phi: tuple, theta: tuple, fixed: tuple):
+    def join(self, phi: tuple, fixed: tuple) -> Params:
+        return {**dict(zip(self.names, phi)), **dict(zip(self.held, fixed))}
+
+    def support_loss(self, phi: tuple, fixed: tuple, buffers: Params, batch: Batch) -> Tensor:
+        x, y = batch
+        return self.loss(functional_call(self.model, (self.join(phi, fixed), buffers), (x,)), y)
+
+    def stationarity(self, phi, theta, fixed, buffers, batch) -> tuple:
+        """∇L_train(φ) + λ(φ − θ0): zero at the proximal solution."""
+        grads = torch.func.grad(self.support_loss)(phi, fixed, buffers, batch)
+        return tuple(g + self.lam * (p - t) for g, p, t in zip(grads, phi, theta))
+
+    def solve(self, member: tuple, optimizer, steps: int) -> tuple:
+        """``steps`` optimizer-role steps on the proximal objective from θ0 (graph-free).
+
+        Args:
+            member: ``(theta, fixed, buffers, batch)`` of one task.
+
+        Returns:
+            φ, the stationarity residual norm there and L_train there.
+        """
+        theta, fixed, buffers, batch = member
+
         def proximal(current: Params) -> Tensor:
-            distance = sum(((current[k] - t) ** 2).sum() for k, t in zip(names, theta))
-            return support_loss(tuple(current[k] for k in names), fixed) + 0.5 * lam * distance
+            phi = tuple(current[k] for k in self.names)
+            distance = sum(((p - t) ** 2).sum() for p, t in zip(phi, theta))
+            return self.support_loss(phi, fixed, buffers, batch) + 0.5 * self.lam * distance
 
-        current = dict(zip(names, phi))
+        current = dict(zip(self.names, theta))
         state = optimizer.init(current)
         for _ in range(steps):
             grads = torch.func.grad(proximal)(current)
             updates, state = optimizer(grads, state, current)
-            current = {k: current[k] + updates[k] for k in names}
-        phi = tuple(current[k] for k in names)
-        residual = torch.sqrt(sum((r**2).sum() for r in stationarity(phi, theta, fixed)))
-        return phi, (residual.detach(), support_loss(phi, fixed).detach())
+            current = {k: current[k] + updates[k] for k in self.names}
+        phi = tuple(current[k] for k in self.names)
+        residual = self.stationarity(phi, theta, fixed, buffers, batch)
+        norm = torch.sqrt(sum((r**2).sum() for r in residual))
+        return phi, norm, self.support_loss(phi, fixed, buffers, batch)
 
-    # the held parameters move φ* too (through L_train), so they are differentiated as well
-    argnums = (1, 2) if held else 1
-    implicit = custom_root(stationarity, argnums=argnums, has_aux=True, solve=solve)(solver)
-    start = tuple(theta0[k].detach() for k in names)
-    phi, (residual, value) = implicit(
-        start, tuple(theta0[k] for k in names), tuple(theta0[k] for k in held)
-    )
-    params = {**dict(zip(names, phi)), **{k: theta0[k] for k in held}}
-    return {k: params[k] for k in theta0}, residual, value
+    def implicit(self, phi, theta0: Params, buffers: Params, batch: Batch, solve) -> Params:
+        """The parameters at the solution ``phi``, differentiable with respect to
+        ``theta0`` through the implicit function theorem: torchopt's ``custom_root`` on
+        the stationarity condition, its linear system solved by ``solve``."""
+        theta, fixed = self.split(theta0)
+
+        def at_solution(phi, theta, fixed, buffers, batch):  # the solver: φ is found already
+            return phi
+
+        # the held parameters move φ* too (through L_train), so they are differentiated as well
+        argnums = (1, 2) if self.held else 1
+        root = custom_root(self.stationarity, argnums=argnums, solve=solve)(at_solution)
+        return {**self.join(root(phi, theta, fixed, buffers, batch), fixed)}
+
+
+def proximal_solutions(
+    runs: list, loss: LossFn, optimizer, lam: float, steps: int, solve, vmap: bool = True
+):
+    """Every run's proximal solution φ* around its own θ0 (``run.state.params``), on its
+    task's whole train split; differentiable with respect to θ0 by implicit
+    differentiation, never through the inner steps.
+
+    The inner steps of runs that share one buffer-free model and equal shapes run as one
+    ``torch.func.vmap`` (:func:`learnreg.core.population.map_members`); each task's linear
+    solve runs on its own, as the paper's per-task conjugate gradient does.
+
+    Returns:
+        A list of ``(params, residual norm, L_train)`` per run (the last two detached).
+    """
+    names = list(runs[0].state.params)
+    problems = [ProximalProblem(run.model, names, loss, lam) for run in runs]
+    members = []
+    for problem, run in zip(problems, runs):
+        theta, fixed = problem.split({k: v.detach() for k, v in run.state.params.items()})
+        members.append((theta, fixed, run.state.buffers, (run.task.train.x, run.task.train.y)))
+    shared = all(r.model is runs[0].model for r in runs) and not any(r.state.buffers for r in runs)
+    if shared:
+        found = map_members(
+            lambda m: problems[0].solve(m, optimizer, steps), members, vectorize=vmap
+        )
+        found = found if isinstance(found, list) else unstack(found, len(members))
+    else:
+        found = [p.solve(m, optimizer, steps) for p, m in zip(problems, members)]
+    out = []
+    for problem, run, member, (phi, residual, value) in zip(problems, runs, members, found):
+        params = problem.implicit(phi, run.state.params, member[2], member[3], solve)
+        out.append(({k: params[k] for k in names}, residual.detach(), value.detach()))
+    return out
 
 
 @register("estimator", "imaml")
@@ -143,6 +184,8 @@ class ImplicitMAML(Estimator):
         solver: ``cg`` (the paper's; needs H + λI positive definite, true when λ
             exceeds the most negative Hessian eigenvalue) or ``normal_cg`` (CG on the
             normal equations: any invertible system, squared condition number).
+        vmap: run the meta-batch's inner steps as one ``torch.func.vmap`` when the tasks
+            have equal shapes and a buffer-free model (same result, fewer kernels).
     """
 
     needs_outer = True
@@ -156,8 +199,10 @@ class ImplicitMAML(Estimator):
         cg_tol: float = 1e-10,
         meta_batch: int = 1,
         solver: Literal["cg", "normal_cg"] = "cg",
+        vmap: bool = True,
     ):
         self.check_args(lam, steps, cg_steps, cg_tol, meta_batch, solver)
+        self.vmap = vmap
         self.lam, self.steps, self.meta_batch = float(lam), steps, meta_batch
         self.cg_steps, self.cg_tol, self.solver = cg_steps, float(cg_tol), solver
         self.next_index = 0
@@ -185,23 +230,16 @@ class ImplicitMAML(Estimator):
     def estimate(self, ctx: MetaContext) -> Estimate:
         live = self._init_parameters(ctx)
         solve = SOLVERS[self.solver](maxiter=self.cg_steps, rtol=self.cg_tol, atol=0.0)
-        query, support, residual = [], [], []
-        for run in self._new_runs(ctx):
-            params, res, value = proximal_solution(
-                run.model,
-                run.state.params,
-                run.state.buffers,
-                (run.task.train.x, run.task.train.y),
-                ctx.biases.loss,
-                ctx.biases.optimizer,
-                self.lam,
-                self.steps,
-                solve,
-            )
+        runs = self._new_runs(ctx)
+        solved = proximal_solutions(
+            runs, ctx.biases.loss, ctx.biases.optimizer, self.lam, self.steps, solve, self.vmap
+        )
+        query = []
+        for run, (params, _, _) in zip(runs, solved):
             state = replace(run.state, params=params, step=self.steps)
             query.append(ctx.objective(run.model, state, run.val.next(), run.task))
-            support.append(value)
-            residual.append(res)
+        support = [value for _, _, value in solved]
+        residual = [res for _, res, _ in solved]
         meta_loss = torch.stack(query).mean()
         with warnings.catch_warnings():
             # torchopt 0.7.3 still calls functorch.vjp (same function as torch.func.vjp)
