@@ -120,7 +120,7 @@ class ProximalProblem:
         # the held parameters move φ* too (through L_train), so they are differentiated as well
         argnums = (1, 2) if self.held else 1
         root = custom_root(self.stationarity, argnums=argnums, solve=solve)(at_solution)
-        return {**self.join(root(phi, theta, fixed, buffers, batch), fixed)}
+        return self.join(root(phi, theta, fixed, buffers, batch), fixed)
 
 
 def proximal_solutions(
