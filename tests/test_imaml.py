@@ -26,6 +26,7 @@ from learnreg.experiment import build
 from learnreg.inits import LearnedInit
 from learnreg.losses import MSE
 from learnreg.optimizers import SGD
+from learnreg.runner import run
 
 PRESETS = Path(__file__).resolve().parent.parent / "configs"
 D, N = 4, 12
@@ -265,3 +266,15 @@ def test_vmapped_inner_steps_give_the_looped_meta_gradient():
     for k, g in looped.grads["init"].items():
         torch.testing.assert_close(vmapped.grads["init"][k], g, rtol=1e-10, atol=1e-12)
     assert vmapped.metrics["meta_loss"] == pytest.approx(looped.metrics["meta_loss"], rel=1e-12)
+
+
+def test_a_run_with_a_learned_optimizer_is_refused_before_anything_is_written(tmp_path):
+    overrides = [
+        "optimizer={_component_: preconditioned_sgd, mode: diagonal, lr: 0.01}",  # Meta-SGD
+        "meta_steps=2",
+        "logger.backends=[none]",
+        "device=cpu",
+    ]
+    with pytest.raises(ConfigError, match="only the init role, but the optimizer role"):
+        run(PRESETS / "imaml" / "sine.yaml", overrides, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
