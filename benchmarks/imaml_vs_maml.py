@@ -13,8 +13,13 @@ Two parts, each resumable (finished pieces are read back from ``OUT``):
   pass, so its memory grows with K; iMAML's implicit gradient needs only φ*, so it should
   not (Rajeswaran et al. 2019, sec. 3 and Fig. 2).
 
+* **convergence** (a diagnostic, meta-training only, no meta-test episode is read):
+  ``imaml/sine`` at other proximal strengths (``--lams``), the meta-training query loss and
+  the inner solve's stationarity residual per block of 100 meta-steps, next to the
+  quality run's own (λ = 2).
+
 Run: ``nice -n 19 python -m benchmarks.imaml_vs_maml [--meta-steps 1000] [--steps 1 4 16 64]
-[--out DIR]``; ``--part quality`` or ``--part memory`` runs one part.
+[--out DIR]``; ``--part quality``, ``memory`` or ``convergence [--lams 10]`` runs one part.
 """
 
 from __future__ import annotations
@@ -135,9 +140,56 @@ def quality_part(meta_steps: int, seeds: int, val_episodes: int, out: Path) -> s
     return "\n".join(lines)
 
 
+def blocks(rows: list[dict], size: int = 100) -> list[dict]:
+    """Mean meta-loss and stationarity residual per block of ``size`` meta-steps."""
+    return [
+        {
+            "steps": f"{i + 1}-{i + len(rows[i : i + size])}",
+            "meta_loss": statistics.fmean(r["meta_loss"] for r in rows[i : i + size]),
+            "stationarity": statistics.fmean(r["imaml/stationarity"] for r in rows[i : i + size]),
+        }
+        for i in range(0, len(rows), size)
+    ]
+
+
+def convergence_part(lams: list[float], meta_steps: int, out: Path) -> str:
+    results = {}
+    quality = out / "imaml_sine" / "metrics.jsonl"  # the quality run: the preset's λ = 2
+    if quality.exists():
+        records = [json.loads(line) for line in quality.read_text().splitlines()]
+        rows = [
+            {"meta_loss": r["meta/meta_loss"], "imaml/stationarity": r["imaml/stationarity"]}
+            for r in records
+            if "imaml/stationarity" in r
+        ]
+        results["2 (preset)"] = blocks(rows)
+    for lam in lams:
+        path = out / f"convergence_lam{lam:g}.json"
+        if not path.exists():
+            overrides = ["device=cpu", "logger.backends=[none]", f"estimator.lam={lam}"]
+            exp = build(configlib.load("configs/imaml/sine.yaml", overrides))
+            rows = [meta_step(exp.trainer.ctx, exp.trainer.estimator) for _ in range(meta_steps)]
+            out.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(blocks(rows), indent=2))
+        results[f"{lam:g}"] = json.loads(path.read_text())
+    lines = [
+        "| λ | meta-steps | meta-train query MSE | stationarity residual |",
+        "|---|---|---:|---:|",
+    ]
+    for lam, rows in results.items():
+        for r in rows:
+            lines.append(
+                f"| {lam} | {r['steps']} | {r['meta_loss']:.3f} | {r['stationarity']:.3f} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["all", "quality", "memory"], default="all")
+    parser.add_argument(
+        "--part", choices=["all", "quality", "memory", "convergence"], default="all"
+    )
+    parser.add_argument("--lams", type=float, nargs="+", default=[10.0])
     parser.add_argument("--meta-steps", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=600)
     parser.add_argument("--val-episodes", type=int, default=100)
@@ -160,6 +212,10 @@ def main(argv: list[str] | None = None) -> None:
         text = quality_part(args.meta_steps, args.seeds, args.val_episodes, out)
         print(text, flush=True)
         (out / "quality.md").write_text(text + "\n")
+    if args.part == "convergence":
+        text = convergence_part(args.lams, args.meta_steps, out)
+        print(text, flush=True)
+        (out / "convergence.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -37,14 +37,11 @@ class FixedRegression(TaskFamily):
 
     def __init__(self, model_fn, seed=0):
         g = torch.Generator().manual_seed(seed)
-        x, xv = (
-            torch.randn(N, D, generator=g, dtype=torch.float64),
-            torch.randn(N, D, generator=g, dtype=torch.float64),
-        )
-        y, yv = (
-            torch.randn(N, 1, generator=g, dtype=torch.float64),
-            torch.randn(N, 1, generator=g, dtype=torch.float64),
-        )
+
+        def normal(*shape):
+            return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+        x, xv, y, yv = normal(N, D), normal(N, D), normal(N, 1), normal(N, 1)
         self.task = Task(
             "lsq", "regression", Split(x, y), Split(xv, yv), Split(xv, yv), 1, 64, model_fn
         )
