@@ -1,4 +1,5 @@
-"""Estimators: how meta-parameters move (truncated unrolls, evolutionary search)."""
+"""Estimators: how meta-parameters move (truncated unrolls, evolution strategies, implicit
+differentiation, evolutionary search)."""
 
 from learnreg.estimators.base import Estimate, Estimator, MetaContext, derive_seed
 from learnreg.estimators.evaluators.backends import (
@@ -9,6 +10,7 @@ from learnreg.estimators.evaluators.backends import (
     VmapEvaluator,
 )
 from learnreg.estimators.evolution import Evolution
+from learnreg.estimators.implicit import ImplicitMAML
 from learnreg.estimators.searchers import CMAES, Searcher
 from learnreg.estimators.unroll import TruncatedUnroll
 
@@ -18,6 +20,7 @@ __all__ = [
     "MetaContext",
     "derive_seed",
     "TruncatedUnroll",
+    "ImplicitMAML",
     "Evolution",
     "Searcher",
     "CMAES",
