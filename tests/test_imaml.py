@@ -1,4 +1,4 @@
-"""iMAML (estimator ``imaml``): on a quadratic inner problem its meta-gradient equals the
+"""iMAML (estimator ``implicit``): on a quadratic inner problem its meta-gradient equals the
 closed-form implicit gradient and central finite differences of the exactly solved
 proximal problem; on a nonlinear model it matches finite differences along random
 directions; a short meta-training run on sine lowers the meta-validation loss; it refuses
@@ -21,7 +21,7 @@ from learnreg.core.outer import OuterOptimizer
 from learnreg.core.task import Split, Task, TaskFamily
 from learnreg.core.trainer import MetaTrainer
 from learnreg.errors import ConfigError
-from learnreg.estimators import ImplicitMAML, MetaContext
+from learnreg.estimators import ImplicitProximal, MetaContext
 from learnreg.experiment import build
 from learnreg.inits import LearnedInit
 from learnreg.losses import MSE
@@ -111,14 +111,16 @@ def theta0_of(ctx):
 def test_quadratic_meta_gradient_equals_the_closed_form_implicit_gradient(solver):
     lam = 0.7
     ctx, task = quadratic_context(lam)
-    estimator = ImplicitMAML(lam=lam, steps=600, cg_steps=2 * (D + 1), cg_tol=0.0, solver=solver)
+    estimator = ImplicitProximal(
+        lam=lam, steps=600, cg_steps=2 * (D + 1), cg_tol=0.0, solver=solver
+    )
     estimate = estimator.estimate(ctx)
     theta0 = theta0_of(ctx)
     value, phi, a, av, bv = exact_query_loss(task, theta0, lam, list(range(D + 1)))
     closed = torch.linalg.solve(torch.eye(D + 1, dtype=torch.float64) + a / lam, av @ phi - bv)
     torch.testing.assert_close(flat_init_grad(estimate), closed, rtol=1e-9, atol=1e-11)
     assert estimate.metrics["meta_loss"] == pytest.approx(float(value), rel=1e-10)
-    assert estimate.metrics["imaml/stationarity"] < 1e-10
+    assert estimate.metrics["implicit/stationarity"] < 1e-10
     # and it is not the first-order (identity-Jacobian) gradient
     assert not torch.allclose(closed, av @ phi - bv, rtol=1e-2)
 
@@ -130,7 +132,7 @@ def test_meta_gradient_matches_central_differences_of_the_direct_solve(adapt):
     lam = 1.3
     ctx, task = quadratic_context(lam, adapt=adapt, seed=1)
     adapted = list(range(D)) if adapt else list(range(D + 1))
-    estimate = ImplicitMAML(lam=lam, steps=600, cg_steps=2 * (D + 1), cg_tol=0.0).estimate(ctx)
+    estimate = ImplicitProximal(lam=lam, steps=600, cg_steps=2 * (D + 1), cg_tol=0.0).estimate(ctx)
     theta0, eps = theta0_of(ctx), 1e-6
     numeric = torch.zeros(D + 1, dtype=torch.float64)
     for i in range(D + 1):
@@ -150,9 +152,9 @@ def test_nonlinear_meta_gradient_matches_finite_differences_along_random_directi
     biases = roles(family, init="maml", loss="ce", lr=0.05)
     biases.optimizer = SGD(0.05).double()
     ctx = context(family, biases)
-    estimator = ImplicitMAML(lam=lam, steps=steps, cg_steps=60, cg_tol=0.0)
+    estimator = ImplicitProximal(lam=lam, steps=steps, cg_steps=60, cg_tol=0.0)
     estimate = estimator.estimate(ctx)
-    assert estimate.metrics["imaml/stationarity"] < 1e-9
+    assert estimate.metrics["implicit/stationarity"] < 1e-9
     theta = list(biases.init.theta)
     grads = [estimate.grads["init"][f"theta.{i}"] for i in range(len(theta))]
     gen = torch.Generator().manual_seed(3)
@@ -180,7 +182,7 @@ def test_short_meta_training_on_sine_lowers_the_meta_validation_loss():
     family = sine_family(shots=5, queries=5)
     biases = roles(family, init="maml", loss="ce")
     biases.optimizer = SGD(0.08).double()
-    estimator = ImplicitMAML(lam=10.0, steps=10, cg_steps=5, meta_batch=4)
+    estimator = ImplicitProximal(lam=10.0, steps=10, cg_steps=5, meta_batch=4)
     trainer = MetaTrainer(
         family,
         biases,
@@ -203,9 +205,9 @@ def test_resumed_estimator_draws_the_same_tasks():
     biases = roles(family, init="maml", loss="ce")
     biases.optimizer = SGD(0.05).double()
     ctx = context(family, biases)
-    a = ImplicitMAML(steps=3, meta_batch=2)
+    a = ImplicitProximal(steps=3, meta_batch=2)
     a.estimate(ctx)
-    b = ImplicitMAML(steps=3, meta_batch=2)
+    b = ImplicitProximal(steps=3, meta_batch=2)
     b.load_state_dict(a.state_dict(), ctx)
     ga, gb = a.estimate(ctx).grads["init"], b.estimate(ctx).grads["init"]
     for k in ga:
@@ -223,7 +225,7 @@ def test_refuses_learned_roles_other_than_the_init(loss, optimizer, message):
     family = sine_family(shots=4, queries=4)
     ctx = context(family, roles(family, init="maml", loss=loss, optimizer=optimizer))
     with pytest.raises(ConfigError, match=message):
-        ImplicitMAML(steps=2).estimate(ctx)
+        ImplicitProximal(steps=2).estimate(ctx)
 
 
 @pytest.mark.parametrize(
@@ -242,13 +244,18 @@ def test_presets_hold_the_papers_settings(name):
     maml = configlib.load(PRESETS / "maml" / f"{name}_paper.yaml", ["device=cpu"])
     est = cfg["estimator"]
     # iMAML's 5-way Omniglot: lam 2.0, 16 inner GD steps, 5 CG steps; 16 steps at meta-test
-    assert (est["_component_"], est["lam"], est["steps"], est["cg_steps"]) == ("imaml", 2.0, 16, 5)
+    assert (est["_component_"], est["lam"], est["steps"], est["cg_steps"]) == (
+        "implicit",
+        2.0,
+        16,
+        5,
+    )
     assert cfg["meta_test"]["steps"] == 16 and cfg["meta_test"]["seeds"] == 600
     assert cfg["optimizer"]["_component_"] == "sgd" and not cfg["optimizer"].get("momentum")
     assert cfg["task"] == maml["task"] and cfg["model"] == maml["model"]
     assert "NOT the paper's own" in cfg["description"]
     exp = build(cfg)
-    assert isinstance(exp.trainer.estimator, ImplicitMAML)
+    assert isinstance(exp.trainer.estimator, ImplicitProximal)
     assert type(exp.trainer.biases.init).__name__ == "LearnedInit"
     assert exp.trainer.ctx.outer is not None and exp.trainer.ctx.outer.scheduler is None
 
@@ -258,8 +265,8 @@ def test_vmapped_inner_steps_give_the_looped_meta_gradient():
     biases = roles(family, init="maml", loss="ce")
     biases.optimizer = SGD(0.05).double()
     ctx = context(family, biases)
-    looped = ImplicitMAML(steps=4, meta_batch=3, vmap=False).estimate(ctx)
-    vmapped = ImplicitMAML(steps=4, meta_batch=3, vmap=True).estimate(ctx)
+    looped = ImplicitProximal(steps=4, meta_batch=3, vmap=False).estimate(ctx)
+    vmapped = ImplicitProximal(steps=4, meta_batch=3, vmap=True).estimate(ctx)
     for k, g in looped.grads["init"].items():
         torch.testing.assert_close(vmapped.grads["init"][k], g, rtol=1e-10, atol=1e-12)
     assert vmapped.metrics["meta_loss"] == pytest.approx(looped.metrics["meta_loss"], rel=1e-12)

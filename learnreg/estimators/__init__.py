@@ -10,7 +10,7 @@ from learnreg.estimators.evaluators.backends import (
     VmapEvaluator,
 )
 from learnreg.estimators.evolution import Evolution
-from learnreg.estimators.implicit import ImplicitMAML
+from learnreg.estimators.implicit import ImplicitProximal
 from learnreg.estimators.searchers import CMAES, Searcher
 from learnreg.estimators.unroll import TruncatedUnroll
 
@@ -20,7 +20,7 @@ __all__ = [
     "MetaContext",
     "derive_seed",
     "TruncatedUnroll",
-    "ImplicitMAML",
+    "ImplicitProximal",
     "Evolution",
     "Searcher",
     "CMAES",

@@ -158,9 +158,9 @@ def proximal_solutions(
     return out
 
 
-@register("estimator", "imaml")
-class ImplicitMAML(Estimator):
-    """iMAML: the meta-gradient of the init role by implicit differentiation of the
+@register("estimator", "implicit")
+class ImplicitProximal(Estimator):
+    """Implicit differentiation (iMAML's estimator): the meta-gradient of the init role by implicit differentiation of the
     proximal inner problem (module docstring), averaged over ``meta_batch`` fresh tasks
     per meta-step.
 
@@ -221,11 +221,13 @@ class ImplicitMAML(Estimator):
         loaded)."""
         if not lam > 0 or steps < 1 or cg_steps < 1 or not cg_tol >= 0 or meta_batch < 1:
             raise ConfigError(
-                f"imaml needs lam > 0, steps >= 1, cg_steps >= 1, cg_tol >= 0 and meta_batch >= 1; "
+                f"the implicit estimator needs lam > 0, steps >= 1, cg_steps >= 1, cg_tol >= 0 and meta_batch >= 1; "
                 f"got {lam}, {steps}, {cg_steps}, {cg_tol}, {meta_batch}"
             )
         if solver not in SOLVERS:
-            raise ConfigError(f"imaml solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+            raise ConfigError(
+                f"the implicit estimator's solver must be one of {', '.join(SOLVERS)}, got {solver!r}"
+            )
 
     def estimate(self, ctx: MetaContext) -> Estimate:
         live = self._init_parameters(ctx)
@@ -255,7 +257,7 @@ class ImplicitMAML(Estimator):
             metrics={
                 "meta_loss": float(meta_loss.detach()),
                 "inner_loss": float(torch.stack(support).mean()),
-                "imaml/stationarity": float(torch.stack(residual).mean()),
+                "implicit/stationarity": float(torch.stack(residual).mean()),
             },
         )
 
@@ -266,7 +268,7 @@ class ImplicitMAML(Estimator):
         others = sorted(set(live) - {"init"})
         if others:
             raise ConfigError(
-                f"imaml differentiates only the init role, but the {' and '.join(others)} role "
+                f"the implicit estimator differentiates only the init role, but the {' and '.join(others)} role "
                 f"has meta-parameters: φ* minimizes the proximal support loss whatever optimizer "
                 f"reaches it (a learned optimizer gets no implicit gradient) and a learned loss's "
                 f"implicit gradient is not implemented; make {' and '.join(others)} fixed "
@@ -274,11 +276,11 @@ class ImplicitMAML(Estimator):
             )
         if "init" not in live:
             raise ConfigError(
-                "imaml learns the init role, which has no meta-parameters here; use init: maml"
+                "the implicit estimator learns the init role, which has no meta-parameters here; use a learned init role"
             )
         if not getattr(ctx.objective, "differentiable", True):
             raise ConfigError(
-                "imaml needs a differentiable meta-objective (e.g. task_loss), not task_error"
+                "the implicit estimator needs a differentiable meta-objective (e.g. task_loss), not task_error"
             )
         return live["init"]
 
