@@ -8,7 +8,9 @@ from learnreg.estimators.evaluators.backends import (
     SerialEvaluator,
     VmapEvaluator,
 )
+from learnreg.estimators.es import TruncatedES
 from learnreg.estimators.evolution import Evolution
+from learnreg.estimators.pes import PES
 from learnreg.estimators.searchers import CMAES, GeneticProgramming, Searcher
 from learnreg.estimators.unroll import TruncatedUnroll
 
@@ -17,6 +19,8 @@ __all__ = [
     "MetaContext",
     "derive_seed",
     "TruncatedUnroll",
+    "PES",
+    "TruncatedES",
     "Evolution",
     "Searcher",
     "CMAES",
