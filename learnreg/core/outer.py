@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from learnreg.core import distributed
+from learnreg.core.metaparams import MetaParams
 from learnreg.errors import NumericalError
 
 
@@ -32,6 +33,9 @@ class OuterOptimizer:
         sync: average meta-gradients over the ranks of the process group (None: whenever
             one is active). Estimators average over their own tasks; ranks hold disjoint
             tasks of equal number, so the result is the mean over all tasks.
+        named: the same parameters by role and name
+            (:func:`~learnreg.core.metaparams.meta_parameters`), which :meth:`apply`
+            matches an estimate's gradients against.
     """
 
     def __init__(
@@ -42,8 +46,10 @@ class OuterOptimizer:
         max_bad_steps: int = 10,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         sync: bool | None = None,
+        named: MetaParams | None = None,
     ):
         self.params, self.optimizer, self.scheduler = params, optimizer, scheduler
+        self.named = named or {}
         self.clip_grad_norm, self.max_bad_steps = clip_grad_norm, max_bad_steps
         self.sync = distributed.is_active() if sync is None else sync
         self.broadcast_done = False
@@ -59,6 +65,34 @@ class OuterOptimizer:
                 saved.copy_(p.detach())
             self.broadcast_done = True
         self.optimizer.zero_grad(set_to_none=True)
+
+    def begin(self) -> None:
+        """Start a meta-step (the first call of a synced run broadcasts rank 0's values)."""
+        self.zero_grad()
+
+    def apply(self, grads: MetaParams, meta_loss: float) -> dict[str, float]:
+        """Take the outer step along an estimator's meta-gradient.
+
+        Args:
+            grads: ``{role: {name: gradient}}`` (missing entries count as zero).
+            meta_loss: the estimator's meta-loss for this step.
+
+        Returns:
+            As :meth:`step`.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        for role, named in grads.items():
+            for name, grad in named.items():
+                try:
+                    p = self.named[role][name]
+                except KeyError:
+                    raise KeyError(
+                        f"the estimate has a gradient for {role}.{name}, which is not a "
+                        "meta-parameter of this run"
+                    ) from None
+                grad = grad.detach().to(p.dtype)
+                p.grad = grad if p.grad is None else p.grad + grad
+        return self.step(meta_loss)
 
     def step(self, meta_loss: float) -> dict[str, float]:
         """Apply the accumulated meta-gradient, unless it or ``meta_loss`` is not finite.

@@ -13,11 +13,12 @@ import torch
 from tqdm.auto import tqdm
 
 from learnreg.core.bias import Biases, is_learned
+from learnreg.core.estimator import Estimator, MetaContext, meta_step
 from learnreg.core.inner import InnerRun, inner_step
+from learnreg.core.metaparams import meta_parameters
 from learnreg.core.monitors import Monitor
 from learnreg.core.outer import OuterOptimizer
 from learnreg.errors import ConfigError
-from learnreg.estimators.base import Estimator, MetaContext
 from learnreg.eval.loss_shape import loss_profile, profile_argmin
 from learnreg.eval.metrics import evaluate_split, summarize, update_ratios, update_statistics
 
@@ -121,6 +122,7 @@ class MetaTrainer:
             self.max_bad_steps,
             scheduler=schedule(optimizer) if schedule is not None else None,
             sync=False if meta_test else None,
+            named=meta_parameters(biases),
         )
 
     def fit(
@@ -153,7 +155,7 @@ class MetaTrainer:
         self.target_meta_steps = meta_steps
         try:
             while self.meta_step < meta_steps:
-                metrics = self.estimator.step(self.ctx)
+                metrics = meta_step(self.ctx, self.estimator)
                 self.meta_step += 1
                 # Estimators may namespace their own metrics ("search/best_fitness").
                 metrics = {k if "/" in k else f"meta/{k}": v for k, v in metrics.items()}
@@ -250,7 +252,7 @@ class MetaTrainer:
         while run.state.step < steps:
             before = run.state.params  # functional updates: the old tensors stay valid
             if adapt is not None:
-                stepped = adapt.step(ctx)
+                stepped = meta_step(ctx, adapt)
                 # `base_loss`: estimators written before the rename to `inner_loss`
                 inner_loss = stepped.get("inner_loss", stepped.get("base_loss"))
                 checks: dict = {}

@@ -1,0 +1,76 @@
+"""One mechanism for running many members at once: a meta-batch of tasks, a population of
+candidate biases, the perturbation pairs of an evolution strategy.
+
+A *member* is any pytree of tensors (meta-parameter values, an inner state, batches, or a
+tuple of them). Members of equal structure and shapes are stacked on a new leading
+dimension and run as one ``torch.func.vmap`` call; members that cannot be stacked (symbolic
+losses of different shapes, tasks of different sizes) run one after another, with the same
+results. Autograd flows through both paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import optree
+import torch
+from torch import Tensor
+
+
+def _signature(member) -> tuple | None:
+    leaves, spec = optree.tree_flatten(member)
+    if not all(isinstance(t, Tensor) for t in leaves):
+        return None  # vmap maps tensors only
+    return spec, [(tuple(t.shape), t.dtype, t.device) for t in leaves]
+
+
+def stackable(members: list) -> bool:
+    """Whether the members are pytrees of tensors with one structure and equal shapes,
+    dtypes and devices."""
+    if not members:
+        return False
+    first = _signature(members[0])
+    return first is not None and all(_signature(m) == first for m in members[1:])
+
+
+def stack(members: list):
+    """The members stacked leaf by leaf on a new leading dimension."""
+    return optree.tree_map(lambda *xs: torch.stack(xs), *members)
+
+
+def unstack(tree, n: int | None = None) -> list:
+    """The inverse of :func:`stack`: ``n`` members (default: the leading size)."""
+    leaves, spec = optree.tree_flatten(tree)
+    if n is None:
+        n = leaves[0].shape[0] if leaves else 0
+    return [optree.tree_unflatten(spec, [leaf[i] for leaf in leaves]) for i in range(n)]
+
+
+def map_members(
+    fn: Callable[..., Any],
+    members: list,
+    *shared,
+    vectorize: bool = True,
+    randomness: str = "error",
+):
+    """``fn(member, *shared)`` for every member, as one vmapped call when possible.
+
+    Args:
+        fn: a function of one member and the shared arguments; its output is a pytree of
+            tensors (or anything, on the sequential path).
+        members: the members (pytrees).
+        shared: arguments every member sees unchanged (broadcast, not mapped).
+        vectorize: use ``torch.func.vmap`` when the members are :func:`stackable`;
+            False always loops (a reference, or code vmap cannot batch).
+        randomness: passed to ``vmap`` (``error``, ``same`` or ``different``).
+
+    Returns:
+        The outputs stacked on a new leading dimension, in member order; on the
+        sequential path, a list when the outputs cannot be stacked.
+    """
+    if vectorize and len(members) > 1 and stackable(members):
+        in_dims = (0,) + (None,) * len(shared)
+        return torch.func.vmap(fn, in_dims=in_dims, randomness=randomness)(stack(members), *shared)
+    outputs = [fn(member, *shared) for member in members]
+    return stack(outputs) if stackable(outputs) else outputs
