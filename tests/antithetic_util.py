@@ -41,7 +41,9 @@ def quadratic_task() -> Task:
 
 def quadratic_context(seed: int = 0, lr: float = 0.1) -> MetaContext:
     biases = Biases(MSE(), LearnedLR({"_component_": "sgd", "lr": lr}), RandomInit()).double()
-    return MetaContext(SingleTask(quadratic_task()), biases, TaskLoss(), None, seed, torch.device("cpu"))
+    return MetaContext(
+        SingleTask(quadratic_task()), biases, TaskLoss(), None, seed, torch.device("cpu")
+    )
 
 
 def full_unroll_gradient(ctx: MetaContext, horizon: int) -> float:

@@ -40,7 +40,9 @@ def test_es_converges_to_the_true_gradient_with_many_pairs():
     exact = backprop_gradient(ctx, window=3)
     es = TruncatedES(sigma=1e-3, pairs=4000, window=3, horizon=3, meta_batch=1)
     estimate = metaparams.flatten(es.estimate(ctx).grads)
-    few = metaparams.flatten(TruncatedES(sigma=1e-3, pairs=8, window=3, horizon=3, meta_batch=1).estimate(ctx).grads)
+    few = metaparams.flatten(
+        TruncatedES(sigma=1e-3, pairs=8, window=3, horizon=3, meta_batch=1).estimate(ctx).grads
+    )
     cosine = lambda a, b: float(a @ b / (a.norm() * b.norm()))  # noqa: E731
     assert cosine(estimate, exact) > 0.99
     assert cosine(few, exact) < 0.9  # a few pairs are a noisy direction: the test can fail
@@ -53,7 +55,9 @@ def test_es_is_deterministic_and_both_copies_restart_from_one_state():
     a, b = (TruncatedES(sigma=0.01, pairs=4, window=2, horizon=4) for _ in range(2))
     for _ in range(2):
         ga, gb = a.estimate(ctx), b.estimate(ctx)
-        torch.testing.assert_close(metaparams.flatten(ga.grads), metaparams.flatten(gb.grads), rtol=0, atol=0)
+        torch.testing.assert_close(
+            metaparams.flatten(ga.grads), metaparams.flatten(gb.grads), rtol=0, atol=0
+        )
         assert ga.metrics == gb.metrics and ga.metrics["meta_loss"] > 0
     for pos, neg in zip(a.pos, a.neg):
         assert pos.state is neg.state and pos.state.step == 4

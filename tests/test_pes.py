@@ -18,6 +18,7 @@ from scipy import stats
 import learnreg
 from learnreg.core import metaparams
 from learnreg.estimators import PES, TruncatedUnroll
+from learnreg.tracking.checkpoint import load_checkpoint
 
 HORIZON, WINDOW = 100, 10
 
@@ -72,8 +73,114 @@ def test_accumulated_perturbations_restart_with_the_runs():
 
 
 def test_vmapped_copies_give_the_loop_estimate():
-    a, b = (PES(sigma=0.05, pairs=4, window=5, horizon=10, meta_batch=2, vmap=v) for v in (True, False))
+    a, b = (
+        PES(sigma=0.05, pairs=4, window=5, horizon=10, meta_batch=2, vmap=v) for v in (True, False)
+    )
     ctx_a, ctx_b = quadratic_context(), quadratic_context()
     for _ in range(3):
         ga, gb = a.estimate(ctx_a), b.estimate(ctx_b)
         torch.testing.assert_close(ga.grads, gb.grads, rtol=1e-12, atol=1e-15)
+
+
+CONFIG = {
+    "method": "lo-pes",
+    "task": {"_component_": "digits", "batch_size": 32},
+    "model": {"_component_": "mlp", "hidden": [8]},
+    "optimizer": {"_component_": "mlp", "hidden": [4]},
+    # windows of 2 inside runs of 6: the checkpoints at meta-steps 4 and 8 hold live runs
+    # part-way through their horizon and a non-zero ξ
+    "estimator": {
+        "_component_": "pes",
+        "sigma": 0.01,
+        "pairs": 4,
+        "window": 2,
+        "horizon": 6,
+        "meta_batch": 2,
+    },
+    "meta_optimizer": {"_component_": "adam", "lr": 0.01},
+    "meta_steps": 10,
+    "checkpoint_every": 4,
+    "meta_test": {"steps": 10, "seeds": 1},
+    "baseline": {"tune": {"enabled": False}},
+    "logger": {"backends": []},
+}
+
+
+def _records(run_dir: Path) -> list:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_interrupted_pes_run_resumes_bit_for_bit(tmp_path):
+    reference = learnreg.run(CONFIG, out=tmp_path / "ref", progress=False)
+    with interrupted_at(PES, "estimate", 7), pytest.raises(Interrupt):
+        learnreg.run(CONFIG, out=tmp_path / "run", progress=False)
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    estimator = saved["trainer"]["estimator"]
+    assert estimator["steps"] == 4 and len(estimator["runs"]) == 4
+    assert estimator["accumulated"].abs().sum() > 0  # ξ of a run part-way through its horizon
+
+    resumed = learnreg.run(CONFIG, out=tmp_path / "run", progress=False)
+    strip = lambda s: {k: v for k, v in s.items() if not k.endswith("_seconds")}  # noqa: E731
+    assert strip(resumed) == strip(reference)
+    assert _records(tmp_path / "run") == _records(tmp_path / "ref")
+    learned = "learned/optimizer.safetensors"
+    assert (tmp_path / "run" / learned).read_bytes() == (tmp_path / "ref" / learned).read_bytes()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _meta_train(rank: int = 0) -> dict:
+    """Four PES meta-steps of Meta-SGD on a tiny regression (4 pairs on 2 tasks, runs of
+    two windows): the meta-parameters, and the checkpointed estimator state."""
+    from test_es import meta_sgd_context
+
+    from learnreg.core import distributed
+    from learnreg.core.trainer import MetaTrainer
+
+    ctx = meta_sgd_context()
+    if rank:  # rank 0's meta-parameters must win: the outer optimizer broadcasts them
+        with torch.no_grad():
+            ctx.biases.optimizer.lr.add_(1.0)
+    pes = PES(sigma=0.01, pairs=4, window=2, horizon=4, meta_batch=2)
+    trainer = MetaTrainer(ctx.family, ctx.biases, ctx.objective, pes, seed=ctx.seed, device="cpu")
+    trainer.fit(3, progress=False)
+    with distributed.gathering_state():
+        state = pes.state_dict()
+    out = {
+        "params": metaparams.flatten(metaparams.values_of(trainer.biases)),
+        "indices": torch.tensor([r.index for r in pes.pos]),
+    }
+    if state["runs"]:  # rank 0 (the other ranks' checkpoint state is left empty)
+        flat = lambda sd: torch.cat([v.flatten() for v in sd["params"].values()])  # noqa: E731
+        out["accumulated"] = state["accumulated"]
+        out["run_params"] = torch.cat([flat(p) for pair in state["runs"] for p in pair])
+    return out
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        torch.save(_meta_train(rank), Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_learn_what_one_process_learns(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    single = _meta_train()
+    # each rank holds its two pairs (rank 0 the first task's, rank 1 the second's)
+    assert ranks[0]["indices"].tolist() == [2, 2] and ranks[1]["indices"].tolist() == [3, 3]
+    for r in ranks:
+        torch.testing.assert_close(r["params"], single["params"], rtol=1e-12, atol=1e-14)
+    # rank 0's checkpoint holds every rank's runs and ξ, as one process's does
+    torch.testing.assert_close(ranks[0]["accumulated"], single["accumulated"], rtol=0, atol=0)
+    torch.testing.assert_close(ranks[0]["run_params"], single["run_params"], rtol=1e-12, atol=1e-14)
+    assert "accumulated" not in ranks[1]

@@ -150,7 +150,10 @@ class AntitheticPairs(Estimator):
         for pair_ids in by_task.values():
             copies = [(j, s) for j in pair_ids for s in (0, 1)]
             runs = [(self.pos if s == 0 else self.neg)[j] for j, s in copies]
-            values = [metaparams.unflatten(flat + (eps[j] if s == 0 else -eps[j]), theta) for j, s in copies]
+            values = [
+                metaparams.unflatten(flat + (eps[j] if s == 0 else -eps[j]), theta)
+                for j, s in copies
+            ]
             meta_loss, base_loss = self._advance_task(ctx, runs, values)
             where = torch.tensor([2 * j + s for j, s in copies], device=flat.device)
             losses[where], base[where] = meta_loss.to(losses.dtype), base_loss.to(base.dtype)
@@ -179,11 +182,20 @@ class AntitheticPairs(Estimator):
                 state, total, k = InnerState(params, buffers, opt_state, step0), 0.0, 0
                 for i in range(window):
                     batch = (batches[0][i], batches[1][i])
-                    state, base_loss = inner_step(model, state, batch, biases.loss, biases.optimizer)
+                    state, base_loss = inner_step(
+                        model, state, batch, biases.loss, biases.optimizer
+                    )
                     if average or i == window - 1:
-                        total = total + objective(model, state, (targets[0][k], targets[1][k]), task)
+                        total = total + objective(
+                            model, state, (targets[0][k], targets[1][k]), task
+                        )
                         k += 1
-                return total / window if average else total, base_loss, state.params, state.opt_state
+                return (
+                    total / window if average else total,
+                    base_loss,
+                    state.params,
+                    state.opt_state,
+                )
 
             return metaparams.call_at(biases, v, unroll)
 
@@ -238,7 +250,9 @@ class AntitheticPairs(Estimator):
             "accumulated": self.accumulated,
         }
         if distributed.is_active():
-            gathered = distributed.gather_to_main(local) if distributed.is_gathering_state() else None
+            gathered = (
+                distributed.gather_to_main(local) if distributed.is_gathering_state() else None
+            )
             pieces = gathered or []
             acc = [g["accumulated"] for g in pieces]
             local = {
