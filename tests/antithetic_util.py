@@ -21,7 +21,7 @@ from learnreg.core.task import SingleTask, Split, Task
 from learnreg.estimators import MetaContext
 from learnreg.inits import RandomInit
 from learnreg.losses import MSE
-from learnreg.optimizers import SGD, LearnedLR
+from learnreg.optimizers import LearnedLR
 
 CURVATURES = (1.0, 0.1)
 

@@ -1,6 +1,7 @@
 """Estimators: how meta-parameters move (truncated unrolls, evolutionary search)."""
 
 from learnreg.estimators.base import Estimator, MetaContext, derive_seed
+from learnreg.estimators.es import TruncatedES
 from learnreg.estimators.evaluators.backends import (
     Evaluator,
     ProcessPoolEvaluator,
@@ -8,7 +9,6 @@ from learnreg.estimators.evaluators.backends import (
     SerialEvaluator,
     VmapEvaluator,
 )
-from learnreg.estimators.es import TruncatedES
 from learnreg.estimators.evolution import Evolution
 from learnreg.estimators.pes import PES
 from learnreg.estimators.searchers import CMAES, GeneticProgramming, Searcher
