@@ -82,3 +82,17 @@ def test_es_at_different_run_seeds_draws_different_noise():
 def test_bad_arguments_name_the_problem(args, message):
     with pytest.raises(ConfigError, match=message):
         TruncatedES(**args)
+
+
+def test_a_config_with_bad_pair_settings_is_refused_when_loaded():
+    from learnreg import config
+
+    base = {
+        "task": {"_component_": "digits"},
+        "optimizer": {"_component_": "learned_lr"},
+        "estimator": {"_component_": "pes", "pairs": 6, "meta_batch": 4},
+    }
+    with pytest.raises(ConfigError, match="multiple of meta_batch"):
+        config.load(base)
+    with pytest.raises(ConfigError, match="sigma must be positive"):
+        config.load({**base, "estimator": {"_component_": "es", "sigma": -1.0}})

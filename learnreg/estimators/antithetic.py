@@ -33,8 +33,13 @@ from learnreg.errors import ConfigError
 from learnreg.estimators.batched import check_vmappable
 
 
-def check_pair_args(window: int, horizon: int, pairs: int, meta_batch: int | None) -> None:
-    """Refuse settings whose runs or pairs would not fit together."""
+def check_pair_args(
+    sigma: float, window: int, horizon: int, pairs: int, meta_batch: int | None
+) -> None:
+    """Refuse settings whose runs or pairs would not fit together (also run when a config
+    is loaded)."""
+    if not sigma > 0:
+        raise ConfigError(f"estimator sigma must be positive, got {sigma!r}")
     if window < 1 or horizon < window or horizon % window:
         raise ConfigError(
             f"need window >= 1 and a horizon that is a multiple of it (runs advance by whole "
@@ -80,9 +85,7 @@ class AntitheticPairs(Estimator):
         average: bool = True,
         vmap: bool = True,
     ):
-        self.check_args(window=window, horizon=horizon, pairs=pairs, meta_batch=meta_batch)
-        if not sigma > 0:
-            raise ConfigError(f"{self.name}: sigma must be positive, got {sigma!r}")
+        self.check_args(sigma, window, horizon, pairs, meta_batch)
         self.sigma, self.pairs, self.window, self.horizon = float(sigma), pairs, window, horizon
         self.meta_batch = meta_batch or pairs
         self.objective_batch, self.average, self.vmap = objective_batch, average, vmap
@@ -93,8 +96,8 @@ class AntitheticPairs(Estimator):
         self.accumulated: Tensor | None = None  # (local pairs, D): PES's Σ ε since reset
 
     @staticmethod
-    def check_args(window=10, horizon=100, pairs=8, meta_batch=None, **_) -> None:
-        check_pair_args(window, horizon, pairs, meta_batch)
+    def check_args(sigma=0.01, window=10, horizon=100, pairs=8, meta_batch=None, **_) -> None:
+        check_pair_args(sigma, window, horizon, pairs, meta_batch)
 
     # -- what subclasses define --------------------------------------------------------
     def directions(self, eps: Tensor) -> Tensor:
