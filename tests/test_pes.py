@@ -4,7 +4,6 @@ uninterrupted run bit for bit, two gloo ranks equal one process."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import torch.multiprocessing as mp
 from antithetic_util import full_unroll_gradient, quadratic_context
 from conftest import Interrupt, interrupted_at
 from scipy import stats
+from test_distributed import _free_port
 
 import learnreg
 from learnreg.core import metaparams
@@ -125,12 +125,6 @@ def test_interrupted_pes_run_resumes_bit_for_bit(tmp_path):
     assert _records(tmp_path / "run") == _records(tmp_path / "ref")
     learned = "learned/optimizer.safetensors"
     assert (tmp_path / "run" / learned).read_bytes() == (tmp_path / "ref" / learned).read_bytes()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _meta_train(rank: int = 0) -> dict:
