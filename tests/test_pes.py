@@ -178,3 +178,35 @@ def test_two_gloo_ranks_learn_what_one_process_learns(tmp_path):
     torch.testing.assert_close(ranks[0]["accumulated"], single["accumulated"], rtol=0, atol=0)
     torch.testing.assert_close(ranks[0]["run_params"], single["run_params"], rtol=1e-12, atol=1e-14)
     assert "accumulated" not in ranks[1]
+
+
+def test_torchrun_two_processes_learn_what_one_process_learns(tmp_path):
+    """Through the CLI and the runner (rank 0 checkpoints and meta-tests, the other rank
+    returns when meta-training ends)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from learnreg.tracking.export import load_bias
+
+    config = tmp_path / "pes.yaml"
+    small = {"meta_steps": 4, "checkpoint_every": 2, "meta_test": {"steps": 5, "seeds": 1}}
+    config.write_text(yaml.safe_dump({**CONFIG, **small}))
+    root = Path(__file__).resolve().parent.parent
+    pythonpath = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    command += ["--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
+    command += ["-m", "learnreg.cli", "run", str(config), "--out", str(tmp_path / "two")]
+    subprocess.run([*command, "--no-progress"], check=True, env=env, cwd=tmp_path, timeout=600)
+    single = learnreg.run(config, out=tmp_path / "one", progress=False)
+    saved = load_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")["trainer"]["estimator"]
+    assert saved["steps"] == 4  # rank 0's estimator took every meta-step
+    a = load_bias(tmp_path / "one" / "learned" / "optimizer").state_dict()
+    b = load_bias(tmp_path / "two" / "learned" / "optimizer").state_dict()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert two["test"]["loss"] == pytest.approx(single["test"]["loss"], rel=1e-4)
