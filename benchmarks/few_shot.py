@@ -30,7 +30,7 @@ from scipy import stats
 
 from benchmarks.common import add_device_argument, device_of, machine
 from learnreg import config as configlib
-from learnreg.core.trainer import MetaTrainer
+from learnreg.eval import meta_test
 from learnreg.experiment import build
 from learnreg.runner import run
 
@@ -105,10 +105,10 @@ def random_init_rung(preset: str, seeds: int, val_episodes: int, device: str, ou
         exp = build(cfg)
         values = []
         for i, task in tasks:
-            run_, _ = exp.trainer.meta_test_run(
-                exp.baseline, task.to(exp.trainer.device), i, steps, None, "baseline"
+            run_, _ = meta_test.meta_test_run(
+                exp.trainer, exp.baseline, task.to(exp.trainer.device), i, steps, None, "baseline"
             )
-            value = MetaTrainer._test_metrics(run_)[metric]
+            value = meta_test.final_metrics(run_)[metric]
             values.append(value if math.isfinite(value) else sign * float("inf"))
         return values
 

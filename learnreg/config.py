@@ -308,6 +308,7 @@ def _check_nested_components(cfg: dict) -> None:
             cfg["meta_test"]["adapt"], "meta_test.adapt"
         )
         check_component("estimator", cfg["meta_test"]["adapt"], where="meta_test.adapt")
+        _check_adapt_online(cfg["meta_test"]["adapt"][COMPONENT])
         _check_adapt_batch(cfg)
 
 
@@ -373,6 +374,19 @@ def _check_monitors(cfg: dict) -> None:
         raise ConfigError(
             "dead_loss.every, best_checkpoint.steps and best_checkpoint.seeds must be positive"
         )
+
+
+def _check_adapt_online(name: str) -> None:
+    """Refuse a meta-test adaptation by an estimator that cannot adapt along one run (its
+    ``online`` is False: :meth:`~learnreg.core.estimator.Estimator.attach` would refuse)."""
+    if getattr(registry.lookup("estimator", name), "online", False):
+        return
+    online = [e.name for e in registry.entries("estimator") if getattr(e.target, "online", False)]
+    raise ConfigError(
+        f"meta_test.adapt: estimator {name!r} cannot adapt online during meta-test (its "
+        "online is False: it does not keep learning along one run). Use an online estimator "
+        f"({', '.join(online) or 'none registered'}) or drop meta_test.adapt."
+    )
 
 
 def _check_adapt_batch(cfg: dict) -> None:

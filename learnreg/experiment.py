@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -11,11 +10,11 @@ import torch
 
 from learnreg import components, registry
 from learnreg.core.bias import Biases, adopt_role, is_learned
-from learnreg.core.monitors import BestCheckpoint
-from learnreg.core.task import SingleTask, Task, TaskFamily
+from learnreg.core.task import Task, TaskFamily
 from learnreg.core.trainer import MetaTrainer
-from learnreg.errors import ConfigError
+from learnreg.data.build import build_family
 from learnreg.estimators.base import Estimator, derive_seed
+from learnreg.eval.best_checkpoint import BestCheckpoint
 from learnreg.eval.dead_loss import DeadLossMonitor
 
 
@@ -31,32 +30,6 @@ class Experiment:
     @property
     def family(self) -> TaskFamily:
         return self.trainer.ctx.family
-
-
-def build_family(cfg: dict) -> TaskFamily:
-    """The task family of a config: a registered family, or one task with its model."""
-    built = components.instantiate("task", cfg["task"], model=cfg["model"])
-    if isinstance(built, TaskFamily):
-        return built
-    if not isinstance(built, Task):
-        raise ConfigError(
-            f"task {cfg['task']['_component_']!r} built a {type(built).__name__}, not a Task or TaskFamily"
-        )
-    if cfg["model"] is None:
-        raise ConfigError(
-            "the config has no `model` section; e.g. `model: {_component_: mlp, hidden: [100]}`."
-        )
-    components.check_component(
-        "model", components.normalize_component(cfg["model"], "model"), where="model"
-    )
-    built.model_fn = functools.partial(
-        components.instantiate,
-        "model",
-        cfg["model"],
-        input_shape=built.input_shape,
-        out_features=built.out_features,
-    )
-    return SingleTask(built)
 
 
 def role_context(task: Task, seed: int) -> dict:

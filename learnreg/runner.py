@@ -38,9 +38,9 @@ from tqdm.auto import tqdm
 from learnreg import config as configlib
 from learnreg.controls import control_config
 from learnreg.core import distributed
-from learnreg.core.trainer import aggregate, resolve_device
+from learnreg.core.trainer import resolve_device
 from learnreg.errors import ConfigError, LearnregError, NumericalError, RunLockedError
-from learnreg.eval import comparison, probes
+from learnreg.eval import comparison, meta_test, probes
 from learnreg.eval.baselines import base_lr, lr_grid, primary_metric, tune_seed
 from learnreg.eval.comparison import format_summary  # noqa: F401 - learnreg.runner.format_summary
 from learnreg.experiment import Experiment, baseline_optimizer, build
@@ -300,7 +300,8 @@ class Run:
                         )
             self._save(0.0)
 
-        trainer.evaluate(
+        meta_test.evaluate(
+            trainer,
             mt["steps"],
             mt["seeds"],
             self.exp.baseline if mt["baseline"] else None,
@@ -411,7 +412,7 @@ class Run:
 
     def _summary(self) -> dict:
         per_seed = self.progress_state["meta_test"]
-        stats = aggregate(per_seed)
+        stats = meta_test.aggregate(per_seed)
         learned = stats.get("learned", {})
         n_test = self._n_test()
         baselines = self._baselines(stats, n_test)

@@ -33,9 +33,10 @@ from learnreg.core.bias import Biases
 from learnreg.core.inner import init_state, inner_loop
 from learnreg.core.objectives import TaskLoss
 from learnreg.core.task import SingleTask
-from learnreg.core.trainer import MetaTrainer, aggregate
+from learnreg.core.trainer import MetaTrainer
 from learnreg.data import sklearn_task
 from learnreg.estimators import TruncatedUnroll
+from learnreg.eval.meta_test import aggregate, evaluate
 from learnreg.inits import RandomInit
 from learnreg.losses import CrossEntropy, NeuralLoss
 from learnreg.models import MLP
@@ -91,7 +92,7 @@ trainer = MetaTrainer(
 )
 trainer.fit(META_STEPS, progress=False)
 baseline = Biases(CrossEntropy(), SGD(lr=0.01), RandomInit())
-results = aggregate(trainer.evaluate(TEST_STEPS, seeds=2, baseline=baseline, progress=False))
+results = aggregate(evaluate(trainer, TEST_STEPS, seeds=2, baseline=baseline, progress=False))
 print("learned :", results["learned"]["test"])
 print("baseline:", results["baseline"]["test"])
 

@@ -30,9 +30,10 @@ import learnreg
 from learnreg import losses
 from learnreg.core.bias import Biases
 from learnreg.core.objectives import TaskLoss
-from learnreg.core.trainer import MetaTrainer, aggregate
+from learnreg.core.trainer import MetaTrainer
 from learnreg.data import FewShotEpisodes
 from learnreg.estimators import TruncatedUnroll
+from learnreg.eval.meta_test import aggregate, evaluate
 from learnreg.inits import LearnedInit
 from learnreg.losses import CrossEntropy, TaylorLoss
 from learnreg.models import MLP
@@ -72,7 +73,7 @@ def learner(loss, learned_optimizer: bool):
     biases = Biases(loss, optimizer, LearnedInit(model))
     trainer = MetaTrainer(family, biases, TaskLoss(), TruncatedUnroll(window=5, horizon=5, meta_batch=4), lambda p: torch.optim.Adam(p, lr=1e-3), device="cpu")
     trainer.fit(meta_steps, progress=False)
-    stats = aggregate(trainer.evaluate(steps=5, seeds=episodes, progress=False))["learned"]
+    stats = aggregate(evaluate(trainer, steps=5, seeds=episodes, progress=False))["learned"]
     return stats["test"]["accuracy"], stats["test_ci95"]["accuracy"]
 
 

@@ -17,6 +17,7 @@ from learnreg.core.trainer import MetaTrainer
 from learnreg.estimators import TruncatedUnroll
 from learnreg.eval import stats
 from learnreg.eval.baselines import lr_grid, select, train_grid, tune_seed
+from learnreg.eval.meta_test import meta_test_run
 from learnreg.eval.metrics import evaluate_split
 from learnreg.inits.random import RandomInit
 from learnreg.losses.fixed import MSE, CrossEntropy
@@ -91,7 +92,7 @@ def test_vectorized_grid_trains_exactly_the_sequential_runs(optimizer):
         one = Biases(
             CrossEntropy(), type(optimizer)(**{**optimizer.init_args, "lr": lr}), RandomInit()
         )
-        reference, _ = trainer.meta_test_run(one, task, 1, 12, None, "check")
+        reference, _ = meta_test_run(trainer, one, task, 1, 12, None, "check")
         for name, value in reference.state.params.items():
             torch.testing.assert_close(state.params[name], value, rtol=1e-10, atol=1e-12)
 
@@ -106,7 +107,7 @@ def test_tuned_baseline_is_never_worse_on_validation_than_the_same_settings():
     # the same-settings baseline, trained the ordinary (sequential) way
     same = []
     for i in range(seeds):
-        run, _ = trainer.meta_test_run(biases, task, i, steps, None, "baseline")
+        run, _ = meta_test_run(trainer, biases, task, i, steps, None, "baseline")
         same.append(evaluate_split(run.model, run.state, task.val, task.kind))
     tuned_val = sum(r["val"][chosen]["error"] for r in rows) / seeds
     same_val = sum(m["error"] for m in same) / seeds
@@ -262,7 +263,7 @@ def test_a_run_killed_while_tuning_or_training_a_control_resumes_to_the_same_res
     cfg = {**CONFIG, "baseline": {"controls": ["learned_lr"]}}
     reference = learnreg.run(cfg, out=tmp_path / "ref", progress=False)
     calls = {"n": 0}
-    target = (learnreg.runner, "tune_seed") if where == "tuning" else (TruncatedUnroll, "step")
+    target = (learnreg.runner, "tune_seed") if where == "tuning" else (TruncatedUnroll, "estimate")
     original = getattr(*target)
     kill_at = 2 if where == "tuning" else CONFIG["meta_steps"] + 5  # inside the control's fit
 

@@ -35,7 +35,7 @@ CONFIG = {
 
 def _interrupted_then_resumed(tmp_path, first: str, second: str) -> dict:
     """Meta-trains on ``first`` until meta-step 5, then resumes the run on ``second``."""
-    with interrupted_at(TruncatedUnroll, "step", 5), pytest.raises(Interrupt):
+    with interrupted_at(TruncatedUnroll, "estimate", 5), pytest.raises(Interrupt):
         learnreg.run({**CONFIG, "device": first}, out=tmp_path, progress=False)
     return learnreg.run({**CONFIG, "device": second}, out=tmp_path, progress=False)
 

@@ -14,13 +14,14 @@ from conftest import tiny_task
 from learnreg import config
 from learnreg.core.bias import Biases
 from learnreg.core.inner import inner_step
-from learnreg.core.monitors import BestCheckpoint
 from learnreg.core.objectives import TaskLoss
 from learnreg.core.task import SingleTask, Split
 from learnreg.core.trainer import MetaTrainer
 from learnreg.errors import NumericalError
 from learnreg.estimators.base import Estimator
+from learnreg.eval.best_checkpoint import BestCheckpoint
 from learnreg.eval.dead_loss import DeadLossMonitor, is_dead, loss_slopes
+from learnreg.eval.meta_test import evaluate
 from learnreg.experiment import build_biases, build_family
 from learnreg.inits import RandomInit
 from learnreg.losses import CrossEntropy, LossRole, NeuralLoss
@@ -188,10 +189,10 @@ def test_dead_loss_is_detected_during_online_meta_test(policy):
     adapt = OnlineKill(at=3)
     if policy == "stop":
         with pytest.raises(NumericalError, match="meta-test seed 0 step 3"):
-            trainer.evaluate(6, 1, adapt=adapt, progress=False)
+            evaluate(trainer, 6, 1, adapt=adapt, progress=False)
         return
     with pytest.warns(UserWarning, match="meta-test seed 0 step 3"):
-        per_seed = trainer.evaluate(6, 1, adapt=adapt, progress=False)
+        per_seed = evaluate(trainer, 6, 1, adapt=adapt, progress=False)
     flags = [r["meta/dead_loss"] for r in logger.records if "meta/dead_loss" in r]
     assert flags[:3] == [0.0, 0.0, 1.0]
     # warn leaves the dead loss in place; restart restores the healthy one (step 3 is then

@@ -10,9 +10,9 @@ from conftest import Interrupt, interrupted_at
 
 import learnreg
 from learnreg import losses
-from learnreg.core.trainer import MetaTrainer
 from learnreg.errors import ConfigError, RunLockedError
 from learnreg.estimators import TruncatedUnroll
+from learnreg.eval import meta_test
 from learnreg.tracking import RunLock
 from learnreg.tracking.wandb_offline import read_run, wait_until_complete
 
@@ -78,7 +78,7 @@ def test_run_directory_contents(tmp_path):
 # the second seed: the 3rd meta-test run, after seed 0's learned and baseline runs).
 @pytest.mark.parametrize(
     "cls,method,call",
-    [(TruncatedUnroll, "step", 10), (MetaTrainer, "meta_test_run", 3)],
+    [(TruncatedUnroll, "estimate", 10), (meta_test, "meta_test_run", 3)],
     ids=["fit", "meta_test"],
 )
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, cls, method, call):

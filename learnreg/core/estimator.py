@@ -47,7 +47,7 @@ class MetaContext:
         seed: the run's seed; every inner run's seed derives from it.
         device: where tasks, models and states live.
         logger: the run's logger (None: none), for estimators that log more than the
-            metrics their ``step`` returns (a search's population table).
+            metrics their estimate returns (a search's population table).
     """
 
     family: Any

@@ -12,11 +12,15 @@ inside the small loss network. This costs about 2.5 model passes fewer than
 backpropagating through ``∇_θ M_φ`` and gives the same gradient (see the tests). It
 applies when θ does not depend on the meta-parameters (a detached state: every
 window-1 step of online AdaLFL and ML3), which :func:`applies` checks.
+
+The meta-gradient is returned as values (one tensor per meta-parameter leaf asked for),
+never accumulated into ``.grad``: the caller decides what to do with it.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 from torch.func import functional_call
 
 from learnreg.core.inner import Batch, InnerState, frozen_names
@@ -28,18 +32,28 @@ def applies(state: InnerState) -> bool:
 
 
 def one_step(
-    model, state: InnerState, batch: Batch, loss, optimizer, meta_objective, scale: float = 1.0
+    model,
+    state: InnerState,
+    batch: Batch,
+    loss,
+    optimizer,
+    meta_objective,
+    leaves: list[Tensor],
+    scale: float = 1.0,
 ):
-    """Take one inner step and accumulate ``scale · ∂ℓ/∂(meta-parameters)`` into ``.grad``.
+    """Take one inner step and return ``scale · ∂ℓ/∂leaves``.
 
     Args:
         model, state, batch, loss, optimizer: as in :func:`~learnreg.core.inner.inner_step`.
         meta_objective: ``ℓ(new_state) -> scalar``.
-        scale: multiplies the accumulated gradient (``1/meta_batch``).
+        leaves: the meta-parameters to differentiate with respect to (the roles' live
+            parameters, :func:`~learnreg.core.metaparams.meta_parameters`).
+        scale: multiplies the gradient (``1/meta_batch``).
 
     Returns:
-        ``(new_state, meta_loss, base_loss)``: the detached state after the step, the
-        meta-loss and the base loss before the step (both detached).
+        ``(new_state, meta_loss, base_loss, grads)``: the detached state after the step,
+        the meta-loss and the base loss before the step (both detached), and one gradient
+        per leaf (None where ℓ does not depend on it).
     """
     x, y = batch
     frozen = frozen_names(model)  # held fixed by the inner loop, as in inner_step
@@ -59,14 +73,12 @@ def one_step(
     params = {k: fixed[k] if k in frozen else base[k] + updates[k] for k in state.params}
     new_state = InnerState(params, state.buffers, opt_state, state.step + 1)
     meta_loss = meta_objective(new_state)
-    opt_meta = [p for p in optimizer.parameters() if p.requires_grad]
-    targets = g_leaf + opt_meta
-    outs = torch.autograd.grad(scale * meta_loss, targets, allow_unused=True)
-    for p, grad in zip(opt_meta, outs[len(g_leaf) :]):
-        if grad is not None:
-            p.grad = grad if p.grad is None else p.grad + grad
+    # ∂ℓ/∂ψ (the update's own dependence on the meta-parameters) and ∂ℓ/∂g, in one pass
+    outs = torch.autograd.grad(scale * meta_loss, g_leaf + leaves, allow_unused=True)
+    result = list(outs[len(g_leaf) :])
     w = [torch.zeros_like(g) if o is None else o for g, o in zip(g_leaf, outs[: len(g_leaf)])]
     (jvp,) = torch.autograd.grad(grads, cotangent, w, allow_unused=True)
-    if jvp is not None and e.requires_grad:
-        e.backward(jvp)
-    return new_state.detach(), meta_loss.detach(), base_loss.detach()
+    if jvp is not None and e.requires_grad:  # ∂ℓ/∂φ = (∂e/∂φ)ᵀ (J_f w)
+        through_e = torch.autograd.grad(e, leaves, jvp, allow_unused=True)
+        result = [a if b is None else b if a is None else a + b for a, b in zip(result, through_e)]
+    return new_state.detach(), meta_loss.detach(), base_loss.detach(), result

@@ -96,7 +96,12 @@ def init_state(model: nn.Module, init, optimizer, task=None) -> InnerState:
 
 
 def inner_step(
-    model: nn.Module, state: InnerState, batch: Batch, loss: LossFn, optimizer
+    model: nn.Module,
+    state: InnerState,
+    batch: Batch,
+    loss: LossFn,
+    optimizer,
+    first_order: bool = False,
 ) -> tuple[InnerState, Tensor]:
     """One base-model update: gradient of the loss role, then the optimizer role.
 
@@ -109,6 +114,9 @@ def inner_step(
         batch: ``(inputs, targets)``.
         loss: the loss role, ``loss(pred, target) -> scalar``.
         optimizer: the optimizer role, ``optimizer(grads, opt_state, params) -> (updates, opt_state)``.
+        first_order: treat the base gradient as a constant (detached), so a meta-gradient
+            through this step skips its second-order terms (first-order MAML); the update
+            still depends on the parameters and on the optimizer role's meta-parameters.
 
     Returns:
         The next state and the (detached) base loss at the current parameters.
@@ -122,6 +130,8 @@ def inner_step(
         return loss(functional_call(model, ({**adapted, **fixed}, state.buffers), (x,)), y)
 
     grads, value = torch.func.grad_and_value(base_loss)(adapted)
+    if first_order:
+        grads = {k: g.detach() for k, g in grads.items()}
     updates, opt_state = optimizer(grads, state.opt_state, adapted)
     # held parameters pass through as the same tensors: bit-identical, graph intact
     params = {k: p if k in frozen else p + updates[k] for k, p in state.params.items()}

@@ -1,26 +1,25 @@
-"""The meta-trainer: one loop for every method, whatever its biases and estimator."""
+"""The meta-trainer: one loop for every method, whatever its biases and estimator.
+
+Each meta-step the estimator returns an :class:`~learnreg.core.estimator.Estimate` and
+:func:`~learnreg.core.estimator.meta_step` applies it (the outer optimizer's clipping,
+cross-rank averaging and non-finite guard, or a search's values); monitors then look at
+the result. Meta-testing what was learned is :mod:`learnreg.eval.meta_test`.
+"""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import math
 import os
-import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from learnreg.core.bias import Biases, is_learned
+from learnreg.core.bias import Biases
 from learnreg.core.estimator import Estimator, MetaContext, meta_step
-from learnreg.core.inner import InnerRun, inner_step
 from learnreg.core.metaparams import meta_parameters
 from learnreg.core.monitors import Monitor
 from learnreg.core.outer import OuterOptimizer
 from learnreg.errors import ConfigError
-from learnreg.eval.loss_shape import loss_profile, profile_argmin
-from learnreg.eval.metrics import evaluate_split, summarize, update_ratios, update_statistics
 
 MetaOptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
 ScheduleFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -47,7 +46,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 class MetaTrainer:
-    """Meta-trains the meta-parameters of ``biases`` and meta-tests what it learned.
+    """Meta-trains the meta-parameters of ``biases`` (meta-test:
+    :func:`learnreg.eval.meta_test.evaluate`).
 
     Args:
         family: the task family (a :class:`~learnreg.core.task.SingleTask` for one task).
@@ -62,7 +62,7 @@ class MetaTrainer:
         max_bad_steps: consecutive non-finite meta-steps tolerated before stopping.
         logger: a :class:`~learnreg.tracking.Logger` (None: log nothing).
         adapt_meta_optimizer: the meta-optimizer of online adaptation during meta-test
-            (default: the same as ``meta_optimizer``).
+            (default: the same as ``meta_optimizer``; read by :mod:`learnreg.eval.meta_test`).
         meta_lr_schedule: builds a learning-rate schedule over the meta-optimizer, stepped
             once per meta-step (None: constant meta learning rate).
         monitors: :class:`~learnreg.core.monitors.Monitor` hooks (dead-loss detection,
@@ -106,22 +106,19 @@ class MetaTrainer:
     def biases(self) -> Biases:
         return self.ctx.biases
 
-    def _outer(self, biases: Biases, estimator, meta_test: bool = False) -> OuterOptimizer | None:
-        """The outer optimizer of meta-training, or of one online meta-test run (which has
-        its own meta-optimizer, no schedule and, running on one process, no cross-rank
-        averaging)."""
+    def _outer(self, biases: Biases, estimator) -> OuterOptimizer | None:
+        """The outer optimizer of meta-training (None when nothing needs one)."""
         params = biases.meta_parameters()
         if estimator is None or not estimator.needs_outer or not params:
             return None
-        optimizer = (self.adapt_meta_optimizer if meta_test else self.meta_optimizer)(params)
-        schedule = self.meta_lr_schedule if not meta_test else None
+        optimizer = self.meta_optimizer(params)
+        schedule = self.meta_lr_schedule
         return OuterOptimizer(
             params,
             optimizer,
             self.meta_grad_clip,
             self.max_bad_steps,
             scheduler=schedule(optimizer) if schedule is not None else None,
-            sync=False if meta_test else None,
             named=meta_parameters(biases),
         )
 
@@ -138,7 +135,7 @@ class MetaTrainer:
             on_step: called after every meta-step (checkpointing hooks here).
             progress: show a progress bar.
 
-        The estimator's :meth:`~learnreg.estimators.base.Estimator.close` runs when
+        The estimator's :meth:`~learnreg.core.estimator.Estimator.close` runs when
         this returns or raises.
         """
         if self.ctx.outer is None and self.estimator.needs_outer:
@@ -174,144 +171,6 @@ class MetaTrainer:
             monitor.after_fit(self)
         return self
 
-    def evaluate(
-        self,
-        steps: int,
-        seeds: int = 1,
-        baseline: Biases | None = None,
-        adapt: Estimator | None = None,
-        eval_every: int = 0,
-        progress: bool = True,
-        start: int = 0,
-        on_seed: Callable[[int, dict], None] | None = None,
-    ) -> dict:
-        """Meta-test: train fresh models from scratch with the learned biases (frozen, or
-        still adapting online when ``adapt`` is given) and, with the same model seeds and
-        batch order, with the ``baseline`` biases.
-
-        Args:
-            steps: inner steps per meta-test run.
-            seeds: meta-test runs (model seeds; episodes for episodic families).
-            baseline: the biases to compare with (e.g. cross-entropy + the same SGD).
-            adapt: an estimator that keeps updating the meta-parameters during the run
-                (online AdaLFL); each seed starts from the same learned meta-parameters.
-            eval_every: log test metrics every this many inner steps (0: only at the end).
-            start: the first seed to run (to resume a partial meta-test).
-            on_seed: called after each seed with ``(seed, result, runs)``, ``runs`` mapping
-                ``learned``/``baseline`` to the finished ``(InnerRun, biases)`` (checkpoint
-                and export hooks go here).
-
-        Returns:
-            One ``{"learned": metrics, "baseline": metrics}`` dict per seed (see
-            :func:`aggregate` for means and confidence intervals).
-        """
-        per_seed: list[dict] = []
-        for index in tqdm(
-            range(start, seeds), desc="meta-test", disable=not progress or None, leave=False
-        ):
-            task = self.ctx.family.meta_test_task(index).to(self.device)
-            runs = {
-                "learned": self.meta_test_run(
-                    self.ctx.biases, task, index, steps, adapt, "learned", eval_every
-                )
-            }
-            if baseline is not None:
-                runs["baseline"] = self.meta_test_run(
-                    baseline, task, index, steps, None, "baseline", eval_every
-                )
-            result = {tag: self._test_metrics(run) for tag, (run, _) in runs.items()}
-            if baseline is not None:
-                self._log_update_ratio(runs, index)
-            per_seed.append(result)
-            if on_seed is not None:
-                on_seed(index, result, runs)
-        return per_seed
-
-    def meta_test_run(
-        self, biases: Biases, task, index: int, steps: int, adapt, tag: str, eval_every: int = 0
-    ):
-        """Train one fresh model for ``steps`` inner steps.
-
-        Returns:
-            ``(run, biases)``: the finished :class:`InnerRun` and the biases it ended
-            with (a copy that kept learning when ``adapt`` is given).
-        """
-        biases = (
-            copy.deepcopy(biases).to(self.device) if adapt is not None else biases.to(self.device)
-        )
-        ctx = dataclasses.replace(
-            self.ctx,
-            biases=biases,
-            outer=self._outer(biases, adapt, meta_test=True) if adapt else None,
-        )
-        run = ctx.new_run("meta_test", index, task=task)
-        if adapt is not None:
-            adapt = copy.deepcopy(adapt)
-            adapt.attach(run)
-        curve_every = eval_every or steps
-        while run.state.step < steps:
-            before = run.state.params  # functional updates: the old tensors stay valid
-            if adapt is not None:
-                stepped = meta_step(ctx, adapt)
-                # `base_loss`: estimators written before the rename to `inner_loss`
-                inner_loss = stepped.get("inner_loss", stepped.get("base_loss"))
-                checks: dict = {}
-                for monitor in self.monitors:
-                    checks.update(monitor.after_inner_step(self, ctx, run, tag, index))
-                if checks:
-                    self._log(checks, inner_step=run.state.step, seed=index)
-            else:
-                with torch.no_grad():
-                    run.state, loss = inner_step(
-                        run.model, run.state, run.next_train(), biases.loss, biases.optimizer
-                    )
-                inner_loss = float(loss)
-            if not math.isfinite(inner_loss):  # report the divergence; never average it away
-                run.diverged_at = run.state.step
-                warnings.warn(
-                    f"meta-test run {tag} seed {index} diverged at inner step {run.state.step}",
-                    stacklevel=2,
-                )
-                break
-            if run.state.step % curve_every == 0 or run.state.step >= steps:
-                self._log_curve(run, biases, tag, index, inner_loss, before)
-        return run, biases
-
-    @staticmethod
-    def _test_metrics(run: InnerRun) -> dict:
-        metrics = evaluate_split(run.model, run.state, run.task.test, run.task.kind)
-        if run.diverged_at is not None:
-            metrics["diverged_at"] = run.diverged_at
-        return metrics
-
-    def _log_curve(
-        self, run: InnerRun, biases: Biases, tag: str, index: int, inner_loss: float, before
-    ) -> None:
-        metrics = {
-            f"test_{k}": v
-            for k, v in evaluate_split(run.model, run.state, run.task.test, run.task.kind).items()
-        }
-        # A learned loss is in its own units: keep it apart from cross-entropy's train_loss.
-        metrics["train_learned_loss" if is_learned(biases.loss) else "train_loss"] = inner_loss
-        metrics.update(update_statistics(before, run.state.params))
-        # ‖Δθ‖ per logged step, for the update-size ratio against the baseline run.
-        run.update_norms[run.state.step] = metrics["update_norm"]
-        if is_learned(biases.loss):  # how the loss looks now (it may still be adapting)
-            grid, values = loss_profile(biases.loss, run.task.kind, run.task.num_classes)
-            metrics["loss_argmin"] = profile_argmin(grid, values)
-            metrics["loss_profile"] = values
-        self._log(
-            {f"meta_test/{tag}/{k}": v for k, v in metrics.items()},
-            inner_step=run.state.step,
-            seed=index,
-        )
-
-    def _log_update_ratio(self, runs: dict, index: int) -> None:
-        """``meta_test/update_ratio``: ‖Δθ_learned‖ / ‖Δθ_baseline‖ at each logged step."""
-        norms = [runs[tag][0].update_norms for tag in ("learned", "baseline")]
-        for step, ratio in update_ratios(*norms).items():
-            self._log({"meta_test/update_ratio": ratio}, inner_step=step, seed=index)
-
     def _log(self, metrics: dict, **axes) -> None:
         if self.logger is not None:
             self.logger.log(metrics, **axes)
@@ -334,20 +193,3 @@ class MetaTrainer:
         for monitor, monitor_state in zip(self.monitors, state.get("monitors", [])):
             monitor.load_state_dict(monitor_state)
         self.meta_step = int(state["meta_step"])
-
-
-def aggregate(per_seed: list[dict]) -> dict:
-    """Per-role mean, std and 95% CI of every test metric over meta-test seeds, and how
-    many runs diverged."""
-    out: dict = {}
-    for tag in per_seed[0] if per_seed else []:
-        runs = [r[tag] for r in per_seed]
-        stats = {m: summarize([r[m] for r in runs]) for m in runs[0] if m != "diverged_at"}
-        out[tag] = {
-            "test": {m: s["mean"] for m, s in stats.items()},
-            "test_std": {m: s["std"] for m, s in stats.items()},
-            "test_ci95": {m: s["ci95"] for m, s in stats.items()},
-            "diverged": sum("diverged_at" in r for r in runs),
-            "per_seed": runs,
-        }
-    return out

@@ -13,7 +13,7 @@ whole support (or query) set, so every inner step is full-batch, as in MAML.
 ``sample(i)`` is the i-th meta-training episode (meta-train classes) and
 ``meta_test_task(i)`` the i-th meta-test episode (meta-test classes); both are pure
 functions of ``(episode_seed, phase, i)``, so runs, ranks and resumes see the same ones.
-``MetaTrainer.evaluate(steps, seeds=600)`` therefore reports 600 test episodes, with the
+``learnreg.eval.meta_test.evaluate(trainer, steps, seeds=600)`` therefore reports 600 test episodes, with the
 mean and 95% confidence interval in ``summary.json``.
 
 References:
@@ -30,10 +30,10 @@ from typing import Literal
 
 import torch
 
+from learnreg.core.estimator import derive_seed
 from learnreg.core.task import Split, Task, TaskFamily
 from learnreg.data.class_pools import ClassPool, load_pool
 from learnreg.errors import DataError
-from learnreg.estimators.base import derive_seed
 from learnreg.registry import register
 
 

@@ -1,6 +1,6 @@
 """Estimators: how meta-parameters move (truncated unrolls, evolutionary search)."""
 
-from learnreg.estimators.base import Estimator, MetaContext, derive_seed
+from learnreg.estimators.base import Estimate, Estimator, MetaContext, derive_seed
 from learnreg.estimators.es import TruncatedES
 from learnreg.estimators.evaluators.backends import (
     Evaluator,
@@ -15,6 +15,7 @@ from learnreg.estimators.searchers import CMAES, GeneticProgramming, Searcher
 from learnreg.estimators.unroll import TruncatedUnroll
 
 __all__ = [
+    "Estimate",
     "Estimator",
     "MetaContext",
     "derive_seed",

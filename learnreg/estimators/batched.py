@@ -4,8 +4,8 @@ Few-shot episodes of one family have equal shapes: the same model, support and q
 sizes. Their inner loops are then one batched computation: parameters, optimizer states
 and batches are stacked along a new leading dimension and :func:`inner_step` runs under
 ``vmap`` with the meta-parameters of the roles shared (captured, not mapped). Autograd
-flows through ``vmap``, so one ``backward`` gives the same meta-gradient as the Python
-loop over runs (see ``tests/test_batched_unroll.py``) with a few large kernels instead of
+flows through ``vmap``, so one ``torch.autograd.grad`` gives the same meta-gradient as the
+Python loop over runs (see ``tests/test_batched_unroll.py``) with a few large kernels instead of
 many small ones.
 
 Models must not update buffers in place (``BatchNorm`` with running statistics): vmap
@@ -62,10 +62,12 @@ def unroll_batched(
     window: int,
     objective_batch: str,
     average: bool,
+    leaves: list[Tensor],
     scale: float,
-) -> tuple[list[float], list[float]]:
-    """Advance every run by ``window`` steps in one vmapped computation and accumulate
-    ``scale · Σ_runs ∂(meta-loss)`` into the meta-parameters' ``.grad``.
+    first_order: bool = False,
+) -> tuple[list[Tensor | None], list[float], list[float]]:
+    """Advance every run by ``window`` steps in one vmapped computation and return
+    ``scale · Σ_runs ∂(meta-loss)/∂leaves``.
 
     Each run draws its batches from its own streams in the same order as the sequential
     unroll, so both paths see identical data; a run's ``window`` batches are gathered at
@@ -77,11 +79,13 @@ def unroll_batched(
         objective: the meta-objective, ``objective(model, state, batch, task)``.
         window, objective_batch, average: as in
             :class:`~learnreg.estimators.unroll.TruncatedUnroll`.
+        leaves: the meta-parameters to differentiate with respect to.
         scale: multiplies every run's meta-loss (``1 / meta_batch``).
+        first_order: treat the inner gradients as constants (first-order MAML).
 
     Returns:
-        Per-run meta-losses and last base losses. The runs continue from their new,
-        detached states.
+        One gradient per leaf (None where no run depends on it), and per-run meta-losses
+        and last base losses. The runs continue from their new, detached states.
     """
     model, task = runs[0].model, runs[0].task
     check_vmappable(model)
@@ -109,7 +113,9 @@ def unroll_batched(
         state, total, scored = InnerState(params, buffers, opt_state, step0), 0.0, 0
         for i in range(window):
             batch = (batches[0][i], batches[1][i])
-            state, base_loss = inner_step(model, state, batch, loss, optimizer)
+            state, base_loss = inner_step(
+                model, state, batch, loss, optimizer, first_order=first_order
+            )
             if average or i == window - 1:
                 target = (targets[0][scored], targets[1][scored])
                 total = total + objective(model, state, target, task)
@@ -120,7 +126,7 @@ def unroll_batched(
     meta_loss, base_loss, new_params, new_opt = torch.func.vmap(one_run)(
         params, buffers, opt_state, batches, targets
     )
-    (scale * meta_loss.sum()).backward()
+    grads = torch.autograd.grad(scale * meta_loss.sum(), leaves, allow_unused=True)
     for i, run in enumerate(runs):
         run.state = InnerState(
             {k: v[i] for k, v in new_params.items()},
@@ -128,4 +134,4 @@ def unroll_batched(
             optree.tree_map(lambda t, i=i: t[i], new_opt),
             step0 + window,
         ).detach()
-    return meta_loss.detach().tolist(), base_loss.detach().tolist()
+    return list(grads), meta_loss.detach().tolist(), base_loss.detach().tolist()

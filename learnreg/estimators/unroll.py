@@ -13,18 +13,29 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
+
 from learnreg.core import distributed, hypergrad
+from learnreg.core.estimator import Estimate, Estimator, MetaContext
 from learnreg.core.inner import InnerRun, inner_step
+from learnreg.core.metaparams import meta_parameters
 from learnreg.errors import ConfigError
 from learnreg.estimators import batched
-from learnreg.estimators.base import Estimator, MetaContext
 from learnreg.registry import register
+
+
+def _add(total, grad):
+    """A running sum of per-run gradients where None means "no gradient yet"."""
+    if grad is None:
+        return total
+    return grad if total is None else total + grad
 
 
 @register("estimator", "truncated_unroll")
 class TruncatedUnroll(Estimator):
     """Keep inner runs alive; every meta-step, unroll ``window`` differentiable inner steps,
-    backpropagate the meta-objective into the meta-parameters, step, detach and go on.
+    differentiate the meta-objective with respect to the meta-parameters, detach and go on.
+    The trainer applies the returned gradient (:class:`~learnreg.core.estimator.Estimate`).
 
     With ``window = horizon = K`` every meta-step starts fresh runs (few-shot episodes)
     whose parameters come from the init role, so the meta-gradient reaches a learned
@@ -51,7 +62,14 @@ class TruncatedUnroll(Estimator):
             double backward (same result, slower).
         vmap: unroll the meta-batch as one vectorized run (:mod:`.batched`) when the
             runs have equal shapes (same meta-gradient, fewer and larger kernels).
+        first_order: treat the inner gradients as constants (first-order MAML, Finn et
+            al. 2017 §5.2): the meta-gradient is the objective's gradient at the adapted
+            parameters, reaching the init role through the identity and the optimizer
+            role through its update; a learned loss gets none (its only path is the
+            second-order one).
     """
+
+    online = True  # attach(run) adapts along one meta-test run
 
     def __init__(
         self,
@@ -62,11 +80,12 @@ class TruncatedUnroll(Estimator):
         average: bool = False,
         fast_path: bool = True,
         vmap: bool = False,
+        first_order: bool = False,
     ):
         self.check_args(window, horizon, meta_batch)
         self.window, self.horizon, self.meta_batch = window, horizon, meta_batch
         self.objective_batch, self.average, self.fast_path = objective_batch, average, fast_path
-        self.vmap = vmap
+        self.vmap, self.first_order = vmap, first_order
         self.attached = False
         self.runs: list[InnerRun] = []
         self.next_index = 0
@@ -87,12 +106,16 @@ class TruncatedUnroll(Estimator):
                 f"{-(-horizon // window) * window}, or a window that divides {horizon}."
             )
 
-    def step(self, ctx: MetaContext) -> dict[str, float]:
-        ctx.outer.zero_grad()  # first, so a distributed run's ranks agree before new runs init
+    def estimate(self, ctx: MetaContext) -> Estimate:
+        """Unroll every run of the meta-batch by one window and return the mean
+        meta-gradient (as values: nothing is written to ``.grad``)."""
         self._refresh_runs(ctx)
+        roles = meta_parameters(ctx.biases)
+        keys = [(role, name) for role, named in roles.items() for name in named]
+        leaves = [roles[role][name] for role, name in keys]
         scale = 1.0 / len(self.runs)
         if self.vmap and len(self.runs) > 1 and batched.stackable(self.runs):
-            losses, base = batched.unroll_batched(
+            total, losses, base = batched.unroll_batched(
                 self.runs,
                 ctx.biases.loss,
                 ctx.biases.optimizer,
@@ -100,27 +123,56 @@ class TruncatedUnroll(Estimator):
                 self.window,
                 self.objective_batch,
                 self.average,
+                leaves,
                 scale,
+                self.first_order,
             )
         else:
-            losses, base = [], []
+            total, losses, base = [None] * len(leaves), [], []
             for run in self.runs:
-                meta_loss, base_loss = self.unroll(ctx, run, scale=scale)
+                grads, meta_loss, base_loss = self.unroll_grads(ctx, run, leaves, scale)
+                total = [_add(t, g) for t, g in zip(total, grads)]
                 losses.append(meta_loss)
                 base.append(base_loss)
+        grads: dict = {}
+        for (role, name), grad in zip(keys, total):
+            if grad is not None:  # a leaf no run depends on keeps no gradient (not a zero)
+                grads.setdefault(role, {})[name] = grad
         meta_loss = float(sum(losses) / len(losses))
-        info = ctx.outer.step(meta_loss)
-        if info["skipped"] and not self.attached:  # the states may be garbage: start again
-            self.runs = []
         # inner_loss: the inner loop's own (learned) loss, in that loss's units.
-        return {"meta_loss": meta_loss, "inner_loss": float(sum(base) / len(base)), **info}
+        return Estimate(grads, {"meta_loss": meta_loss, "inner_loss": float(sum(base) / len(base))})
 
-    def unroll(self, ctx: MetaContext, run: InnerRun, scale: float = 1.0) -> tuple[float, float]:
-        """Advance ``run`` by ``window`` steps and accumulate ``scale · ∂(meta-loss)`` into
-        the meta-parameters' ``.grad``; the run continues from the detached state.
+    def step(self, ctx: MetaContext) -> dict[str, float]:
+        """One meta-step driven by ``ctx.outer``'s older interface (``zero_grad``, then
+        ``.grad``, then ``step(meta_loss)``), for callers that hold such an outer
+        optimizer (the loss search's per-candidate local search). The trainer uses
+        :meth:`estimate`; this goes away with the last such caller."""
+        ctx.outer.zero_grad()
+        estimate = self.estimate(ctx)
+        for role, named in meta_parameters(ctx.biases).items():
+            for name, p in named.items():
+                grad = (estimate.grads.get(role) or {}).get(name)
+                if grad is not None:
+                    p.grad = grad
+        info = ctx.outer.step(estimate.metrics["meta_loss"])
+        self.applied(ctx, info)
+        return {**estimate.metrics, **info}
+
+    def applied(self, ctx: MetaContext, info: dict) -> None:
+        """A refused outer step (non-finite meta-gradient) may mean garbage inner states:
+        meta-training starts fresh runs (an attached meta-test run goes on)."""
+        if info.get("skipped") and not self.attached:
+            self.runs = []
+
+    def unroll_grads(
+        self, ctx: MetaContext, run: InnerRun, leaves: list, scale: float = 1.0
+    ) -> tuple[list, float, float]:
+        """Advance ``run`` by ``window`` steps and return ``scale · ∂(meta-loss)/∂leaves``;
+        the run continues from the detached state.
 
         Returns:
-            The meta-loss and the last base (inner) loss.
+            One gradient per leaf (None where the meta-loss does not depend on it), the
+            meta-loss and the last base (inner) loss.
         """
         biases, model, task = ctx.biases, run.model, run.task
 
@@ -128,23 +180,50 @@ class TruncatedUnroll(Estimator):
             batch = run.val.next() if self.objective_batch == "val" else run.last_batch
             return ctx.objective(model, state, batch, task)
 
-        if self.fast_path and self.window == 1 and hypergrad.applies(run.state):
-            run.state, meta_loss, base_loss = hypergrad.one_step(
-                model, run.state, run.next_train(), biases.loss, biases.optimizer, objective, scale
+        if (
+            self.fast_path
+            and self.window == 1
+            and not self.first_order
+            and hypergrad.applies(run.state)
+        ):
+            run.state, meta_loss, base_loss, grads = hypergrad.one_step(
+                model,
+                run.state,
+                run.next_train(),
+                biases.loss,
+                biases.optimizer,
+                objective,
+                leaves,
+                scale,
             )
-            return float(meta_loss), base_loss
+            return grads, float(meta_loss), base_loss
 
         state, total = run.state, 0.0
         for i in range(self.window):
             state, base_loss = inner_step(
-                model, state, run.next_train(), biases.loss, biases.optimizer
+                model, state, run.next_train(), biases.loss, biases.optimizer, self.first_order
             )
             if self.average or i == self.window - 1:
                 total = total + objective(state)
         meta_loss = total / self.window if self.average else total
-        (scale * meta_loss).backward()
+        grads = torch.autograd.grad(scale * meta_loss, leaves, allow_unused=True)
         run.state = state.detach()
-        return float(meta_loss.detach()), float(base_loss)
+        return list(grads), float(meta_loss.detach()), float(base_loss)
+
+    def unroll(self, ctx: MetaContext, run: InnerRun, scale: float = 1.0) -> tuple[float, float]:
+        """:meth:`unroll_grads` into every meta-parameter's ``.grad`` (accumulated, like
+        ``backward``): for inspecting one run's meta-gradient. :meth:`estimate` never
+        writes ``.grad``.
+
+        Returns:
+            The meta-loss and the last base (inner) loss.
+        """
+        leaves = [p for named in meta_parameters(ctx.biases).values() for p in named.values()]
+        grads, meta_loss, base_loss = self.unroll_grads(ctx, run, leaves, scale)
+        for leaf, grad in zip(leaves, grads):
+            if grad is not None:
+                leaf.grad = grad if leaf.grad is None else leaf.grad + grad
+        return meta_loss, base_loss
 
     def attach(self, run: InnerRun) -> None:
         """Adapt online along ``run`` only: it is never reset or replaced (the meta-test

@@ -31,6 +31,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from learnreg.core.bias import Biases
 from learnreg.core.inner import InnerState
 from learnreg.errors import ConfigError, DataError
+from learnreg.eval.meta_test import meta_test_run
 from learnreg.eval.metrics import evaluate_split
 from learnreg.optimizers.fixed import SGD, Adam
 
@@ -156,7 +157,7 @@ def grid_point_metrics(trainer, biases, task, index, steps, lrs, adapt, splits):
         try:
             for lr in lrs:
                 candidate = Biases(biases.loss, with_lr(biases.optimizer, lr), biases.init)
-                run, _ = trainer.meta_test_run(candidate, task, index, steps, adapt, "tune")
+                run, _ = meta_test_run(trainer, candidate, task, index, steps, adapt, "tune")
                 states.append(run.state)
                 diverged.append(run.diverged_at)
                 model = run.model

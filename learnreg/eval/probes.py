@@ -19,6 +19,7 @@ import torch
 from learnreg.core.bias import Biases
 from learnreg.core.inner import InnerState, inner_step
 from learnreg.eval.baselines import primary_metric, validation_task
+from learnreg.eval.meta_test import meta_test_run
 from learnreg.eval.metrics import evaluate_split
 
 #: Inner steps of the short validation run.
@@ -62,7 +63,7 @@ def short_validation(trainer, baseline: Biases, steps: int = PROBE_STEPS) -> dic
     logger, trainer.logger = trainer.logger, None  # no learning curves for probes
     try:
         for name, biases in (("", trainer.biases), ("_task_loss", baseline)):
-            run, _ = trainer.meta_test_run(biases, task, -1, steps, None, "probe")
+            run, _ = meta_test_run(trainer, biases, task, -1, steps, None, "probe")
             out[f"meta/val_{metric}_{steps}{name}"] = evaluate_split(
                 run.model, run.state, task.val, task.kind
             )[metric]

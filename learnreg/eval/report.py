@@ -94,7 +94,7 @@ def evaluate_run(
     Returns:
         ``{tag: {"mean": {...}, "std": {...}, "per_seed": [...]}}`` per model role.
     """
-    from learnreg.experiment import build_family
+    from learnreg.data.build import build_family
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
