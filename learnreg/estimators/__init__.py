@@ -2,6 +2,7 @@
 differentiation, evolutionary search)."""
 
 from learnreg.estimators.base import Estimate, Estimator, MetaContext, derive_seed
+from learnreg.estimators.es import TruncatedES
 from learnreg.estimators.evaluators.backends import (
     Evaluator,
     ProcessPoolEvaluator,
@@ -11,6 +12,7 @@ from learnreg.estimators.evaluators.backends import (
 )
 from learnreg.estimators.evolution import Evolution
 from learnreg.estimators.implicit import ImplicitProximal
+from learnreg.estimators.pes import PES
 from learnreg.estimators.searchers import CMAES, Searcher
 from learnreg.estimators.unroll import TruncatedUnroll
 
@@ -21,6 +23,8 @@ __all__ = [
     "derive_seed",
     "TruncatedUnroll",
     "ImplicitProximal",
+    "PES",
+    "TruncatedES",
     "Evolution",
     "Searcher",
     "CMAES",
