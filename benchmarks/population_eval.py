@@ -11,7 +11,7 @@ for ``--steps`` SGD steps, then the validation metric):
   per candidate, the way one would write it by hand.
 
 Run: ``python -m benchmarks.population_eval [--repeats 5] [--steps 100] [--threads 1]
-[--device cuda]``.
+[--device cuda] [--modes plain,vmap]``.
 The modes are interleaved in each repeat so that machine load affects them alike; the
 table shows medians, and the largest fitness difference between vmap and sequential
 (absolute, or relative where the fitness exceeds 1).
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import statistics
 import time
 
@@ -130,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", default="", help="run the settings whose title contains this")
+    parser.add_argument(
+        "--modes", default="plain,sequential,vmap", help="comma-separated subset of the modes"
+    )
     add_device_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -161,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
             "sequential": functools.partial(fitness, SerialEvaluator(), problem, losses),
             "vmap": functools.partial(fitness, VmapEvaluator(), problem, losses),
         }
+        modes = {m: fn for m, fn in modes.items() if m in args.modes.split(",")}
         times = {m: [] for m in modes}
         results = {}
         for m, fn in modes.items():
@@ -173,15 +178,23 @@ def main(argv: list[str] | None = None) -> None:
                 sync(device)
                 times[m].append(time.perf_counter() - start)
         t = {m: statistics.median(v) for m, v in times.items()}
+        t.update({m: math.nan for m in ("plain", "sequential", "vmap") if m not in t})
         # relative to the value where it exceeds 1 (diverging candidates reach MSE ~1e3)
         diff = max(
-            abs(a - b) / max(1.0, abs(b)) for a, b in zip(results["vmap"], results["sequential"])
+            (abs(a - b) / max(1.0, abs(b)) for a, b in zip(*_pair(results))), default=math.nan
         )
         print(
             f"| {title} | {t['plain']:.2f} | {t['sequential']:.2f} | {t['vmap']:.2f} | "
             f"{t['sequential'] / t['vmap']:.1f}x | {t['plain'] / t['vmap']:.1f}x | {diff:.1e} |",
             flush=True,
         )
+
+
+def _pair(results: dict) -> tuple[list, list]:
+    """The vmap and sequential fitness values (empty when either mode did not run)."""
+    if "vmap" in results and "sequential" in results:
+        return results["vmap"], results["sequential"]
+    return [], []
 
 
 if __name__ == "__main__":

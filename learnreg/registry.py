@@ -41,6 +41,7 @@ KINDS = (
     "logger",
     "evaluator",
     "searcher",
+    "filter",
 )
 
 #: Modules whose classes a config may name by dotted path, and the base class they must

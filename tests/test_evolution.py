@@ -160,7 +160,7 @@ def test_a_search_run_writes_its_outputs_and_resumes(tmp_path):
     assert len(tables[0]["rows"]) == 6
     assert reference["baseline"]["test"]["error"] >= 0
 
-    with interrupted_at(Evolution, "step", 3), pytest.raises(Interrupt):
+    with interrupted_at(Evolution, "estimate", 3), pytest.raises(Interrupt):
         learnreg.run(RUN, out=tmp_path / "run", progress=False)
     resumed = learnreg.run(RUN, out=tmp_path / "run", progress=False)
     strip = lambda s: {k: v for k, v in s.items() if not k.endswith("_seconds")}  # noqa: E731
@@ -178,7 +178,7 @@ def test_a_cmaes_search_run_resumes_to_the_uninterrupted_result(tmp_path):
         "estimator": {"_component_": "evolution", **CMAES},
     }
     reference = learnreg.run(run, out=tmp_path / "ref", progress=False)
-    with interrupted_at(Evolution, "step", 3), pytest.raises(Interrupt):
+    with interrupted_at(Evolution, "estimate", 3), pytest.raises(Interrupt):
         learnreg.run(run, out=tmp_path / "run", progress=False)
     resumed = learnreg.run(run, out=tmp_path / "run", progress=False)
     strip = lambda s: {k: v for k, v in s.items() if not k.endswith("_seconds")}  # noqa: E731

@@ -16,14 +16,14 @@ from deap import gp
 
 from learnreg import losses
 from learnreg.errors import ConfigError
-from learnreg.estimators.searchers.gp import (
+from learnreg.losses import SymbolicLoss
+from learnreg.losses.gp import (
     PSET,
     GeneticProgramming,
     Tree,
     repair,
     tree_from_string,
 )
-from learnreg.losses import SymbolicLoss
 from learnreg.losses.symbolic import SYMBOLS, canonical
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import optree
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def _signature(member) -> tuple | None:
@@ -74,3 +74,37 @@ def map_members(
         return torch.func.vmap(fn, in_dims=in_dims, randomness=randomness)(stack(members), *shared)
     outputs = [fn(member, *shared) for member in members]
     return stack(outputs) if stackable(outputs) else outputs
+
+
+def modules_stackable(modules: list[nn.Module]) -> bool:
+    """Whether the modules differ only in their parameter values, so that one of them
+    evaluated at the others' stacked parameters (``functional_call`` under ``vmap``)
+    stands for all: same class, same constructor arguments (except those the class lists
+    in ``value_args``, which only set initial values), same parameter names, shapes and
+    dtypes, and equal buffers (a symbolic loss's tree is one)."""
+    if not modules:
+        return False
+    first = modules[0]
+    ignored = set(getattr(type(first), "value_args", ()))
+
+    def args(module):
+        return {k: v for k, v in module.__dict__.get("init_args", {}).items() if k not in ignored}
+
+    def buffers(module):
+        return dict(module.named_buffers())
+
+    reference = buffers(first)
+    return all(
+        type(m) is type(first)
+        and args(m) == args(first)
+        and stackable([dict(m.named_parameters()), dict(first.named_parameters())])
+        and buffers(m).keys() == reference.keys()
+        and all(torch.equal(b, reference[k]) for k, b in buffers(m).items())
+        for m in modules[1:]
+    )
+
+
+def stack_parameters(modules: list[nn.Module]) -> dict[str, Tensor]:
+    """Every parameter of the modules stacked by name (``torch.func.stack_module_state``'s
+    parameters, but differentiable into each module's own tensors)."""
+    return stack([dict(m.named_parameters()) for m in modules])

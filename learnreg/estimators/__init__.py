@@ -1,6 +1,8 @@
-"""Estimators: how meta-parameters move (truncated unrolls, evolutionary search)."""
+"""Estimators: how meta-parameters move (truncated unrolls, evolution strategies, implicit
+differentiation, evolutionary search)."""
 
 from learnreg.estimators.base import Estimate, Estimator, MetaContext, derive_seed
+from learnreg.estimators.es import TruncatedES
 from learnreg.estimators.evaluators.backends import (
     Evaluator,
     ProcessPoolEvaluator,
@@ -9,7 +11,9 @@ from learnreg.estimators.evaluators.backends import (
     VmapEvaluator,
 )
 from learnreg.estimators.evolution import Evolution
-from learnreg.estimators.searchers import CMAES, GeneticProgramming, Searcher
+from learnreg.estimators.implicit import ImplicitProximal
+from learnreg.estimators.pes import PES
+from learnreg.estimators.searchers import CMAES, Searcher
 from learnreg.estimators.unroll import TruncatedUnroll
 
 __all__ = [
@@ -18,10 +22,12 @@ __all__ = [
     "MetaContext",
     "derive_seed",
     "TruncatedUnroll",
+    "ImplicitProximal",
+    "PES",
+    "TruncatedES",
     "Evolution",
     "Searcher",
     "CMAES",
-    "GeneticProgramming",
     "Evaluator",
     "VmapEvaluator",
     "SerialEvaluator",

@@ -1,15 +1,19 @@
-"""Black-box search over losses: one meta-step is one generation of a searcher.
+"""Black-box search over one role: one meta-step is one generation of a searcher.
 
-Each generation the searcher proposes genomes; each is built into a candidate loss,
+The searched role is ``role``: the loss (TaylorGLO, EvoMAL), the optimizer (e.g. the
+knots of a learned step-size schedule) or the init. Each generation the searcher
+proposes genomes; each is built into a candidate module of that role,
 looked up in the fitness cache (keyed by a canonical form, when the searcher has one),
 passed through the filters (rejected candidates are never trained), and the rest are
 evaluated by the evaluator: fitness = the meta-objective after a partial training run
-with the candidate, no meta-gradients (EvoMAL first tunes the candidate's weights with a
-short :class:`~learnreg.estimators.TruncatedUnroll`). The searcher is told every fitness;
-a candidate that was rejected or produced a NaN/Inf fitness ranks last and is logged with
-its reason, never stopping the search. The loss role always holds the best candidate
-found so far. The whole search state is plain data, so the runner checkpoints it every
-generation and a resumed search ends exactly where an uninterrupted one does.
+with the candidate, no meta-gradients (EvoMAL first tunes the candidate's weights with
+short one-step unrolls). The searcher is told every fitness; a candidate that was
+rejected or produced a NaN/Inf fitness ranks last and is logged with its reason, never
+stopping the search. Each generation's :class:`~learnreg.core.estimator.Estimate` carries
+no gradient but the best candidate so far as ``states={role: state_dict}``, which the
+trainer loads, so the role always holds it. The whole search state is plain data, so the
+runner checkpoints it every generation and a resumed search ends exactly where an
+uninterrupted one does.
 
 Under ``torchrun`` every process runs the same searcher and filters, trains its share
 of the candidates, and the fitnesses are all-gathered: the single-process search (the
@@ -26,12 +30,13 @@ import copy
 import logging
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from learnreg import components
 from learnreg.core import distributed
 from learnreg.core.bias import is_learned
 from learnreg.errors import ConfigError
-from learnreg.estimators.base import Estimator, MetaContext, derive_seed
+from learnreg.estimators.base import Estimate, Estimator, MetaContext, derive_seed
 from learnreg.estimators.evaluators.backends import Evaluator, split
 from learnreg.estimators.evaluators.fitness import Evaluation, FitnessProblem, LocalSearch
 from learnreg.estimators.filters import Equivalent, make_filter
@@ -50,27 +55,31 @@ class Candidate:
     fitness: float = math.nan
     status: str = "pending"  # evaluated, cached, equivalent, rejected or discarded
     reason: str = ""
-    state: dict | None = None  # the loss's tensors (after local search, if any)
+    state: dict | None = None  # the candidate's tensors (after local search, if any)
 
 
 @register("estimator", "evolution")
 class Evolution(Estimator):
-    """Evolutionary search over the loss role (TaylorGLO with CMA-ES, EvoMAL with GP).
+    """Evolutionary search over one role (TaylorGLO with CMA-ES, EvoMAL with GP, CMA-ES
+    over a learned optimizer's or init's meta-parameters).
 
     Args:
-        searcher: ``cmaes`` or ``gp`` (a name, a ``{_component_: ...}`` spec or an object).
+        searcher: ``cmaes`` (any role) or ``gp`` (loss trees): a name, a
+            ``{_component_: ...}`` spec or an object.
         evaluator: ``vmap`` (default), ``serial``, ``processes`` or ``ray``.
         fitness_steps: inner steps of each fitness run (TaylorGLO MNIST: 2000; EvoMAL 500).
         fitness_seeds: fitness runs averaged (model seeds, or tasks of a family).
-        filters: pre-training filters: ``taylor_invariant``, ``prediction_descent``
-            (names or ``{_component_: name, ...}`` specs).
+        filters: pre-training filters (registered ``filter`` components; the loss role
+            has ``taylor_invariant`` and ``prediction_descent``), names or specs.
         local_search: EvoMAL's hybrid: ``{steps, lr, objective, objective_batch, clip}``
             (see :class:`~learnreg.estimators.evaluators.LocalSearch`); None: off.
         cache: reuse the fitness of canonically equal candidates.
         val_batch: validation examples per objective call.
+        role: the searched role: ``loss``, ``optimizer`` or ``init``.
     """
 
     needs_outer = False
+    online = False
 
     def __init__(
         self,
@@ -82,6 +91,7 @@ class Evolution(Estimator):
         local_search: dict | None = None,
         cache: bool = True,
         val_batch: int = 1024,
+        role: Literal["loss", "optimizer", "init"] = "loss",
     ):
         if fitness_steps < 1 or fitness_seeds < 1:
             raise ConfigError(
@@ -92,7 +102,14 @@ class Evolution(Estimator):
         self.filters = [make_filter(spec) for spec in filters]
         self.local_search = _local_search(local_search)
         self.fitness_steps, self.fitness_seeds = fitness_steps, fitness_seeds
-        self.use_cache, self.val_batch = cache, val_batch
+        self.use_cache, self.val_batch, self.role = cache, val_batch, role
+        for part in (self.searcher, *self.filters):
+            wanted = getattr(part, "role", None)
+            if wanted not in (None, role):
+                raise ConfigError(
+                    f"the {type(part).__name__} searches the {wanted} role, but this search's "
+                    f"role is {role!r}; set `role: {wanted}` or choose a searcher/filter for {role}"
+                )
         self.problem: FitnessProblem | None = None
         self.generation, self.cache, self.history = 0, {}, []
         self.best: dict = {}
@@ -107,10 +124,12 @@ class Evolution(Estimator):
                 "torchrun every process would start its own. Run the search as one process, "
                 "or use the vmap, serial or processes evaluator (torchrun shards their work)"
             )
-        self.template = copy.deepcopy(ctx.biases.loss)
-        if self.local_search is not None and not is_learned(ctx.biases.loss):
+        searched = ctx.biases.roles()[self.role]
+        self.template = copy.deepcopy(searched)
+        if self.local_search is not None and not is_learned(searched):
             raise ConfigError(
-                "local_search tunes the loss's weights, but it has none that learn (learnable: false?)"
+                f"local_search tunes the {self.role}'s meta-parameters, but it has none that "
+                "learn (learnable: false?)"
             )
         self.searcher.start(self.template, derive_seed(ctx.seed, "search"))
         self.problem = FitnessProblem(
@@ -118,6 +137,8 @@ class Evolution(Estimator):
             seeds=[derive_seed(ctx.seed, "fitness", s) for s in range(self.fitness_seeds)],
             optimizer=ctx.biases.optimizer,
             init=ctx.biases.init,
+            loss=ctx.biases.loss,
+            role=self.role,
             objective=ctx.objective,
             steps=self.fitness_steps,
             local_search=self.local_search,
@@ -126,8 +147,9 @@ class Evolution(Estimator):
             val_batch=self.val_batch,
         )
 
-    def step(self, ctx: MetaContext) -> dict[str, float]:
-        """One generation: ask, look up, filter, evaluate, tell; returns ``search/`` metrics."""
+    def estimate(self, ctx: MetaContext) -> Estimate:
+        """One generation: ask, look up, filter, evaluate, tell. The estimate holds the
+        ``search/`` metrics and the best candidate so far as the role's state."""
         self._bind(ctx)
         self.generation += 1
         genomes = self.searcher.ask()
@@ -140,11 +162,12 @@ class Evolution(Estimator):
         self._remember(candidates)
         fitness = [c.fitness if math.isfinite(c.fitness) else None for c in candidates]
         self.searcher.tell(genomes, fitness)
-        self._update_best(candidates, ctx)
+        self._update_best(candidates)
         metrics = self._metrics(candidates)
         self.history.append({"generation": self.generation, **metrics})
         self._log_table(candidates, ctx)
-        return metrics
+        states = {self.role: self.best["state"]} if self.best else None
+        return Estimate(metrics=metrics, states=states)
 
     def _look_up(self, candidates: list[Candidate]) -> list[Candidate]:
         """Fill in cached fitness; returns the candidates still to be judged."""
@@ -155,35 +178,35 @@ class Evolution(Estimator):
         return [c for c in candidates if c.status == "pending"]
 
     def _filter(self, fresh: list[Candidate], ctx: MetaContext):
-        """Build the candidates' losses and run the filters; returns the survivors."""
-        losses = [self.searcher.build(c.genome, self.template, ctx.seed) for c in fresh]
+        """Build the candidates' modules and run the filters; returns the survivors."""
+        modules = [self.searcher.build(c.genome, self.template, ctx.seed) for c in fresh]
         for filt in self.filters:
-            verdicts = filt(losses, ctx)
+            verdicts = filt(modules, ctx)
             for c, verdict in zip(fresh, verdicts):
                 if isinstance(verdict, Equivalent):  # behaves like a trained one: its fitness
                     c.status, c.fitness, c.reason = "equivalent", verdict.fitness, verdict.reason
                 elif verdict is not None:
                     c.status, c.reason = "rejected", verdict
-            losses = [loss for loss, v in zip(losses, verdicts) if v is None]
+            modules = [m for m, v in zip(modules, verdicts) if v is None]
             fresh = [c for c, v in zip(fresh, verdicts) if v is None]
-        return fresh, losses
+        return fresh, modules
 
-    def _evaluate(self, fresh: list[Candidate], losses: list) -> None:
-        for c, loss, result in zip(fresh, losses, self._sharded_fitness(losses)):
+    def _evaluate(self, fresh: list[Candidate], modules: list) -> None:
+        for c, module, result in zip(fresh, modules, self._sharded_fitness(modules)):
             c.fitness, c.reason = result.fitness, result.reason or ""
             c.status = "evaluated" if result.reason is None else "discarded"
-            c.state = result.state or {k: v.detach().cpu() for k, v in loss.state_dict().items()}
+            c.state = result.state or {k: v.detach().cpu() for k, v in module.state_dict().items()}
         for filt in self.filters:
             if hasattr(filt, "tell"):
-                filt.tell(losses, [c.fitness for c in fresh])
+                filt.tell(modules, [c.fitness for c in fresh])
 
-    def _sharded_fitness(self, losses: list) -> list:
-        """The evaluator's results for ``losses``, each process evaluating its share."""
+    def _sharded_fitness(self, modules: list) -> list:
+        """The evaluator's results for ``modules``, each process evaluating its share."""
         rank, world = distributed.rank_and_world()
         if world == 1:
-            return self.evaluator.evaluate(self.problem, losses)
-        shares = split(list(range(len(losses))), world) if losses else []
-        mine = [losses[i] for i in shares[rank]] if rank < len(shares) else []
+            return self.evaluator.evaluate(self.problem, modules)
+        shares = split(list(range(len(modules))), world) if modules else []
+        mine = [modules[i] for i in shares[rank]] if rank < len(shares) else []
         local = [
             (r.fitness, r.reason, r.state) for r in self.evaluator.evaluate(self.problem, mine)
         ]
@@ -206,7 +229,7 @@ class Evolution(Estimator):
             if c.key is not None and c.status != "cached":
                 self.cache[c.key] = [c.fitness, c.reason]
 
-    def _update_best(self, candidates: list[Candidate], ctx: MetaContext) -> None:
+    def _update_best(self, candidates: list[Candidate]) -> None:
         scored = [c for c in candidates if c.state is not None and math.isfinite(c.fitness)]
         winner = min(scored, key=lambda c: c.fitness, default=None)
         if winner is not None and winner.fitness < self.best.get("fitness", math.inf):
@@ -216,7 +239,6 @@ class Evolution(Estimator):
                 "generation": self.generation,
                 "state": winner.state,
             }
-            ctx.biases.loss.load_state_dict(winner.state)
 
     def _metrics(self, candidates: list[Candidate]) -> dict[str, float]:
         count = {
@@ -258,10 +280,12 @@ class Evolution(Estimator):
         self.evaluator.close()
 
     def export(self, directory, ctx: MetaContext) -> None:
-        """Write the search's outputs: the loss's formula and plot, the fitness history."""
+        """Write the search's outputs: the searched role's description and plot (when it
+        has them), the fitness history."""
         from learnreg.estimators.report import write_search_report
 
-        write_search_report(directory, ctx.biases.loss, self.history, self.best)
+        module = ctx.biases.roles()[self.role]
+        write_search_report(directory, module, self.history, self.best, role=self.role)
 
     def state_dict(self) -> dict:
         return {

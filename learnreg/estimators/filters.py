@@ -1,32 +1,23 @@
-"""Cheap tests that reject a candidate loss before it is trained.
+"""Cheap tests that reject a candidate before it is trained: the filter contract.
 
-A filter maps a list of candidate losses to one verdict each: ``None`` (keep it), the
-reason it is rejected (a string: the worst fitness, no training run), or an
+A filter maps a list of candidate role modules to one verdict each: ``None`` (keep it),
+the reason it is rejected (a string: the worst fitness, no training run), or an
 :class:`Equivalent` (the fitness of an already evaluated candidate it behaves like, no
-training run). Skipping the training run is where these filters save time. A filter with
-a ``tell(losses, fitness)`` method hears the fitness of the candidates that were trained.
+training run). Skipping the training run is where filters save time. A filter with a
+``tell(candidates, fitness)`` method hears the fitness of the candidates that were
+trained. A filter that only makes sense for one role names it in :attr:`Filter.role`,
+and :class:`~learnreg.estimators.Evolution` refuses it for a search of another role.
 
-* ``taylor_invariant``: TaylorGLO's trainability invariant on the coefficients (no data).
-* ``prediction_descent``: EvoMAL's rejection protocol: optimize 100 predictions of an
-  untrained network directly under the candidate loss; if the task metric does not
-  improve, the loss cannot train anything. With ``equivalence_tol`` it is also EvoMAL's
-  gradient-equivalence filter: a candidate whose gradients at the optimized predictions
-  match (per example, within the tolerance) those of a candidate trained before takes
-  that candidate's fitness instead of being trained.
+Filters are registered components of kind ``filter`` (the loss role's live in
+:mod:`learnreg.losses.search`: ``taylor_invariant``, ``prediction_descent``).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor
-
-from learnreg.errors import ConfigError
-from learnreg.estimators.base import MetaContext, derive_seed
-from learnreg.estimators.evaluators.population import PopulationLoss
-from learnreg.losses.taylor import TaylorLoss, invariant_margin
+from learnreg import components
+from learnreg.estimators.base import MetaContext
 
 
 @dataclass
@@ -38,9 +29,15 @@ class Equivalent:
 
 
 class Filter:
-    """Base class: ``filter(losses, ctx) -> [None, a reason, or an Equivalent, ...]``."""
+    """Base class: ``filter(candidates, ctx) -> [None, a reason, or an Equivalent, ...]``.
 
-    def __call__(self, losses: list, ctx: MetaContext) -> list[str | Equivalent | None]:
+    Attributes:
+        role: the role whose candidates this filter understands (None: any role).
+    """
+
+    role: str | None = None
+
+    def __call__(self, candidates: list, ctx: MetaContext) -> list[str | Equivalent | None]:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -50,139 +47,8 @@ class Filter:
         pass
 
 
-class TaylorInvariant(Filter):
-    """Reject TaylorGLO coefficient vectors that violate the trainability invariant
-    (:func:`learnreg.losses.taylor.invariant_margin`; Gonzalez & Miikkulainen, arXiv
-    2002.00059, official runner)."""
-
-    def __call__(self, losses, ctx):
-        verdicts = []
-        for loss in losses:
-            if not isinstance(loss, TaylorLoss) or loss.kind != "classification":
-                raise ConfigError(
-                    "the taylor_invariant filter applies to classification TaylorLoss candidates; "
-                    f"got {type(loss).__name__} ({getattr(loss, 'kind', '?')}). Remove it from `filters`."
-                )
-            margin = float(invariant_margin(loss.theta.detach().double(), loss.num_classes))
-            verdicts.append(
-                None
-                if margin >= 0
-                else f"violates the TaylorGLO trainability invariant (margin {margin:.3g} < 0)"
-            )
-        return verdicts
-
-
-class PredictionDescent(Filter):
-    """EvoMAL's rejection protocol, vectorized over the candidates.
-
-    Args:
-        samples: predictions optimized (the first ``samples`` training examples).
-        steps: SGD steps on the predictions (EvoMAL: 1000).
-        lr, momentum, nesterov: the SGD on the predictions (EvoMAL: the base optimizer's
-            0.01, 0.9, Nesterov).
-        threshold: reject unless the metric improves by more than this.
-        equivalence_tol: EvoMAL's gradient-equivalence filter (official code: 0.01, on
-            the norm of each example's gradient at the optimized predictions); None: off.
-
-    References:
-        Raymond et al., EvoMAL (arXiv 2209.08907); the official code's MNIST setting is
-        100 steps of the base SGD (no momentum), Diabetes and CIFAR 1000 steps of
-        Nesterov SGD (github.com/Decadz/Evolved-Model-Agnostic-Loss).
-    """
-
-    def __init__(
-        self,
-        samples: int = 100,
-        steps: int = 1000,
-        lr: float = 0.01,
-        momentum: float = 0.9,
-        nesterov: bool = True,
-        threshold: float = 0.0,
-        equivalence_tol: float | None = None,
-    ):
-        self.samples, self.steps, self.threshold = samples, steps, threshold
-        self.sgd = {"lr": lr, "momentum": momentum, "nesterov": nesterov}
-        self.equivalence_tol = equivalence_tol
-        self.archive: list[tuple[list[float], float]] = []  # (gradient norms, fitness)
-        self.pending: dict[int, list[float]] = {}  # id(loss) -> norms, until told
-
-    def __call__(self, losses, ctx):
-        if not losses:
-            return []
-        task = ctx.family.sample(0).to(ctx.device)
-        model = task.build_model(derive_seed(ctx.seed, "prediction_descent")).to(ctx.device)
-        x, y = task.train.x[: self.samples], task.train.y[: self.samples]
-        with torch.no_grad():
-            start = model(x)
-        pred = start.unsqueeze(0).repeat(len(losses), *([1] * start.dim())).requires_grad_()
-        population = PopulationLoss(losses)
-        optimizer = torch.optim.SGD([pred], **self.sgd)
-        with torch.enable_grad():
-            for _ in range(self.steps):
-                # grad w.r.t. the predictions only: the candidates' own weights stay untouched
-                (pred.grad,) = torch.autograd.grad(population(pred, y), pred)
-                optimizer.step()
-            (final,) = torch.autograd.grad(population(pred, y), pred)
-        # each example's gradient norm at the optimized predictions: the candidate's signature
-        norms = final.flatten(2).norm(dim=-1).double().tolist()
-        before, after = metric(start, y, task.kind), metric(pred.detach(), y, task.kind)
-        verdicts: list = []
-        for loss, signature, gain in zip(losses, norms, (before - after).tolist()):
-            if not (math.isfinite(gain) and gain > self.threshold):
-                verdicts.append(
-                    f"rejection protocol: optimizing {self.samples} predictions under the loss "
-                    f"changed the metric by {-gain:+.3g} (needs an improvement > {self.threshold})"
-                )
-            else:
-                verdicts.append(self._equivalent(loss, signature))
-        return verdicts
-
-    def _equivalent(self, loss, signature: list[float]) -> Equivalent | None:
-        if self.equivalence_tol is None:
-            return None
-        for known, fitness in self.archive:
-            if all(abs(a - b) <= self.equivalence_tol for a, b in zip(signature, known)):
-                return Equivalent(
-                    fitness,
-                    f"gradient equivalence: gradients within {self.equivalence_tol} of a "
-                    "candidate already trained; its fitness is reused",
-                )
-        self.pending[id(loss)] = signature
-        return None
-
-    def tell(self, losses: list, fitness: list[float]) -> None:
-        """Archive the signatures of the candidates that were trained, with their fitness."""
-        for loss, value in zip(losses, fitness):
-            signature = self.pending.pop(id(loss), None)
-            if signature is not None and math.isfinite(value):
-                self.archive.append((signature, float(value)))
-        self.pending.clear()
-
-    def state_dict(self) -> dict:
-        return {"archive": [[list(s), f] for s, f in self.archive]}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.archive = [(list(s), float(f)) for s, f in state.get("archive", [])]
-
-
-def metric(pred: Tensor, target: Tensor, kind: str) -> Tensor:
-    """Error rate (classification) or MSE (regression) of predictions ``(..., N, C)``."""
-    if kind == "classification":
-        return (pred.argmax(-1) != target).double().mean(-1)
-    return (pred - target).double().square().flatten(-2).mean(-1)
-
-
-FILTERS = {"taylor_invariant": TaylorInvariant, "prediction_descent": PredictionDescent}
-
-
-def make_filter(spec: str | dict) -> Filter:
-    """A filter from its name, or ``{_component_: name, **kwargs}``."""
-    if isinstance(spec, str):
-        spec = {"_component_": spec}
-    name = spec.get("_component_") if isinstance(spec, dict) else None
-    if name not in FILTERS:
-        raise ConfigError(f"unknown filter {name!r}; choose from {', '.join(FILTERS)}")
-    try:
-        return FILTERS[name](**{k: v for k, v in spec.items() if k != "_component_"})
-    except TypeError as exc:
-        raise ConfigError(f"filter {name!r}: {exc}") from None
+def make_filter(spec: str | dict | Filter) -> Filter:
+    """A filter from its registered name, ``{_component_: name, **kwargs}``, or itself."""
+    if isinstance(spec, Filter):
+        return spec
+    return components.instantiate("filter", spec)

@@ -1,5 +1,6 @@
-"""What a loss search leaves in ``learned/``: the best loss as a formula and a plot, and
-the fitness per generation as JSON and a plot.
+"""What a search leaves in ``learned/``: the best candidate of the searched role as text
+and a plot (when the role module offers ``describe()`` / ``plot(path)``), and the fitness
+per generation as JSON and a plot.
 """
 
 from __future__ import annotations
@@ -10,34 +11,36 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from learnreg.losses.plot import plot_loss, save_figure
-from learnreg.tracking.atomic import atomic_write_bytes
+from learnreg.tracking.atomic import atomic_write_bytes, save_figure
 
 
-def write_search_report(directory, loss, history: list[dict], best: dict) -> list[Path]:
-    """Write ``loss_formula.txt``, ``loss.png``, ``search_history.json`` and
-    ``search_fitness.png`` under ``directory``.
+def write_search_report(
+    directory, module, history: list[dict], best: dict, role: str = "loss"
+) -> list[Path]:
+    """Write ``ROLE_formula.txt``, ``ROLE.png``, ``search_history.json`` and
+    ``search_fitness.png`` under ``directory`` (``loss_formula.txt`` for a loss search).
 
     Args:
         directory: the run's ``learned/`` folder.
-        loss: the loss role (the best candidate).
+        module: the searched role's module (holding the best candidate).
         history: one dict of ``search/...`` metrics per generation.
         best: the best candidate's fitness, genome and generation.
+        role: the searched role (names the files).
 
     Returns:
         The paths written.
     """
     directory = Path(directory)
     written = []
-    if hasattr(loss, "describe"):
-        text = loss.describe() + "\n"
+    if hasattr(module, "describe"):
+        text = module.describe() + "\n"
         if best:
             text += f"validation fitness {best['fitness']:.6g} (generation {best['generation']}); genome {best['genome']}\n"
-        path = directory / "loss_formula.txt"
+        path = directory / f"{role}_formula.txt"
         atomic_write_bytes(path, text.encode())
         written.append(path)
-    if hasattr(loss, "elementwise"):
-        written.append(plot_loss(loss, directory / "loss.png"))
+    if hasattr(module, "plot"):
+        written.append(module.plot(directory / f"{role}.png"))
     summary = {
         "best": {k: v for k, v in best.items() if k != "state"},
         "generations": [{k: _plain(v) for k, v in record.items()} for record in history],

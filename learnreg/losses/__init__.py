@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from learnreg.losses import composite, fixed, neural, npbml, symbolic, taylor
+from learnreg.losses import composite, fixed, gp, neural, npbml, search, symbolic, taylor
 from learnreg.losses.base import LossRole
 from learnreg.losses.composite import TaskPlusLearned
 from learnreg.losses.fixed import MSE, CrossEntropy, LabelSmoothing, SparseLSR
+from learnreg.losses.gp import GeneticProgramming
 from learnreg.losses.neural import NeuralLoss, SmoothLeakyReLU
 from learnreg.losses.npbml import NPBMLLoss
 from learnreg.losses.symbolic import SymbolicLoss
@@ -35,6 +36,9 @@ __all__ = [
     "npbml",
     "symbolic",
     "taylor",
+    "gp",
+    "search",
+    "GeneticProgramming",
     "LossRole",
     "MSE",
     "CrossEntropy",

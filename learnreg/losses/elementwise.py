@@ -5,12 +5,13 @@ The convention of ML3, TaylorGLO and EvoMAL: for classification ``y`` is the one
 target and ``f(x)`` the softmax probability; for regression the raw target and prediction.
 Subclasses implement ``elementwise(target, prediction)``; the split lets a population of
 such losses share the softmax and one-hot of one batch
-(:class:`~learnreg.estimators.evaluators.population.PopulationLoss`) and lets any of them
+(:mod:`learnreg.losses.search`) and lets any of them
 be plotted over target × prediction (:mod:`learnreg.losses.plot`).
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -34,6 +35,25 @@ class ElementwiseLoss(LossRole):
         if self.kind == "classification":
             return F.one_hot(target, pred.shape[-1]).to(pred.dtype), pred.softmax(-1)
         return target, pred
+
+    @staticmethod
+    def population_values(losses: list, preds: Tensor, target: Tensor) -> Tensor:
+        """Each loss on its own slice of ``preds`` (``(P, N, ...)``), shape ``(P,)``.
+
+        Elementwise losses of one kind share the batch's one-hot targets and softmax (one
+        each for the population, not one per candidate): the hook a population of
+        different trees is evaluated through (:mod:`learnreg.estimators.evaluators`)."""
+        first = losses[0]
+        if not all(isinstance(x, ElementwiseLoss) and x.kind == first.kind for x in losses):
+            return torch.stack([loss(p, target) for loss, p in zip(losses, preds)])
+        targets, elements = first.elements(preds, target)
+        return torch.stack([x.reduce(x.elementwise(targets, e)) for x, e in zip(losses, elements)])
+
+    def plot(self, path):
+        """Draw the loss over target × prediction into ``path`` (:func:`~learnreg.losses.plot.plot_loss`)."""
+        from learnreg.losses.plot import plot_loss
+
+        return plot_loss(self, path)
 
     def reduce(self, values: Tensor) -> Tensor:
         """Sum over classes/outputs, mean over the batch."""

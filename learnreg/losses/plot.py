@@ -10,15 +10,13 @@ continuous ``y ∈ [0, 1]``. Regression losses are drawn over target and predict
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from learnreg.tracking.atomic import atomic_write_bytes
+from learnreg.tracking.atomic import save_figure
 
 
 @torch.no_grad()
@@ -78,13 +76,3 @@ def plot_loss(loss, path: str | Path, kind: str | None = None, title: str | None
     text = title if title is not None else (str(loss.formula()) if hasattr(loss, "formula") else "")
     fig.suptitle(text if len(text) <= 110 else text[:107] + "...", fontsize=9)
     return save_figure(fig, path)
-
-
-def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Render ``fig`` to a PNG with the Agg canvas (no pyplot, no global backend change)."""
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buffer)
-    path = Path(path)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path

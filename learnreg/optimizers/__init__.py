@@ -9,6 +9,7 @@ from learnreg.optimizers.lstm import LSTMRule
 from learnreg.optimizers.meta_sgd import MetaSGD
 from learnreg.optimizers.mlp import MLPRule
 from learnreg.optimizers.precond import PreconditionedSGD
+from learnreg.optimizers.schedule import ScheduleSGD
 
 __all__ = [
     "fixed",
@@ -23,4 +24,5 @@ __all__ = [
     "LSTMRule",
     "MLPRule",
     "MetaSGD",
+    "ScheduleSGD",
 ]

@@ -12,12 +12,17 @@ from learnreg.registry import register
 class SGD(TorchoptOptimizer):
     """SGD with optional (Nesterov) momentum and L2 weight decay (torchopt.sgd).
 
+    Coordinatewise (``elementwise``): on parameters stacked over a population it is every
+    member's own update in one call.
+
     Args:
         lr: learning rate.
         momentum: heavy-ball momentum.
         nesterov: Nesterov momentum.
         weight_decay: L2 coefficient added to the gradient.
     """
+
+    elementwise = True
 
     def __init__(
         self,
@@ -45,6 +50,8 @@ class Adam(TorchoptOptimizer):
             when unrolling through Adam on models whose gradients can be exactly zero: the
             backward of ``√v`` at ``v = 0`` is infinite and would make meta-gradients NaN.
     """
+
+    elementwise = True  # coordinatewise, as SGD
 
     def __init__(
         self,

@@ -104,3 +104,15 @@ def fsync_dir(path: str | Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Render ``fig`` to a PNG with the Agg canvas (no pyplot, no global backend change)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # only figures need it
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buffer)
+    path = Path(path)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path

@@ -1,4 +1,4 @@
-"""Evaluators: how a population of candidate losses gets its fitness (vmap, processes, Ray)."""
+"""Evaluators: how a population of candidates gets its fitness (vmap, processes, Ray)."""
 
 from learnreg.estimators.evaluators.fitness import (
     Evaluation,
@@ -6,5 +6,6 @@ from learnreg.estimators.evaluators.fitness import (
     LocalSearch,
     evaluate_group,
 )
+from learnreg.estimators.evaluators.population import Population
 
-__all__ = ["Evaluation", "FitnessProblem", "LocalSearch", "evaluate_group"]
+__all__ = ["Evaluation", "FitnessProblem", "LocalSearch", "Population", "evaluate_group"]

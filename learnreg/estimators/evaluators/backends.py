@@ -1,5 +1,5 @@
 """Where a population's fitness is computed: in-process (vmapped or one by one), in a
-process pool, or as Ray tasks on a cluster. One interface: ``evaluate(problem, losses)``.
+process pool, or as Ray tasks on a cluster. One interface: ``evaluate(problem, candidates)``.
 
 Every backend splits the candidates into groups and runs
 :func:`~learnreg.estimators.evaluators.fitness.evaluate_group` on each, so distributed
@@ -35,7 +35,7 @@ def split(items: list, parts: int) -> list[list]:
 
 
 class Evaluator:
-    """Computes the fitness of a list of candidate losses for one problem.
+    """Computes the fitness of a list of candidates (modules of the searched role) for one problem.
 
     Attributes:
         one_per_run: the evaluator spreads the work over machines itself (Ray), so a
@@ -44,7 +44,7 @@ class Evaluator:
 
     one_per_run = False
 
-    def evaluate(self, problem: FitnessProblem, losses: list) -> list[Evaluation]:
+    def evaluate(self, problem: FitnessProblem, candidates: list) -> list[Evaluation]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -64,14 +64,14 @@ class VmapEvaluator(Evaluator):
             raise ConfigError(f"vmap evaluator: max_batch must be >= 1, got {max_batch}")
         self.max_batch = max_batch
 
-    def evaluate(self, problem, losses):
-        if not losses:
+    def evaluate(self, problem, candidates):
+        if not candidates:
             return []
-        size = self.max_batch or len(losses)
+        size = self.max_batch or len(candidates)
         return [
             e
-            for i in range(0, len(losses), size)
-            for e in evaluate_group(problem, losses[i : i + size])
+            for i in range(0, len(candidates), size)
+            for e in evaluate_group(problem, candidates[i : i + size])
         ]
 
 
@@ -79,8 +79,8 @@ class VmapEvaluator(Evaluator):
 class SerialEvaluator(Evaluator):
     """In-process, one candidate after another (the reference the others are tested against)."""
 
-    def evaluate(self, problem, losses):
-        return evaluate_group(problem, losses, batched=False) if losses else []
+    def evaluate(self, problem, candidates):
+        return evaluate_group(problem, candidates, batched=False) if candidates else []
 
 
 # ---- process pool ------------------------------------------------------------------
@@ -94,8 +94,8 @@ def _start_worker(problem: FitnessProblem, threads: int) -> None:
     _WORKER_PROBLEM = problem
 
 
-def _evaluate_in_worker(losses: list, batched: bool) -> list[Evaluation]:
-    return evaluate_group(_WORKER_PROBLEM, losses, batched)
+def _evaluate_in_worker(candidates: list, batched: bool) -> list[Evaluation]:
+    return evaluate_group(_WORKER_PROBLEM, candidates, batched)
 
 
 @register("evaluator", "processes")
@@ -139,13 +139,13 @@ class ProcessPoolEvaluator(Evaluator):
             weakref.finalize(self, self.pool.shutdown, cancel_futures=True)
         return self.pool
 
-    def evaluate(self, problem, losses):
-        if not losses:
+    def evaluate(self, problem, candidates):
+        if not candidates:
             return []
         pool = self._pool_for(problem)
         futures = [
             pool.submit(_evaluate_in_worker, chunk, self.vectorize)
-            for chunk in split(losses, self.workers)
+            for chunk in split(candidates, self.workers)
         ]
         return [e for future in futures for e in future.result()]
 
@@ -172,8 +172,8 @@ def _check_picklable(problem: FitnessProblem, backend: str) -> None:
 # ---- Ray -----------------------------------------------------------------------------
 
 
-def _evaluate_chunk(problem: FitnessProblem, losses: list, batched: bool) -> list[Evaluation]:
-    return evaluate_group(problem, losses, batched)
+def _evaluate_chunk(problem: FitnessProblem, candidates: list, batched: bool) -> list[Evaluation]:
+    return evaluate_group(problem, candidates, batched)
 
 
 @register("evaluator", "ray")
@@ -232,8 +232,8 @@ class RayEvaluator(Evaluator):
                 self.started = True
         return ray
 
-    def evaluate(self, problem, losses):
-        if not losses:
+    def evaluate(self, problem, candidates):
+        if not candidates:
             return []
         ray = self._ray()
         if self.problem is not problem:  # ship the data once, not once per task
@@ -243,7 +243,8 @@ class RayEvaluator(Evaluator):
         )
         remote = ray.remote(**self.resources)(_evaluate_chunk)
         refs = [
-            remote.remote(self.problem_ref, chunk, self.vectorize) for chunk in split(losses, tasks)
+            remote.remote(self.problem_ref, chunk, self.vectorize)
+            for chunk in split(candidates, tasks)
         ]
         return [e for chunk in ray.get(refs) for e in chunk]
 

@@ -1,21 +1,22 @@
-"""What a candidate loss's fitness is, and computing it for a group of candidates.
+"""What a candidate's fitness is, and computing it for a group of candidates at once.
 
-Fitness = the meta-objective (e.g. validation error) on the whole validation split after
-training a freshly seeded model with the candidate for ``steps`` inner steps (a partial
-run, no meta-gradients), averaged over ``seeds`` runs. Every candidate sees the same
-model seeds and batch order. With a :class:`LocalSearch` (EvoMAL's hybrid), the
-candidate's own meta-parameters are first tuned by a short
-:class:`~learnreg.estimators.TruncatedUnroll` (one-step unrolls from fresh models, Adam),
-and the tuned loss is then trained from a fresh model as above.
+A candidate is a module of the searched role (``problem.role``: a loss, an optimizer or an
+init); the other two roles are the problem's own. Fitness = the meta-objective (e.g.
+validation error) on the whole validation split after training a freshly seeded model
+with the candidate for ``steps`` inner steps (a partial run, no meta-gradients), averaged
+over ``seeds`` runs. Every candidate sees the same model seeds and batch order. With a
+:class:`LocalSearch` (EvoMAL's hybrid), the candidate's own meta-parameters are first
+tuned by one-step unrolls from fresh models (Adam), and the tuned candidate is then
+trained from a fresh model as above.
 
-:func:`evaluate_group` runs one group either batched (the whole group as one vmapped
-population, :mod:`~learnreg.estimators.evaluators.population`) or as a single plain run;
-the two give the same fitness to float tolerance (see the tests).
+:func:`evaluate_group` trains a group as one population (:class:`~.population.Population`:
+``vmap`` over the candidates' stacked meta-parameter values, or over the stacked models
+with the candidates called in turn when they cannot be stacked) or one candidate as a
+plain run; the two give the same fitness to float tolerance (see the tests).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -24,19 +25,10 @@ import torch
 from torch import nn
 
 from learnreg.core.bias import Biases
-from learnreg.core.inner import init_state, inner_loop
+from learnreg.core.estimator import derive_seed
 from learnreg.core.objectives import TaskLoss
-from learnreg.core.task import SingleTask, Task
-from learnreg.estimators.base import MetaContext, derive_seed
-from learnreg.estimators.evaluators.population import (
-    PopulationInit,
-    PopulationLoss,
-    PopulationModelFn,
-    PopulationObjective,
-    PopulationOptimizer,
-    PopulationOuter,
-)
-from learnreg.estimators.unroll import TruncatedUnroll
+from learnreg.core.task import Task
+from learnreg.estimators.evaluators.population import Population
 
 
 @dataclass
@@ -45,7 +37,7 @@ class LocalSearch:
 
     Attributes:
         steps: meta-steps (EvoMAL: 250), each one differentiable inner step from a fresh
-            model (``TruncatedUnroll(window=1, horizon=1)``).
+            model (a one-step truncated unroll, reset every meta-step as ML3's).
         lr: Adam learning rate (EvoMAL: 1e-3).
         objective: the differentiable meta-objective (default: the task's own loss).
         objective_batch: ``train`` (the step's own batch, as EvoMAL's code) or ``val``.
@@ -67,13 +59,15 @@ class FitnessProblem:
     Attributes:
         tasks: the task of each fitness run (a single-task family repeats one task).
         seeds: the model seed of each fitness run (shared by every candidate).
-        optimizer, init: the (fixed) optimizer and init roles.
+        optimizer, init: the optimizer and init roles (the searched one is ignored).
         objective: the fitness meta-objective (lower is better).
         steps: inner steps of each fitness run.
         local_search: EvoMAL's local search, or None.
         seed: seeds the local search's runs.
         device: where to train.
         val_batch: validation examples per objective call (memory bound).
+        loss: the loss role (needed unless the loss is the searched role).
+        role: the searched role, ``loss``, ``optimizer`` or ``init``.
     """
 
     tasks: list[Task]
@@ -86,16 +80,25 @@ class FitnessProblem:
     seed: int = 0
     device: str = "cpu"
     val_batch: int = 1024
+    loss: nn.Module | None = None
+    role: str = "loss"
+
+    def biases(self, candidate: nn.Module) -> Biases:
+        """The roles one candidate trains with: the problem's, the candidate in its role."""
+        roles = {"loss": self.loss, "optimizer": self.optimizer, "init": self.init}
+        return Biases(**{**roles, self.role: candidate})
 
     # Roles hold closures (torchopt's transformations) that pickle cannot carry; they
     # travel as the recipe learnreg exports them by: class, constructor args, tensors.
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["optimizer"], state["init"] = recipe(self.optimizer), recipe(self.init)
+        for role in ("loss", "optimizer", "init"):
+            state[role] = None if state[role] is None else recipe(state[role])
         return state
 
     def __setstate__(self, state: dict) -> None:
-        state["optimizer"], state["init"] = rebuild(state["optimizer"]), rebuild(state["init"])
+        for role in ("loss", "optimizer", "init"):
+            state[role] = None if state[role] is None else rebuild(state[role])
         self.__dict__.update(state)
 
 
@@ -115,113 +118,107 @@ def rebuild(description: dict) -> nn.Module:
 @dataclass
 class Evaluation:
     """One candidate's result: its fitness (NaN when it failed, with the reason) and,
-    after a local search, the tuned loss's state."""
+    after a local search, the tuned candidate's state."""
 
     fitness: float
     reason: str | None = None
     state: dict | None = None
 
 
-class Group:
-    """The roles a group of candidates trains with: batched (a vmapped population) or,
-    for a group of one, the plain roles themselves."""
-
-    def __init__(self, problem: FitnessProblem, losses: list[nn.Module], batched: bool):
-        self.problem, self.losses, self.batched = problem, losses, batched
-        if batched:
-            self.loss = PopulationLoss(losses)
-            self.optimizer = PopulationOptimizer(problem.optimizer)
-            self.init = PopulationInit(problem.init, len(losses))
-        else:
-            (self.loss,), self.optimizer, self.init = losses, problem.optimizer, problem.init
-
-    def task(self, task: Task) -> Task:
-        if not self.batched:
-            return task
-        return dataclasses.replace(
-            task, model_fn=PopulationModelFn(task.model_fn, len(self.losses))
-        )
-
-    def objective(self, objective: nn.Module) -> nn.Module:
-        return PopulationObjective(objective) if self.batched else objective
-
-    def values(self, objective, model, state, batch, task) -> torch.Tensor:
-        """The objective of every member, shape ``(P,)``."""
-        if self.batched:
-            return PopulationObjective(objective).values(model, state, batch, task)
-        return objective(model, state, batch, task).reshape(1)
-
-
-def evaluate_group(problem: FitnessProblem, losses: list[nn.Module], batched: bool = True):
-    """Fitness of every loss in ``losses`` (one vmapped population when ``batched``).
+def evaluate_group(problem: FitnessProblem, candidates: list[nn.Module], batched: bool = True):
+    """Fitness of every candidate (one population when ``batched``, else one by one).
 
     Returns:
-        One :class:`Evaluation` per loss, in order.
+        One :class:`Evaluation` per candidate, in order.
     """
-    if not batched and len(losses) != 1:
-        return [e for loss in losses for e in evaluate_group(problem, [loss], False)]
+    if not batched and len(candidates) != 1:
+        return [e for c in candidates for e in evaluate_group(problem, [c], False)]
     device = torch.device(problem.device)
-    losses = [loss.to(device) for loss in losses]
-    group = Group(problem, losses, batched)
-    failed = local_search(problem, group) if problem.local_search is not None else {}
-    total = torch.zeros(len(losses), dtype=torch.float64)
+    members = Population([problem.biases(c.to(device)) for c in candidates], problem.role)
+    failed = local_search(problem, members) if problem.local_search is not None else {}
+    total = torch.zeros(len(candidates), dtype=torch.float64)
     with torch.no_grad():
         for task, seed in zip(problem.tasks, problem.seeds):
-            task = group.task(task.to(device))
+            task = task.to(device)
             model = task.build_model(seed).to(device)
-            state = init_state(model, group.init, group.optimizer, task)
-            state = inner_loop(
-                model, state, task.stream("train", seed), group.loss, group.optimizer, problem.steps
-            )
-            total += split_values(group, problem, model, state, task)
-    fitness = (total / len(problem.tasks)).tolist()
+            state = members.init(model, task)
+            stream = task.stream("train", seed)
+            for _ in range(problem.steps):
+                state = members.step(model, state, stream.next())
+            total += split_values(members, problem, model, state, task)
     results = []
-    for index, (loss, value) in enumerate(zip(losses, fitness)):
-        state = None
-        if problem.local_search is not None:
-            state = {k: v.detach().cpu() for k, v in loss.state_dict().items()}
-        reason = failed.get(index)
+    for index, (candidate, value) in enumerate(zip(candidates, (total / len(problem.tasks)))):
+        value, reason = float(value), failed.get(index)
         if reason is None and not math.isfinite(value):
             reason = f"non-finite fitness ({value}) after {problem.steps} training steps"
+        state = None
+        if problem.local_search is not None:
+            state = {k: v.detach().cpu() for k, v in candidate.state_dict().items()}
         results.append(Evaluation(math.nan if reason else value, reason, state))
     return results
 
 
-def split_values(group: Group, problem: FitnessProblem, model, state, task) -> torch.Tensor:
+def split_values(members: Population, problem: FitnessProblem, model, state, task):
     """The fitness objective over the whole validation split, in chunks (example-weighted)."""
-    split, total, count = task.val, 0.0, 0
+    split, total = task.val, 0.0
     for start in range(0, len(split), problem.val_batch):
         batch = (
             split.x[start : start + problem.val_batch],
             split.y[start : start + problem.val_batch],
         )
-        values = group.values(problem.objective, model, state, batch, task)
+        values = members.objective(problem.objective, model, state, batch, task)
         total = total + values.double().cpu() * len(batch[0])
-        count += len(batch[0])
-    return total / count
+    return total / len(split)
 
 
-def local_search(problem: FitnessProblem, group: Group) -> dict[int, str]:
-    """Tune each candidate's meta-parameters in place with a one-step
-    :class:`~learnreg.estimators.TruncatedUnroll` (reset every meta-step, as ML3/EvoMAL).
+def local_search(problem: FitnessProblem, members: Population) -> dict[int, str]:
+    """Tune each candidate's meta-parameters in place: every step, one differentiable
+    inner step from a fresh model, the objective after it, and a per-candidate Adam step
+    (clipped; a non-finite step is refused and the candidate restored, and a candidate
+    refused ``max_bad`` times in a row is dropped while the others go on).
 
     Returns:
         ``{index: reason}`` for candidates whose meta-gradients diverged.
     """
-    ls, device = problem.local_search, torch.device(problem.device)
-    outer = PopulationOuter(
-        group.losses, lambda params: torch.optim.Adam(params, lr=ls.lr), ls.clip
-    )
-    ctx = MetaContext(
-        SingleTask(group.task(problem.tasks[0].to(device))),
-        Biases(group.loss, group.optimizer, group.init),
-        group.objective(ls.objective),
-        outer,
-        derive_seed(problem.seed, "local_search"),
-        device,
-    )
-    unroll = TruncatedUnroll(window=1, horizon=1, objective_batch=ls.objective_batch)
-    with torch.enable_grad():
-        for _ in range(ls.steps):
-            unroll.step(ctx)
-    return dict(outer.failed)
+    ls, device, max_bad = problem.local_search, torch.device(problem.device), 10
+    params = [[p for p in c.parameters() if p.requires_grad] for c in members.candidates]
+    adams = [torch.optim.Adam(ps, lr=ls.lr) for ps in params]
+    good = [[p.detach().clone() for p in ps] for ps in params]
+    bad, failed = [0] * len(params), {}
+    seed, task = derive_seed(problem.seed, "local_search"), problem.tasks[0].to(device)
+    for step in range(ls.steps):
+        run_seed = derive_seed(seed, "meta_train", step)
+        model = task.build_model(run_seed).to(device)
+        batch = task.stream("train", run_seed).next()
+        objective_batch = (
+            batch if ls.objective_batch == "train" else task.stream("val", run_seed + 1).next()
+        )
+        with torch.enable_grad():
+            state = members.step(model, members.init(model, task), batch)
+            values = members.objective(ls.objective, model, state, objective_batch, task)
+            values.sum().backward()
+        for i, (adam, ps) in enumerate(zip(adams, params)):
+            if i not in failed and _outer_step(adam, ps, float(values[i].detach()), ls.clip):
+                good[i], bad[i] = [p.detach().clone() for p in ps], 0
+            elif i not in failed:
+                with torch.no_grad():
+                    for p, saved in zip(ps, good[i]):
+                        p.copy_(saved)
+                bad[i] += 1
+                if bad[i] >= max_bad:
+                    failed[i] = f"local search diverged: {bad[i]} consecutive non-finite meta-steps"
+            adam.zero_grad(set_to_none=True)
+    return failed
+
+
+def _outer_step(adam, params, meta_loss: float, clip: float | None) -> bool:
+    """Clip and apply one candidate's meta-gradient; False when it or the result is not finite."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item() if grads else 0.0
+    if not (math.isfinite(meta_loss) and math.isfinite(norm)):
+        return False
+    if clip is not None and norm > clip:
+        for g in grads:
+            g.mul_(clip / (norm + 1e-12))
+    adam.step()
+    return all(bool(torch.isfinite(p).all()) for p in params)

@@ -1,264 +1,137 @@
-"""A population of candidate losses trained as one batched model with ``torch.func.vmap``.
+"""A population of candidates trained side by side, each with its own copy of one base model.
 
-Every candidate trains its own copy of the same freshly seeded base model on the same
-batches. Instead of P separate runs, the P copies are stacked into one
-:class:`PopulationModel` whose forward pass is the base model vmapped over the stacked
-parameters, and the candidates' losses are summed (:class:`PopulationLoss`). Because the
-copies are independent, the gradient of the sum with respect to the stacked parameters
-holds every candidate's own gradient, and an elementwise optimizer applied to the stacked
-tensors is every candidate's own update. So the ordinary
-:func:`~learnreg.core.inner.inner_step` (and, for EvoMAL's local search, the ordinary
-:class:`~learnreg.estimators.TruncatedUnroll`) trains the whole population at once, and a
-candidate that diverges produces NaNs in its own slice only.
+Every member is a :class:`~learnreg.core.bias.Biases` that differs from the others only in
+the searched role. The members' inner states (model parameters, buffers, optimizer
+states) are stacked on a leading dimension and advance together, one step for all:
 
-Homogeneous candidates (same loss class and structure, e.g. TaylorGLO's coefficient
-vectors) are evaluated with ``vmap`` over ``functional_call`` on one loss module with the
-stacked candidate parameters; heterogeneous ones (EvoMAL's different trees) in a loop
-over the population dimension.
+* **stacked**: candidates that differ only in their values (TaylorGLO's coefficient
+  vectors, a schedule's knots, an init) are one template evaluated at their stacked
+  meta-parameter values: the ordinary :func:`~learnreg.core.inner.inner_step` under
+  :func:`~learnreg.core.metaparams.call_at`, vmapped over (values, state);
+* **mixed**: candidates of different structure (EvoMAL's trees) still share the vmapped
+  model; the searched role is called for each member in turn, the other roles vmapped;
+* **plain**: a group of one is a plain run of the functional inner loop (the reference).
+
+A member that diverges produces NaNs in its own slice only. Gradients reach each
+candidate's own parameters through every path (EvoMAL's local search needs them).
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
-
+import optree
 import torch
-from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from learnreg.core.inner import InnerState
-from learnreg.core.outer import OuterOptimizer
-from learnreg.errors import NumericalError
-from learnreg.losses.elementwise import ElementwiseLoss
-from learnreg.optimizers.fixed import SGD, Adam
-
-PREFIX = "base."
+from learnreg.core import population
+from learnreg.core.bias import Biases
+from learnreg.core.inner import InnerState, frozen_names, init_state, inner_step
+from learnreg.core.metaparams import call_at
 
 
-def _get(module: nn.Module, name: str) -> Tensor:
-    owner, _, attr = name.rpartition(".")
-    return getattr(module.get_submodule(owner), attr)
+def _plain(state: InnerState) -> tuple:
+    return state.params, state.buffers, state.opt_state
 
 
-def _unprefixed(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k[len(PREFIX) :]: v for k, v in tensors.items()}
-
-
-class PopulationModel(nn.Module):
-    """``size`` copies of a base model as one module; the output is ``(size, *out)``.
-
-    Its parameters and buffers are the base model's, stacked on a new leading dimension
-    and named ``base.<name>``. Every copy starts from the base model's values and sees
-    the same input. ``template`` keeps the unstacked base model (the structure the init
-    role and per-candidate objectives use).
+class Population:
+    """The members' training as one run; states are ``(params, buffers, opt_state)``.
 
     Args:
-        base: a freshly built model (its values seed every copy).
-        size: the population size.
+        members: one :class:`~learnreg.core.bias.Biases` per candidate.
+        role: the role in which they differ.
     """
 
-    def __init__(self, base: nn.Module, size: int):
-        super().__init__()
-        self.size = size
-        self.base = copy.deepcopy(base)
-        object.__setattr__(self, "template", base)  # not a submodule: no duplicate params
-        self.param_names = [n for n, _ in base.named_parameters()]
-        self.buffer_names = [n for n, _ in base.named_buffers()]
-        for name in self.param_names + self.buffer_names:
-            owner, _, attr = name.rpartition(".")
-            module = self.base.get_submodule(owner)
-            value = _get(base, name).detach()
-            stacked = value.unsqueeze(0).expand(size, *value.shape).clone()
-            if name in self.param_names:
-                setattr(module, attr, nn.Parameter(stacked))
-            else:
-                module.register_buffer(attr, stacked)
+    def __init__(self, members: list[Biases], role: str):
+        self.members, self.role, self.template = members, role, members[0]
+        self.candidates = [m.roles()[role] for m in members]
+        if len(members) == 1:
+            self.kind = "plain"
+        else:
+            self.kind = "stacked" if population.modules_stackable(self.candidates) else "mixed"
 
-    def _apply(self, fn, recurse=True):  # .to(device) / .double() move the template too
-        super()._apply(fn, recurse)
-        self.template._apply(fn, recurse)
-        return self
+    def values(self) -> dict:
+        """The candidates' parameters stacked, as values of the searched role."""
+        return {self.role: population.stack_parameters(self.candidates)}
 
-    def forward(self, x: Tensor) -> Tensor:
-        # The current tensors: the stacked ones, or those functional_call swapped in.
-        params = {n: _get(self.base, n) for n in self.param_names}
-        buffers = {n: _get(self.base, n) for n in self.buffer_names}
+    def init(self, model, task) -> tuple:
+        """Every member's state at step 0 (its init role's parameters, its optimizer's state)."""
+        if self.kind == "plain":
+            return _plain(init_state(model, self.template.init, self.template.optimizer, task))
+        if self.kind == "stacked":
+            b = self.template
+
+            def one(values):
+                return _plain(call_at(b, values, init_state, model, b.init, b.optimizer, task))
+
+            state = vmap(one, randomness="different")(self.values())
+        else:
+            state = population.stack(
+                [_plain(init_state(model, m.init, m.optimizer, task)) for m in self.members]
+            )
+        # vmap broadcasts what no member changed; steps write buffers (BatchNorm) in place
+        return optree.tree_map(lambda t: t.contiguous(), state)
+
+    def step(self, model, state: tuple, batch) -> tuple:
+        """One inner step of every member on the same batch."""
+        if self.kind == "plain":
+            b = self.template
+            return _plain(inner_step(model, InnerState(*state), batch, b.loss, b.optimizer)[0])
+        if self.kind == "mixed":
+            return self._mixed_step(model, state, batch)
+        b = self.template
+
+        def one(values, member_state):
+            new, _ = call_at(
+                b, values, inner_step, model, InnerState(*member_state), batch, b.loss, b.optimizer
+            )
+            return _plain(new)
+
+        return vmap(one, randomness="different")(self.values(), state)
+
+    def _mixed_step(self, model, state: tuple, batch) -> tuple:
+        """:func:`~learnreg.core.inner.inner_step` with the model vmapped over the members
+        and each role called per member (in turn for the searched one)."""
+        (params, buffers, opt_state), (x, y) = state, batch
+        frozen = frozen_names(model)
+        fixed = {k: v for k, v in params.items() if k in frozen}
+        forward = vmap(lambda p, b: functional_call(model, (p, b), (x,)), randomness="different")
+
+        def total(adapted):
+            return self._loss_values(forward({**adapted, **fixed}, buffers), y).sum()
+
+        adapted = {k: v for k, v in params.items() if k not in frozen}
+        grads = torch.func.grad(total)(adapted)
+        updates, opt_state = self._each(
+            "optimizer", lambda opt, g, s, p: opt(g, s, p), grads, opt_state, adapted
+        )
+        params = {k: p if k in frozen else p + updates[k] for k, p in params.items()}
+        return params, buffers, opt_state
+
+    def _loss_values(self, preds, target):
+        """Every member's loss on its own predictions; candidate losses whose class offers
+        ``population_values(losses, preds, target)`` compute them together (elementwise
+        losses share one softmax), else one after another."""
+        together = getattr(self.candidates[0], "population_values", None)
+        if self.role == "loss" and together is not None:
+            return together(self.candidates, preds, target)
+        return self._each("loss", lambda loss, pred: loss(pred, target), preds)
+
+    def _each(self, role: str, fn, *args):
+        """``fn(member's role module, *member's args)`` for every member (args stacked)."""
+        if role != self.role:  # the same module for everyone
+            module = self.template.roles()[role]
+            if getattr(module, "elementwise", False):  # coordinatewise: stacked is the same
+                return fn(module, *args)
+            return vmap(lambda *a: fn(module, *a), randomness="different")(*args)
+        parts = population.unstack(args, len(self.members))
+        return population.stack([fn(m.roles()[role], *a) for m, a in zip(self.members, parts)])
+
+    def objective(self, objective, model, state: tuple, batch, task) -> torch.Tensor:
+        """The meta-objective of every member, shape ``(P,)``."""
+        params, buffers, _ = state
+        if self.kind == "plain":
+            return objective(model, InnerState(params, buffers, None), batch, task).reshape(1)
 
         def one(p, b):
-            return functional_call(self.base, (p, b), (x,))
+            return objective(model, InnerState(p, b, None), batch, task)
 
         return vmap(one, randomness="different")(params, buffers)
-
-
-class PopulationModelFn:
-    """A picklable ``model_fn`` building a :class:`PopulationModel` around a task's model."""
-
-    def __init__(self, model_fn: Callable[[], nn.Module], size: int):
-        self.model_fn, self.size = model_fn, size
-
-    def __call__(self) -> PopulationModel:
-        return PopulationModel(self.model_fn(), self.size)
-
-
-class PopulationInit(nn.Module):
-    """The init role applied to the template, its parameters repeated for every copy."""
-
-    def __init__(self, init: nn.Module, size: int):
-        super().__init__()
-        self.init, self.size = init, size
-
-    def forward(self, model: PopulationModel, task=None) -> dict[str, Tensor]:
-        params = self.init(model.template, task)
-        return {
-            PREFIX + n: p.unsqueeze(0).expand(self.size, *p.shape).clone()
-            for n, p in params.items()
-        }
-
-
-class PopulationOptimizer(nn.Module):
-    """The optimizer role on stacked parameters.
-
-    SGD and Adam are elementwise, so they run directly on the stacked tensors (one call
-    for the population); any other rule (a learned optimizer with per-tensor features)
-    is vmapped over the population so it sees each copy separately.
-    """
-
-    def __init__(self, optimizer: nn.Module):
-        super().__init__()
-        self.optimizer = optimizer
-        self.elementwise = type(optimizer) in (SGD, Adam)
-
-    def init(self, params):
-        return (
-            self.optimizer.init(params) if self.elementwise else vmap(self.optimizer.init)(params)
-        )
-
-    def forward(self, grads, state, params, inplace: bool = False):
-        if self.elementwise:
-            return self.optimizer(grads, state, params)
-        return vmap(lambda g, s, p: self.optimizer(g, s, p))(grads, state, params)
-
-
-def same_structure(losses: list[nn.Module]) -> bool:
-    """Whether the losses differ only in their parameter values (one module can then be
-    vmapped over their stacked parameters): same class, same constructor arguments
-    (except those a class lists in ``value_args``, which only set initial parameter
-    values), same parameter shapes and equal buffers."""
-    first = losses[0]
-    shapes = [(n, p.shape) for n, p in first.named_parameters()]
-    buffers = dict(first.named_buffers())
-    ignored = set(getattr(type(first), "value_args", ()))
-
-    def args(loss):
-        return {k: v for k, v in loss.__dict__.get("init_args", {}).items() if k not in ignored}
-
-    for loss in losses[1:]:
-        if type(loss) is not type(first) or args(loss) != args(first):
-            return False
-        if [(n, p.shape) for n, p in loss.named_parameters()] != shapes:
-            return False
-        other = dict(loss.named_buffers())
-        if other.keys() != buffers.keys() or not all(
-            torch.equal(other[k], buffers[k]) for k in buffers
-        ):
-            return False
-    return True
-
-
-class PopulationLoss(nn.Module):
-    """The sum over candidates of each candidate's loss on its own slice of predictions.
-
-    Args:
-        losses: one loss module per population member.
-    """
-
-    def __init__(self, losses: list[nn.Module]):
-        super().__init__()
-        self.losses = nn.ModuleList(losses)
-        self.shared = same_structure(losses)
-        first = losses[0]
-        self.elementwise = isinstance(first, ElementwiseLoss) and all(
-            isinstance(loss, ElementwiseLoss) and loss.kind == first.kind for loss in losses
-        )
-        if self.shared:  # the Parameter objects, gathered once (stacked per call for autograd)
-            named = [dict(loss.named_parameters()) for loss in losses]
-            self.members = {n: [params[n] for params in named] for n in named[0]}
-
-    def values(self, pred: Tensor, target: Tensor) -> Tensor:
-        """Each candidate's loss, shape ``(P,)``; ``pred`` is ``(P, N, ...)``."""
-        if not self.shared and self.elementwise:  # one softmax / one-hot for everyone
-            targets, preds = self.losses[0].elements(pred, target)
-            return torch.stack(
-                [loss.reduce(loss.elementwise(targets, p)) for loss, p in zip(self.losses, preds)]
-            )
-        if not self.shared:
-            return torch.stack([loss(p, target) for loss, p in zip(self.losses, pred)])
-        first = self.losses[0]
-        stacked = {n: torch.stack(params) for n, params in self.members.items()}
-        buffers = dict(first.named_buffers())
-        return vmap(lambda p, out: functional_call(first, (p, buffers), (out, target)))(
-            stacked, pred
-        )
-
-    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        return self.values(pred, target).sum()
-
-
-class PopulationObjective(nn.Module):
-    """A meta-objective evaluated on every copy (vmapped); ``forward`` sums them, so its
-    gradient reaches each candidate's meta-parameters from its own copy only."""
-
-    def __init__(self, objective: nn.Module):
-        super().__init__()
-        self.objective = objective
-        self.differentiable = getattr(objective, "differentiable", True)
-
-    def values(self, model: PopulationModel, state: InnerState, batch, task) -> Tensor:
-        def one(params, buffers):
-            return self.objective(model.template, InnerState(params, buffers, None), batch, task)
-
-        return vmap(one, randomness="different")(
-            _unprefixed(state.params), _unprefixed(state.buffers)
-        )
-
-    def forward(self, model, state, batch, task) -> Tensor:
-        return self.values(model, state, batch, task).sum()
-
-
-class PopulationOuter:
-    """One :class:`~learnreg.core.outer.OuterOptimizer` per candidate, behind the outer
-    optimizer's interface: a candidate whose meta-gradient stays non-finite is frozen and
-    reported in ``failed`` while the others go on.
-
-    Args:
-        losses: the candidates (each one's trainable parameters get their own optimizer).
-        make_optimizer: builds a torch optimizer over one candidate's parameters.
-        clip_grad_norm: per-candidate meta-gradient clipping.
-        max_bad_steps: consecutive non-finite meta-steps before a candidate is dropped.
-    """
-
-    def __init__(self, losses, make_optimizer, clip_grad_norm=None, max_bad_steps: int = 10):
-        self.members = []
-        for loss in losses:
-            params = [p for p in loss.parameters() if p.requires_grad]
-            self.members.append(
-                OuterOptimizer(params, make_optimizer(params), clip_grad_norm, max_bad_steps)
-            )
-        self.failed: dict[int, str] = {}
-
-    def zero_grad(self) -> None:
-        for member in self.members:
-            member.zero_grad()
-
-    def step(self, meta_loss: float) -> dict[str, float]:
-        norms = []
-        for index, member in enumerate(self.members):
-            if index in self.failed:
-                member.zero_grad()
-                continue
-            try:  # each candidate is judged by its own meta-gradient
-                norms.append(member.step(0.0)["grad_norm"])
-            except NumericalError as exc:
-                self.failed[index] = f"local search diverged: {exc}"
-        skipped = float(len(self.failed) == len(self.members))
-        return {"grad_norm": max(norms, default=0.0), "skipped": skipped}

@@ -1,7 +1,7 @@
-"""Searchers: black-box proposal distributions over loss candidates (CMA-ES, DEAP GP)."""
+"""Searchers: black-box proposal distributions over a role's candidates (CMA-ES here; the
+loss role's genetic programming lives in :mod:`learnreg.losses.gp`)."""
 
 from learnreg.estimators.searchers.base import Searcher
 from learnreg.estimators.searchers.cmaes import CMAES
-from learnreg.estimators.searchers.gp import GeneticProgramming
 
-__all__ = ["Searcher", "CMAES", "GeneticProgramming"]
+__all__ = ["Searcher", "CMAES"]

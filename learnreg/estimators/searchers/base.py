@@ -3,8 +3,10 @@
 A searcher owns the search distribution or population (CMA-ES's mean and covariance, a
 GP population) and nothing else: it does not train anything. The
 :class:`~learnreg.estimators.evolution.Evolution` estimator asks it for a generation of
-*genomes* (plain data: a list of floats, an expression string), builds each into a loss
-module with :meth:`Searcher.build`, has them evaluated, and tells it their fitness.
+*genomes* (plain data: a list of floats, an expression string), builds each into a
+module of the searched role with :meth:`Searcher.build`, has them evaluated, and tells it
+their fitness. A searcher that only makes sense for one role (genetic programming over
+loss trees) names it in :attr:`Searcher.role`; the estimator refuses it for another.
 Its state is plain data (tensors, numbers, strings, lists, dicts), so a search resumes
 from a ``weights_only`` checkpoint.
 """
@@ -17,20 +19,21 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-
-from learnreg.losses.base import LossRole
+from torch import nn
 
 Genome = Any
 
 
 class Searcher:
-    """Base class of black-box searchers over loss candidates (lower fitness is better)."""
+    """Base class of black-box searchers over a role's candidates (lower fitness is better)."""
 
     #: candidates per generation (set by ``start`` at the latest).
     population: int
+    #: the role this searcher's genomes describe (None: any role with tensor meta-parameters).
+    role: str | None = None
 
-    def start(self, template: LossRole, seed: int) -> None:
-        """Bind to the loss role being searched and seed the search."""
+    def start(self, template: nn.Module, seed: int) -> None:
+        """Bind to the role being searched (a copy of its module) and seed the search."""
         raise NotImplementedError
 
     def ask(self) -> list[Genome]:
@@ -42,8 +45,8 @@ class Searcher:
         that was rejected or diverged (it ranks last)."""
         raise NotImplementedError
 
-    def build(self, genome: Genome, template: LossRole, seed: int) -> LossRole:
-        """The loss module a genome stands for (a new module; ``template`` is unchanged)."""
+    def build(self, genome: Genome, template: nn.Module, seed: int) -> nn.Module:
+        """The role module a genome stands for (a new module; ``template`` is unchanged)."""
         raise NotImplementedError
 
     def key(self, genome: Genome) -> str | None:

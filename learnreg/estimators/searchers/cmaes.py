@@ -1,8 +1,10 @@
-"""CMA-ES over the flat vector of a loss role's meta-parameters (TaylorGLO's search).
+"""CMA-ES over the flat vector of a role's meta-parameters (TaylorGLO's search).
 
-Uses the maintained ``cmaes`` package. The searcher works for any loss role with a fixed
-set of meta-parameters (TaylorGLO's 8 coefficients; a small neural loss would do too):
-a genome is the flattened parameter vector.
+Uses the maintained ``cmaes`` package. The searcher works for any role with a fixed set
+of tensor meta-parameters (TaylorGLO's 8 coefficients, a learned step-size schedule's
+knots, a small learned initialization): a genome is the vector
+:func:`learnreg.core.metaparams.flatten` makes of them, and
+:func:`~learnreg.core.metaparams.unflatten` turns it back into the role's tensors.
 
 References:
     Hansen, "The CMA Evolution Strategy: A Tutorial" (arXiv 1604.00772).
@@ -19,10 +21,11 @@ from typing import Literal
 import numpy as np
 import torch
 from cmaes import CMA
+from torch import nn
 
+from learnreg.core import metaparams
 from learnreg.errors import CheckpointError, ConfigError
 from learnreg.estimators.searchers.base import Searcher
-from learnreg.losses.base import LossRole
 from learnreg.registry import register
 
 #: Rejected or diverged candidates are told this value: they rank last. CMA-ES only uses
@@ -30,18 +33,20 @@ from learnreg.registry import register
 WORST = 1e30
 
 
-def meta_parameters(loss: LossRole) -> list[torch.nn.Parameter]:
-    return [p for p in loss.parameters() if p.requires_grad]
+def role_values(module: nn.Module) -> metaparams.MetaParams:
+    """A role module's meta-parameters as values (detached), under one role key."""
+    return {"role": {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}}
 
 
 @register("searcher", "cmaes")
 class CMAES(Searcher):
-    """Covariance matrix adaptation over the loss role's meta-parameter vector.
+    """Covariance matrix adaptation over the searched role's meta-parameter vector.
 
     Args:
         population: candidates per generation (None: CMA-ES's default 4 + 3 ln d).
         sigma: initial step size (TaylorGLO: 1.2).
-        start: ``zeros`` (TaylorGLO: the zero vector) or ``current`` (the role's values).
+        start: ``zeros`` (TaylorGLO: the zero vector) or ``current`` (the role's values:
+            a schedule's or an init's starting point).
     """
 
     def __init__(
@@ -57,14 +62,14 @@ class CMAES(Searcher):
         self.requested, self.sigma, self.start_at = population, sigma, start
         self.cma: CMA | None = None
 
-    def start(self, template: LossRole, seed: int) -> None:
-        params = meta_parameters(template)
-        if not params:
+    def start(self, template: nn.Module, seed: int) -> None:
+        self.like = role_values(template)
+        if not self.like["role"]:
             raise ConfigError(
-                f"CMA-ES searches a loss role's meta-parameters, but {type(template).__name__} "
-                "has none; use a learnable loss such as `taylor`."
+                f"CMA-ES searches a role's meta-parameters, but {type(template).__name__} has "
+                "none; use a learnable one (a `taylor` loss, a `schedule_sgd` optimizer...)."
             )
-        vector = torch.nn.utils.parameters_to_vector(params).detach().double().cpu().numpy()
+        vector = metaparams.flatten(self.like).double().cpu().numpy()
         mean = vector if self.start_at == "current" else np.zeros_like(vector)
         self.cma = CMA(mean=mean, sigma=self.sigma, population_size=self.requested, seed=seed)
         self.population = self.cma.population_size
@@ -77,13 +82,14 @@ class CMAES(Searcher):
             [(np.asarray(g), WORST if f is None else float(f)) for g, f in zip(genomes, fitness)]
         )
 
-    def build(self, genome: list[float], template: LossRole, seed: int) -> LossRole:
-        loss = copy.deepcopy(template)
+    def build(self, genome: list[float], template: nn.Module, seed: int) -> nn.Module:
+        module = copy.deepcopy(template)
+        values = metaparams.unflatten(torch.tensor(genome, dtype=torch.float64), self.like)
         with torch.no_grad():
-            params = meta_parameters(loss)
-            vector = torch.tensor(genome, dtype=params[0].dtype, device=params[0].device)
-            torch.nn.utils.vector_to_parameters(vector, params)
-        return loss
+            for name, param in module.named_parameters():
+                if name in values["role"]:
+                    param.copy_(values["role"][name])
+        return module
 
     def describe(self, genome: list[float]) -> str:
         return "[" + ", ".join(f"{v:.4g}" for v in genome) + "]"
@@ -123,6 +129,6 @@ class CMAES(Searcher):
             raise CheckpointError(f"the checkpointed CMA-ES state does not load: {exc}") from None
         if cma.dim != self.cma.dim:
             raise CheckpointError(
-                f"the checkpointed CMA-ES searches {cma.dim} parameters, this loss has {self.cma.dim}"
+                f"the checkpointed CMA-ES searches {cma.dim} parameters, this role has {self.cma.dim}"
             )
         self.cma, self.population = cma, cma.population_size

@@ -1,4 +1,5 @@
-"""Genetic programming over loss expression trees with DEAP (EvoMAL's search).
+"""Genetic programming over loss expression trees with DEAP (EvoMAL's search), a
+searcher of :class:`~learnreg.estimators.Evolution` for the loss role.
 
 The primitive set is :data:`learnreg.losses.symbolic.PRIMITIVES` with terminals ``y``,
 ``fx``, +1 and -1. One generation follows the EvoMAL reference: double tournament
@@ -24,8 +25,8 @@ import random
 import torch
 from deap import base, gp, tools
 
+from learnreg.core.estimator import derive_seed
 from learnreg.errors import CheckpointError, ConfigError
-from learnreg.estimators.base import derive_seed
 from learnreg.estimators.searchers.base import (
     OwnRandom,
     Searcher,
@@ -109,6 +110,8 @@ class GeneticProgramming(Searcher):
         init_height: (min, max) depth of the ramped half-and-half initial trees (2, 4).
         mutation_height: (min, max) depth of mutation subtrees (0, 2).
     """
+
+    role = "loss"
 
     def __init__(
         self,
