@@ -17,9 +17,9 @@ ratio stays meaningful on a busy machine even when the absolute times do not.
   vs the same step written with torchopt's functional API and with ``higher``.
 * ``population``: fitness of 16 TaylorGLO candidate losses, learnreg's evaluators vs a
   hand-written ``nn.Module`` + ``torch.optim.SGD`` loop over the candidates; also with
-  the fitness inner loop stepping by the compiled graph-free step
-  (``inner_loop(..., step=learnreg.core.compiled.graph_free_step)``, the wiring a
-  ``compile`` switch of the evaluators makes at ``evaluate_group``'s ``inner_loop`` call).
+  the population's inner step compiled (``learnreg.core.compiled.graph_free`` around
+  ``Population.step``, the wiring a ``compile`` switch of the evaluators makes at
+  ``evaluate_group``'s ``members.step`` call).
 * ``sam``: one SAM step (SGD base) on the 784-1024-1024-10 MLP, learnreg's
   :class:`~learnreg.optim.SAM` vs ``pytorch_optimizer.SAM``.
 * ``gsam``: one GSAM step (α 0.4, constant ρ 0.05, SGD base) on the same MLP, learnreg's
@@ -341,20 +341,17 @@ def population(args) -> list[str]:
 
 
 def _compiled(fn):
-    """``fn`` with the fitness evaluation's inner loop stepping by the compiled step."""
-    import functools
-
-    from learnreg.core.compiled import graph_free_step
-    from learnreg.core.inner import inner_loop
-    from learnreg.estimators.evaluators import fitness as fitness_module
+    """``fn`` with the population's inner step compiled (``graph_free(Population.step)``)."""
+    from learnreg.core.compiled import graph_free
+    from learnreg.estimators.evaluators.population import Population
 
     def run():
-        plain = fitness_module.inner_loop
-        fitness_module.inner_loop = functools.partial(inner_loop, step=graph_free_step)
+        plain = Population.step
+        Population.step = graph_free(plain)
         try:
             return fn()
         finally:
-            fitness_module.inner_loop = plain
+            Population.step = plain
 
     return run
 

@@ -96,7 +96,7 @@ def test_inner_loop_with_the_compiled_step_equals_eager_with_callback():
     assert [v for _, v in seen_fast] == pytest.approx([v for _, v in seen_eager], rel=1e-6)
 
 
-def _failing_compiler():
+def _failing_compiler(*_):
     """Stands in for torch.compile failing (no C compiler, an untraceable operation)."""
 
     def compiled(*args, **kwargs):
@@ -107,7 +107,7 @@ def _failing_compiler():
 
 def test_compile_failure_falls_back_to_eager_once(monkeypatch):
     monkeypatch.setattr(compiled, "FAILED", {})
-    monkeypatch.setattr(compiled, "_compiled_step", _failing_compiler)
+    monkeypatch.setattr(compiled, "_compiled", _failing_compiler)
     model, optimizer, state, batches = _problem(3)
     loss = CrossEntropy()
     with pytest.warns(RuntimeWarning, match="running it eagerly"):
@@ -224,15 +224,16 @@ def test_meta_test_compile_must_be_a_bool():
 
 
 @pytest.mark.parametrize("batched", [True, False])
-def test_fitness_with_the_compiled_step_equals_eager(batched, monkeypatch):
-    """Population fitness (TaylorGLO candidates) with the fitness inner loop stepping by
-    the compiled step, vmapped over the candidates and one by one: the fitness values
-    are eager's (the wiring a ``compile`` switch of the evaluators makes)."""
+def test_fitness_with_the_compiled_population_step_equals_eager(batched, monkeypatch):
+    """Population fitness (TaylorGLO candidates) with the population's step compiled,
+    vmapped over the candidates and one by one: the fitness values are eager's (the
+    wiring a ``compile`` switch of the evaluators makes: ``graph_free(Population.step)``)."""
     import functools
 
+    from learnreg.core.compiled import graph_free
     from learnreg.core.objectives import TaskError
     from learnreg.data import sklearn_task
-    from learnreg.estimators.evaluators import fitness as fitness_module
+    from learnreg.estimators.evaluators import population as population_module
     from learnreg.estimators.evaluators.fitness import FitnessProblem, evaluate_group
     from learnreg.losses import TaylorLoss
 
@@ -248,9 +249,8 @@ def test_fitness_with_the_compiled_step_equals_eager(batched, monkeypatch):
         [task], [1], SGD(0.05, momentum=0.9), RandomInit(), TaskError(), steps=4
     )
     eager = [e.fitness for e in evaluate_group(problem, copy.deepcopy(losses), batched)]
-    monkeypatch.setattr(
-        fitness_module, "inner_loop", functools.partial(inner_loop, step=graph_free_step)
-    )
+    step = population_module.Population.step
+    monkeypatch.setattr(population_module.Population, "step", graph_free(step))
     counters.clear()
     fast = [e.fitness for e in evaluate_group(problem, copy.deepcopy(losses), batched)]
     assert fast == pytest.approx(eager, abs=1.5 / len(task.val))  # one example may flip

@@ -35,9 +35,9 @@ from torch import Tensor, nn
 
 from learnreg.core.inner import Batch, InnerState, LossFn, inner_step
 
-#: structures whose compilation failed, with the reason (they run eagerly)
+#: (function, argument structure) pairs whose compilation failed, with the reason
 FAILED: dict[Hashable, str] = {}
-_COMPILED: dict[str, Callable] = {}
+_COMPILED: dict[Callable, Callable] = {}
 
 
 def _pure_step(model, loss, optimizer, params, buffers, opt_state, x, y):
@@ -47,11 +47,11 @@ def _pure_step(model, loss, optimizer, params, buffers, opt_state, x, y):
     return state.params, state.opt_state, value
 
 
-def _compiled_step() -> Callable:
+def _compiled(fn: Callable) -> Callable:
     # created on first use: importing learnreg never starts dynamo
-    if "step" not in _COMPILED:
-        _COMPILED["step"] = torch.compile(_pure_step, dynamic=False)
-    return _COMPILED["step"]
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    return _COMPILED[fn]
 
 
 def structure_key(*parts) -> Hashable:
@@ -64,13 +64,53 @@ def structure_key(*parts) -> Hashable:
             tensors = [*part.named_parameters(), *part.named_buffers()]
             key.append((type(part), tuple((n, tuple(t.shape), t.dtype) for n, t in tensors)))
         else:
-            key.append(type(part) if not callable(part) else getattr(part, "__qualname__", part))
+            key.append(type(part))
     return tuple(key)
 
 
-def _eager(model, state, batch, loss, optimizer):
-    with torch.no_grad():
-        return inner_step(model, state, batch, loss, optimizer)
+def graph_free(fn: Callable, compile: bool = True) -> Callable:
+    """``fn`` under ``torch.no_grad()``, through ``torch.compile`` when ``compile``.
+
+    For pure step functions of a frozen run: :func:`graph_free_step`, or a population's
+    step (``graph_free(Population.step)`` takes the population as its first argument).
+    Where compilation fails, ``fn`` runs eagerly from then on for arguments of that
+    structure, after one ``RuntimeWarning`` naming the reason; an error of ``fn`` itself
+    is raised by its eager run.
+
+    Args:
+        fn: the function (a plain function; dynamo guards on its arguments' structure).
+        compile: False: just ``fn`` under ``torch.no_grad()``.
+
+    Returns:
+        A function with ``fn``'s arguments and results.
+    """
+    name = getattr(fn, "__qualname__", repr(fn))
+
+    def eager(*args, **kwargs):
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    if not compile:
+        return eager
+
+    def run(*args, **kwargs):
+        key = (name, structure_key(*args))
+        if key in FAILED:
+            return eager(*args, **kwargs)
+        try:
+            with torch.no_grad():
+                return _compiled(fn)(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any compile failure; a real error re-raises below
+            result = eager(*args, **kwargs)  # raises if the call itself is wrong
+            FAILED[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            warnings.warn(
+                f"torch.compile failed for {name} ({FAILED[key]}); running it eagerly",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return result
+
+    return run
 
 
 def graph_free_step(
@@ -98,26 +138,8 @@ def graph_free_step(
     Returns:
         The next state and the base loss at the current parameters.
     """
-    if not compile:
-        return _eager(model, state, batch, loss, optimizer)
-    key = structure_key(model, loss, optimizer)
-    if key in FAILED:
-        return _eager(model, state, batch, loss, optimizer)
     x, y = batch
-    try:
-        with torch.no_grad():
-            params, opt_state, value = _compiled_step()(
-                model, loss, optimizer, state.params, state.buffers, state.opt_state, x, y
-            )
-    except Exception as exc:  # noqa: BLE001 - any compile failure; a real error re-raises below
-        result = _eager(model, state, batch, loss, optimizer)  # raises if the step itself is wrong
-        FAILED[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        warnings.warn(
-            f"torch.compile failed for the inner step of {type(model).__name__} with "
-            f"{type(loss).__name__} / {type(optimizer).__name__} ({FAILED[key]}); "
-            "running it eagerly",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return result
+    params, opt_state, value = graph_free(_pure_step, compile)(
+        model, loss, optimizer, state.params, state.buffers, state.opt_state, x, y
+    )
     return InnerState(params, state.buffers, opt_state, state.step + 1), value
