@@ -22,12 +22,12 @@ reductions rather than a loop over tensors.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from learnreg.core.compiled import graph_free
 from learnreg.optimizers.base import OptimizerRole
 
 Params = dict[str, Tensor]
@@ -49,20 +49,6 @@ def segment_mean(values: Tensor, sizes: list[int] | Tensor) -> Tensor:
 
 def _chunk_update(rule, grad, param, slots, aux, step, where):
     return rule.update(grad, param, slots, aux, step, where)
-
-
-_COMPILED: dict[str, Any] = {}
-#: rule types whose compiled chunk failed, with the reason (they run eagerly)
-COMPILE_FAILED: dict[type, str] = {}
-
-
-def compiled_chunk_update():
-    """:meth:`FlatRule.update` through ``torch.compile`` (created on first use). Dynamo
-    guards on the rule's structure and the chunk's shape, so rules of one kind and size
-    share a graph; a chunked step has two (full chunks and the last one)."""
-    if "update" not in _COMPILED:
-        _COMPILED["update"] = torch.compile(_chunk_update, dynamic=False)
-    return _COMPILED["update"]
 
 
 class FlatRule(OptimizerRole):
@@ -174,8 +160,8 @@ class FlatRule(OptimizerRole):
             sizes: the sizes of the tensors concatenated into the vectors.
             chunk_size: coordinates per chunk (default: :attr:`chunk_size`, times
                 :attr:`gpu_chunk_factor` off the CPU).
-            compile: run each chunk through :func:`compiled_chunk_update` (equal to the
-                eager rule to float rounding; eager where compilation fails).
+            compile: run each chunk through ``torch.compile`` (equal to the eager rule
+                to float rounding; eager where compilation fails).
         """
         n = grad.numel()
         default = self.chunk_size
@@ -203,25 +189,14 @@ class FlatRule(OptimizerRole):
         return out
 
     def _chunk_fn(self, compile: bool):
-        """The chunk update: eager, or compiled with a fallback to eager (one warning)."""
-        if not compile or type(self) in COMPILE_FAILED:
+        """The chunk update: eager, or through ``torch.compile`` with the eager fallback
+        of :func:`learnreg.core.compiled.graph_free` (dynamo guards on the rule's
+        structure and the chunk's shape, so rules of one kind and size share a graph; a
+        chunked step has two: full chunks and the last one)."""
+        if not compile:
             return self.update
-
-        def run(*args):
-            try:
-                return compiled_chunk_update()(self, *args)
-            except Exception as exc:  # noqa: BLE001 - a compile failure; real errors re-raise
-                result = self.update(*args)
-                COMPILE_FAILED[type(self)] = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                warnings.warn(
-                    f"torch.compile failed for {type(self).__name__}'s update "
-                    f"({COMPILE_FAILED[type(self)]}); running it eagerly",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                return result
-
-        return run
+        run = graph_free(_chunk_update)
+        return lambda *args: run(self, *args)
 
     def weights(self, tensor: Tensor, dtype: torch.dtype) -> Tensor:
         """A meta-parameter in the compute dtype (differentiable cast)."""
