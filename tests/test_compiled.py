@@ -223,16 +223,15 @@ def test_meta_test_compile_must_be_a_bool():
 
 
 @pytest.mark.parametrize("batched", [True, False])
-def test_fitness_with_the_compiled_population_step_equals_eager(batched, monkeypatch):
-    """Population fitness (TaylorGLO candidates) with the population's step compiled,
-    vmapped over the candidates and one by one: the fitness values are eager's (the
-    wiring a ``compile`` switch of the evaluators makes: ``graph_free(Population.step)``)."""
+def test_fitness_with_the_compiled_population_step_equals_eager(batched):
+    """Population fitness (TaylorGLO candidates) with ``compile`` on (``Evolution``'s
+    ``compile`` key sets it), vmapped over the candidates and one by one: the fitness
+    values are eager's."""
+    import dataclasses
     import functools
 
-    from learnreg.core.compiled import graph_free
     from learnreg.core.objectives import TaskError
     from learnreg.data import sklearn_task
-    from learnreg.estimators.evaluators import population as population_module
     from learnreg.estimators.evaluators.fitness import FitnessProblem, evaluate_group
     from learnreg.losses import TaylorLoss
 
@@ -248,9 +247,8 @@ def test_fitness_with_the_compiled_population_step_equals_eager(batched, monkeyp
         [task], [1], SGD(0.05, momentum=0.9), RandomInit(), TaskError(), steps=4
     )
     eager = [e.fitness for e in evaluate_group(problem, copy.deepcopy(losses), batched)]
-    step = population_module.Population.step
-    monkeypatch.setattr(population_module.Population, "step", graph_free(step))
     counters.clear()
+    problem = dataclasses.replace(problem, compile=True)
     fast = [e.fitness for e in evaluate_group(problem, copy.deepcopy(losses), batched)]
     assert fast == pytest.approx(eager, abs=1.5 / len(task.val))  # one example may flip
     assert counters["stats"]["unique_graphs"] >= 1  # it did compile

@@ -75,6 +75,8 @@ class Evolution(Estimator):
             (see :class:`~learnreg.estimators.evaluators.LocalSearch`); None: off.
         cache: reuse the fitness of canonically equal candidates.
         val_batch: validation examples per objective call.
+        compile: compile the graph-free fitness runs' inner step (``torch.compile``,
+            eager where it cannot); pays off when ``fitness_steps`` is in the thousands.
         role: the searched role: ``loss``, ``optimizer`` or ``init``.
     """
 
@@ -91,6 +93,7 @@ class Evolution(Estimator):
         local_search: dict | None = None,
         cache: bool = True,
         val_batch: int = 1024,
+        compile: bool = False,
         role: Literal["loss", "optimizer", "init"] = "loss",
     ):
         if fitness_steps < 1 or fitness_seeds < 1:
@@ -103,6 +106,7 @@ class Evolution(Estimator):
         self.local_search = _local_search(local_search)
         self.fitness_steps, self.fitness_seeds = fitness_steps, fitness_seeds
         self.use_cache, self.val_batch, self.role = cache, val_batch, role
+        self.compile = compile
         for part in (self.searcher, *self.filters):
             wanted = getattr(part, "role", None)
             if wanted not in (None, role):
@@ -145,6 +149,7 @@ class Evolution(Estimator):
             seed=ctx.seed,
             device=str(ctx.device),
             val_batch=self.val_batch,
+            compile=self.compile,
         )
 
     def estimate(self, ctx: MetaContext) -> Estimate:

@@ -17,6 +17,7 @@ plain run; the two give the same fitness to float tolerance (see the tests).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from learnreg.core.bias import Biases
+from learnreg.core.compiled import graph_free
 from learnreg.core.estimator import derive_seed
 from learnreg.core.objectives import TaskLoss
 from learnreg.core.task import Task
@@ -68,6 +70,8 @@ class FitnessProblem:
         val_batch: validation examples per objective call (memory bound).
         loss: the loss role (needed unless the loss is the searched role).
         role: the searched role, ``loss``, ``optimizer`` or ``init``.
+        compile: run the graph-free fitness steps through ``torch.compile``
+            (:func:`~learnreg.core.compiled.graph_free`; eager where it cannot compile).
     """
 
     tasks: list[Task]
@@ -82,6 +86,7 @@ class FitnessProblem:
     val_batch: int = 1024
     loss: nn.Module | None = None
     role: str = "loss"
+    compile: bool = False
 
     def biases(self, candidate: nn.Module) -> Biases:
         """The roles one candidate trains with: the problem's, the candidate in its role."""
@@ -137,6 +142,7 @@ def evaluate_group(problem: FitnessProblem, candidates: list[nn.Module], batched
     members = Population([problem.biases(c.to(device)) for c in candidates], problem.role)
     failed = local_search(problem, members) if problem.local_search is not None else {}
     total = torch.zeros(len(candidates), dtype=torch.float64)
+    step = _compiled_step() if problem.compile else Population.step
     with torch.no_grad():
         for task, seed in zip(problem.tasks, problem.seeds):
             task = task.to(device)
@@ -144,7 +150,7 @@ def evaluate_group(problem: FitnessProblem, candidates: list[nn.Module], batched
             state = members.init(model, task)
             stream = task.stream("train", seed)
             for _ in range(problem.steps):
-                state = members.step(model, state, stream.next())
+                state = step(members, model, state, stream.next())
             total += split_values(members, problem, model, state, task)
     results = []
     for index, (candidate, value) in enumerate(zip(candidates, (total / len(problem.tasks)))):
@@ -156,6 +162,12 @@ def evaluate_group(problem: FitnessProblem, candidates: list[nn.Module], batched
             state = {k: v.detach().cpu() for k, v in candidate.state_dict().items()}
         results.append(Evaluation(math.nan if reason else value, reason, state))
     return results
+
+
+@functools.cache
+def _compiled_step():
+    """One compiled population step per process (dynamo caches graphs by structure)."""
+    return graph_free(Population.step)
 
 
 def split_values(members: Population, problem: FitnessProblem, model, state, task):
