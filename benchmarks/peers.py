@@ -10,15 +10,21 @@ ratio stays meaningful on a busy machine even when the absolute times do not.
 
 * ``maml``: one MAML meta-step on sine (``configs/maml/sine.yaml``: MLP 40-40, 5 inner
   SGD steps with Nesterov momentum, Adam outer step with clipping) at meta-batch 4 and 16,
-  learnreg's vmapped meta-batch vs torchopt's functional API under ``torch.func.vmap``
+  learnreg's vmapped meta-batch (``meta_step``, as the trainer calls it) vs torchopt's functional API under ``torch.func.vmap``
   doing the same vectorized computation on the same episodes and batches.
 * ``ml3``: one ML3 meta-step (``configs/ml3/digits_mlp.yaml``: a fresh model, one
   differentiable SGD step on the learned loss, the task loss on the same batch, Adam)
   vs the same step written with torchopt's functional API and with ``higher``.
 * ``population``: fitness of 16 TaylorGLO candidate losses, learnreg's evaluators vs a
-  hand-written ``nn.Module`` + ``torch.optim.SGD`` loop over the candidates.
+  hand-written ``nn.Module`` + ``torch.optim.SGD`` loop over the candidates; also with
+  the population's inner step compiled (``learnreg.core.compiled.graph_free`` around
+  ``Population.step``, the wiring a ``compile`` switch of the evaluators makes at
+  ``evaluate_group``'s ``members.step`` call).
 * ``sam``: one SAM step (SGD base) on the 784-1024-1024-10 MLP, learnreg's
   :class:`~learnreg.optim.SAM` vs ``pytorch_optimizer.SAM``.
+* ``gsam``: one GSAM step (α 0.4, constant ρ 0.05, SGD base) on the same MLP, learnreg's
+  :class:`~learnreg.optim.GSAM` vs ``pytorch_optimizer.GSAM`` driven as its docs say
+  (``set_closure``, a ``ProportionScheduler`` for ρ, ``update_rho_t()`` every step).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from torch.func import functional_call, grad, vmap
 
 from benchmarks.common import interleaved_ratio, machine
 from benchmarks.few_shot_throughput import trainer as fewshot_trainer
+from learnreg.core.estimator import meta_step
 from learnreg.estimators.base import derive_seed
 from learnreg.models import MLP
 
@@ -84,25 +91,36 @@ def _maml_reference(tr):
     return step
 
 
+def _first_meta_step(tr, role: str):
+    """One meta-step the trainer's way (:func:`~learnreg.core.estimator.meta_step`),
+    returning its metrics and the estimate's meta-gradient of ``role`` (parameter order)."""
+    captured = {}
+    estimate = tr.estimator.estimate
+
+    def capture(ctx):
+        result = estimate(ctx)
+        # copies: the outer step clips the gradient it is given in place
+        captured["grads"] = {n: g.clone() for n, g in result.grads[role].items()}
+        return result
+
+    tr.estimator.estimate = capture  # an instance attribute: meta_step still sees the class's
+    try:
+        metrics = meta_step(tr.ctx, tr.estimator)
+    finally:
+        del tr.estimator.estimate
+    return metrics, list(captured["grads"].values())
+
+
 def _maml_row(meta_batch: int, args) -> str:
     tr = fewshot_trainer("maml/sine", True, meta_batch)
     reference = _maml_reference(tr)
-    captured = {}
-    outer_step = tr.ctx.outer.step
-
-    def capture(loss):
-        captured["grads"] = [p.grad.clone() for p in tr.ctx.biases.init.theta]
-        return outer_step(loss)
-
-    tr.ctx.outer.step = capture
-    metrics = tr.estimator.step(tr.ctx)
+    metrics, grads_ours = _first_meta_step(tr, "init")
     losses, grads = reference()
     assert abs(metrics["meta_loss"] - float(losses.mean())) < 1e-5 * max(1.0, metrics["meta_loss"])
-    for a, b in zip(captured["grads"], grads):
+    for a, b in zip(grads_ours, grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    tr.ctx.outer.step = outer_step
     r = interleaved_ratio(
-        lambda: tr.estimator.step(tr.ctx), reference, args.steps, args.repeats, warmup=2
+        lambda: meta_step(tr.ctx, tr.estimator), reference, args.steps, args.repeats, warmup=2
     )
     return (
         f"| MAML sine meta-step, B={meta_batch} | torchopt functional + vmap | "
@@ -119,10 +137,7 @@ def sam(args) -> list[str]:
 
     from learnreg.optim import SAM
 
-    torch.manual_seed(0)
-    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
-    models = [MLP((1, 28, 28), 10, hidden=(1024, 1024)) for _ in range(2)]
-    models[1].load_state_dict(models[0].state_dict())
+    x, y, models = _mlp_pair()
     ours = SAM(models[0].parameters(), torch.optim.SGD, rho=0.05, lr=1e-3, momentum=0.9)
     peer = PeerSAM(models[1].parameters(), torch.optim.SGD, rho=0.05, lr=1e-3, momentum=0.9)
 
@@ -141,13 +156,65 @@ def sam(args) -> list[str]:
         return step
 
     a, b = step_for(ours, models[0], False), step_for(peer, models[1], True)
-    a(), b()
-    for p, q in zip(models[0].parameters(), models[1].parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-    r = interleaved_ratio(a, b, args.steps, args.repeats, warmup=2)
-    return [
-        f"| SAM step, MLP 784-1024-1024-10, batch 128 | pytorch_optimizer.SAM | "
+    return [_weights_row("SAM step", "pytorch_optimizer.SAM", a, b, models, 1, args)]
+
+
+def _weights_row(work: str, peer: str, ours, theirs, models, checked: int, args) -> str:
+    """Assert equal weights after ``checked`` steps of each, then time them interleaved."""
+    for _ in range(checked):
+        ours(), theirs()
+        for p, q in zip(models[0].parameters(), models[1].parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    r = interleaved_ratio(ours, theirs, args.steps, args.repeats, warmup=2)
+    return (
+        f"| {work}, MLP 784-1024-1024-10, batch 128 | {peer} | "
         f"{r['candidate_ms']:.1f} | {r['reference_ms']:.1f} | {r['ratio']:.2f}x |"
+    )
+
+
+def _mlp_pair():
+    torch.manual_seed(0)
+    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+    models = [MLP((1, 28, 28), 10, hidden=(1024, 1024)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    return x, y, models
+
+
+def gsam(args) -> list[str]:
+    from pytorch_optimizer import GSAM as PeerGSAM
+    from pytorch_optimizer.lr_scheduler.proportion import ProportionScheduler
+
+    from learnreg.optim import GSAM
+
+    x, y, models = _mlp_pair()
+    ours = GSAM(
+        models[0].parameters(), torch.optim.SGD, rho_max=0.05, rho_min=0.05, alpha=0.4,
+        lr=1e-3, momentum=0.9,
+    )  # fmt: skip
+    base = torch.optim.SGD(models[1].parameters(), lr=1e-3, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.LambdaLR(base, lambda _: 1.0)
+    rho = ProportionScheduler(schedule, max_lr=1e-3, min_lr=1e-3, max_value=0.05, min_value=0.05)
+    peer = PeerGSAM(models[1].parameters(), base, model=models[1], rho_scheduler=rho, alpha=0.4)
+    peer.set_closure(F.cross_entropy, x, y)
+
+    def closure():
+        ours.zero_grad()
+        loss = F.cross_entropy(models[0](x), y)
+        loss.backward()
+        return loss
+
+    def ours_step():
+        ours.step(closure)
+
+    def peer_step():
+        peer.step()
+        peer.update_rho_t()
+
+    # two steps checked: the second uses the momentum buffers of the first
+    return [
+        _weights_row(
+            "GSAM step (α 0.4)", "pytorch_optimizer.GSAM", ours_step, peer_step, models, 2, args
+        )
     ]
 
 
@@ -208,22 +275,17 @@ def ml3(args) -> list[str]:
     for peer in ("torchopt", "higher"):
         tr = _ml3_trainer()
         reference = _ml3_peer(tr, peer)
-        captured = {}
-        outer_step = tr.ctx.outer.step
-
-        def capture(loss, captured=captured, tr=tr, outer_step=outer_step):
-            captured["grads"] = [p.grad.clone() for p in tr.ctx.biases.loss.parameters()]
-            return outer_step(loss)
-
-        tr.ctx.outer.step = capture
-        metrics = tr.estimator.step(tr.ctx)
+        metrics, grads_ours = _first_meta_step(tr, "loss")
         meta, grads = reference()
         assert abs(metrics["meta_loss"] - meta) < 1e-5 * max(1.0, meta), (metrics, meta)
-        for a, b in zip(captured["grads"], grads):
+        for a, b in zip(grads_ours, grads):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
-        tr.ctx.outer.step = outer_step
         r = interleaved_ratio(
-            lambda tr=tr: tr.estimator.step(tr.ctx), reference, args.steps, args.repeats, warmup=2
+            lambda tr=tr: meta_step(tr.ctx, tr.estimator),
+            reference,
+            args.steps,
+            args.repeats,
+            warmup=2,
         )
         rows.append(
             f"| ML3 meta-step, digits MLP 64-100-10, batch 64 | {peer} | "
@@ -256,6 +318,12 @@ def population(args) -> list[str]:
     modes = {
         "learnreg vmap": functools.partial(fitness, VmapEvaluator(), problem, losses),
         "learnreg sequential": functools.partial(fitness, SerialEvaluator(), problem, losses),
+        "learnreg vmap, compiled step": _compiled(
+            functools.partial(fitness, VmapEvaluator(), problem, losses)
+        ),
+        "learnreg sequential, compiled step": _compiled(
+            functools.partial(fitness, SerialEvaluator(), problem, losses)
+        ),
     }
     reference = hand()
     rows = []
@@ -272,7 +340,23 @@ def population(args) -> list[str]:
     return rows
 
 
-BENCHES = {"maml": maml, "ml3": ml3, "sam": sam, "population": population}
+def _compiled(fn):
+    """``fn`` with the population's inner step compiled (``graph_free(Population.step)``)."""
+    from learnreg.core.compiled import graph_free
+    from learnreg.estimators.evaluators.population import Population
+
+    def run():
+        plain = Population.step
+        Population.step = graph_free(plain)
+        try:
+            return fn()
+        finally:
+            Population.step = plain
+
+    return run
+
+
+BENCHES = {"maml": maml, "ml3": ml3, "sam": sam, "gsam": gsam, "population": population}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,6 +62,8 @@ SCHEMA: dict[str, Any] = {
         "meta_optimizer": None,
         "eval_every": 100,
         "baseline": True,
+        # the frozen runs' graph-free inner step through torch.compile (learnreg.core.compiled)
+        "compile": False,
     },
     # tune: the baseline's learning rate chosen on validation from a grid (learnreg.eval.baselines);
     # controls: extra meta-trained comparisons (learned_lr: the task loss with a learned step size).
@@ -272,10 +274,11 @@ def _check_scalars(cfg: dict) -> None:
                 f"{where} must be at least {low}, got {value}; e.g. `{where}={max(low, 1)}`"
             )
     check_seed("seed", cfg["seed"])
-    if not isinstance(cfg["meta_test"]["baseline"], bool):
-        raise ConfigError(
-            f"meta_test.baseline must be true or false, got {cfg['meta_test']['baseline']!r}"
-        )
+    for key in ("baseline", "compile"):
+        if not isinstance(cfg["meta_test"][key], bool):
+            raise ConfigError(
+                f"meta_test.{key} must be true or false, got {cfg['meta_test'][key]!r}"
+            )
     if cfg["meta_grad_clip"] is not None and (
         not isinstance(cfg["meta_grad_clip"], (int, float)) or cfg["meta_grad_clip"] <= 0
     ):

@@ -143,6 +143,7 @@ def build(cfg: dict, logger=None) -> Experiment:
         ),
         meta_lr_schedule=_schedule(cfg),
         monitors=_monitors(cfg),
+        compile_meta_test=cfg["meta_test"]["compile"],
     )
     adapt = cfg["meta_test"]["adapt"]
     adapt = components.instantiate("estimator", adapt) if adapt is not None else None

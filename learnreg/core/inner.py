@@ -146,14 +146,18 @@ def inner_loop(
     optimizer,
     steps: int,
     callback: Callable[[InnerState, Tensor], None] | None = None,
+    step: Callable | None = None,
 ) -> InnerState:
     """Take ``steps`` inner steps; ``callback(state, base_loss)`` runs after each one.
 
     Under ``torch.no_grad()`` this is plain training; otherwise the returned state
-    carries the graph of all ``steps`` updates.
+    carries the graph of all ``steps`` updates. ``step`` replaces :func:`inner_step`
+    (same arguments), e.g. :func:`learnreg.core.compiled.graph_free_step` for a compiled
+    graph-free loop.
     """
+    step = step or inner_step
     for _ in range(steps):
-        state, value = inner_step(model, state, next(batches), loss, optimizer)
+        state, value = step(model, state, next(batches), loss, optimizer)
         if callback is not None:
             callback(state, value)
     return state

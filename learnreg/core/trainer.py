@@ -68,6 +68,9 @@ class MetaTrainer:
         monitors: :class:`~learnreg.core.monitors.Monitor` hooks (dead-loss detection,
             best-checkpoint selection), called in order after every meta-step, at the end
             of :meth:`fit` and after every inner step of an online meta-test run.
+        compile_meta_test: the frozen meta-test runs step through ``torch.compile``
+            (:func:`learnreg.core.compiled.graph_free_step`; read by
+            :mod:`learnreg.eval.meta_test`; config ``meta_test.compile``).
     """
 
     def __init__(
@@ -86,8 +89,10 @@ class MetaTrainer:
         adapt_meta_optimizer: MetaOptimizerFactory | None = None,
         meta_lr_schedule: ScheduleFactory | None = None,
         monitors: Sequence[Monitor] = (),
+        compile_meta_test: bool = False,
     ):
         self.device = resolve_device(device)
+        self.compile_meta_test = compile_meta_test
         biases.to(self.device)
         self.meta_optimizer = meta_optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
         self.adapt_meta_optimizer = adapt_meta_optimizer or self.meta_optimizer

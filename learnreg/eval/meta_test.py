@@ -21,12 +21,12 @@ import math
 import warnings
 from collections.abc import Callable
 
-import torch
 from tqdm.auto import tqdm
 
 from learnreg.core.bias import Biases, is_learned
+from learnreg.core.compiled import graph_free_step
 from learnreg.core.estimator import meta_step
-from learnreg.core.inner import InnerRun, inner_step
+from learnreg.core.inner import InnerRun
 from learnreg.core.metaparams import meta_parameters
 from learnreg.core.outer import OuterOptimizer
 from learnreg.eval.loss_shape import loss_profile, profile_argmin
@@ -142,10 +142,10 @@ def meta_test_run(
             if checks and trainer.logger is not None:
                 trainer.logger.log(checks, inner_step=run.state.step, seed=index)
         else:
-            with torch.no_grad():
-                run.state, loss = inner_step(
-                    run.model, run.state, run.next_train(), biases.loss, biases.optimizer
-                )
+            run.state, loss = graph_free_step(
+                run.model, run.state, run.next_train(), biases.loss, biases.optimizer,
+                trainer.compile_meta_test,
+            )  # fmt: skip
             inner_loss = float(loss)
         if not math.isfinite(inner_loss):  # report the divergence; never average it away
             run.diverged_at = run.state.step

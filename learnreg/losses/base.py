@@ -43,8 +43,8 @@ def _check_labels(target: Tensor, classes: int) -> None:
     """Labels must index a logit column; out of range they would fail deep inside a
     scatter (or trip a device-side assert on a GPU). -100 (PyTorch's ``ignore_index``)
     marks an unlabelled row (transductive few-shot batches) and is allowed."""
-    if target.numel() == 0 or target.is_floating_point():
-        return
+    if target.numel() == 0 or target.is_floating_point() or torch.compiler.is_compiling():
+        return  # compiling: a data-dependent read would break the graph (the data was checked)
     try:
         labelled = target[target != -100]
         if labelled.numel() == 0:
@@ -69,8 +69,10 @@ def probs_and_onehot(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _traced(t: Tensor) -> bool:
-    """Inside ``torch.func`` transforms (vmap, grad) data-dependent checks cannot run."""
-    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+    """Inside ``torch.func`` transforms (vmap, grad) data-dependent checks cannot run; nor
+    while ``torch.compile`` traces (the compiled graph-free step of learnreg.core.compiled,
+    whose batches come from tasks the eager path already checked)."""
+    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
 def class_targets(pred: Tensor, target: Tensor) -> Tensor:

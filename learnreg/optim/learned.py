@@ -98,6 +98,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
             Meta-SGD's initial learning rate), so a fresh ``"mlp"`` rule with
             ``weight_decay=wd`` is ``AdamW(lr=lr · step_mult, weight_decay=wd)``.
         chunk_size: coordinates per chunk (default: the rule's own).
+        compile: run the rule's chunk update through ``torch.compile`` (its
+            per-coordinate features and moment updates fused around the MLP's matrix
+            products; equal to eager to float rounding, the first steps pay the compile
+            time; eager where compilation fails, with one warning). See
+            :meth:`~learnreg.optimizers.flat.FlatRule.apply_flat`.
 
     A parameter group may set ``lr`` and ``weight_decay``; any other option is refused
     (``ValueError``), since the rule would ignore it. Parameters without a gradient are left alone and their rule state does not
@@ -122,11 +127,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
         lr: float = 1.0,
         chunk_size: int | None = None,
         weight_decay: float = 0.0,
+        compile: bool = False,
     ):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
         everything = self._params()
         self.rule = resolve_rule(rule, everything).to(everything[0].device)
         self.chunk_size = chunk_size
+        self.compile = compile
         self._layout = FlatLayout()
 
     @classmethod
@@ -158,7 +165,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         param = torch.cat([p.detach().reshape(-1) for p in params]).to(dtype)
         idle = [i for i, p in enumerate(params) if p.grad is None]
         kept = self._save_slots(flat, idle)
-        update = self.rule.apply_flat(grad, param, flat, flat["sizes"], self.chunk_size)
+        update = self.rule.apply_flat(
+            grad, param, flat, flat["sizes"], self.chunk_size, self.compile
+        )
         self._restore_slots(flat, idle, kept)
         self._apply(update, flat["offsets"])
         return loss

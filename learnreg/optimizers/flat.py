@@ -10,7 +10,10 @@ The same two methods serve both paths:
   out of place and differentiable with respect to the rule's meta-parameters;
 * :meth:`FlatRule.apply_flat`, the graph-free path of
   :class:`learnreg.optim.LearnedOptimizer`, in place on the state and in chunks of
-  ``chunk_size`` coordinates so the rule's activations stay in cache.
+  ``chunk_size`` coordinates so the rule's activations stay in cache; with
+  ``compile=True`` each chunk runs through one graph compiled by ``torch.compile`` (the
+  per-coordinate features and moment updates fused into a few loops around the rule's
+  matrix products; an eager fallback where compilation fails).
 
 Per-tensor statistics a rule needs (a parameter tensor's RMS...) are computed by
 :meth:`FlatRule.prepare` over the whole vector before the chunks, with segment
@@ -24,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from learnreg.core.compiled import graph_free
 from learnreg.optimizers.base import OptimizerRole
 
 Params = dict[str, Tensor]
@@ -41,6 +45,10 @@ def segment_mean(values: Tensor, sizes: list[int] | Tensor) -> Tensor:
     lengths = torch.as_tensor(sizes, device=values.device)
     means = torch.segment_reduce(values, "mean", lengths=lengths, axis=0)
     return torch.repeat_interleave(means, lengths, dim=0, output_size=values.shape[0])
+
+
+def _chunk_update(rule, grad, param, slots, aux, step, where):
+    return rule.update(grad, param, slots, aux, step, where)
 
 
 class FlatRule(OptimizerRole):
@@ -136,7 +144,13 @@ class FlatRule(OptimizerRole):
     # -- the graph-free path (LearnedOptimizer) ----------------------------------------
     @torch.no_grad()
     def apply_flat(
-        self, grad: Tensor, param: Tensor, state: State, sizes: list[int], chunk_size=None
+        self,
+        grad: Tensor,
+        param: Tensor,
+        state: State,
+        sizes: list[int],
+        chunk_size=None,
+        compile: bool = False,
     ) -> Tensor:
         """The update of every coordinate, advancing ``state`` in place.
 
@@ -146,6 +160,8 @@ class FlatRule(OptimizerRole):
             sizes: the sizes of the tensors concatenated into the vectors.
             chunk_size: coordinates per chunk (default: :attr:`chunk_size`, times
                 :attr:`gpu_chunk_factor` off the CPU).
+            compile: run each chunk through ``torch.compile`` (equal to the eager rule
+                to float rounding; eager where compilation fails).
         """
         n = grad.numel()
         default = self.chunk_size
@@ -155,9 +171,10 @@ class FlatRule(OptimizerRole):
         step = state["step"] + 1
         aux = self.prepare(grad, param, sizes)
         out = torch.empty_like(grad)
+        rule = self._chunk_fn(compile)
         for start in range(0, n, chunk):
             where = slice(start, min(start + chunk, n))
-            update, slots = self.update(
+            update, slots = rule(
                 grad[where],
                 param[where],
                 {k: v[..., where] for k, v in state["slots"].items()},
@@ -170,6 +187,16 @@ class FlatRule(OptimizerRole):
                 state["slots"][name][..., where] = value
         state["step"].copy_(step)
         return out
+
+    def _chunk_fn(self, compile: bool):
+        """The chunk update: eager, or through ``torch.compile`` with the eager fallback
+        of :func:`learnreg.core.compiled.graph_free` (dynamo guards on the rule's
+        structure and the chunk's shape, so rules of one kind and size share a graph; a
+        chunked step has two: full chunks and the last one)."""
+        if not compile:
+            return self.update
+        run = graph_free(_chunk_update)
+        return lambda *args: run(self, *args)
 
     def weights(self, tensor: Tensor, dtype: torch.dtype) -> Tensor:
         """A meta-parameter in the compute dtype (differentiable cast)."""
