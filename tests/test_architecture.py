@@ -23,17 +23,6 @@ CORE_MAY_IMPORT = {
 #: a method is a choice of roles and estimator settings (a preset), never a branch there.
 METHODS = ("adalfl", "ml3", "maml", "npbml", "taylorglo", "evomal", "metasgd", "meta_sgd")
 
-#: Files of the loss search that still name the loss role's classes: issue 16's population
-#: branch makes Evolution role-generic and owns them (drop each entry as it goes).
-PENDING_ROLE_GENERIC = {
-    "learnreg/estimators/evaluators/population.py",
-    "learnreg/estimators/report.py",
-    "learnreg/estimators/filters.py",
-    "learnreg/estimators/searchers/base.py",
-    "learnreg/estimators/searchers/cmaes.py",
-    "learnreg/estimators/searchers/gp.py",
-}
-
 #: The package's modules at the top of learnreg/ are one unit each (runner, config...);
 #: learnreg/__init__.py is the public facade, whose imports all run lazily (on first use),
 #: so it is not a node of the graph (tested below).
@@ -207,8 +196,6 @@ def test_core_and_estimators_name_no_method_and_no_role_class(sub):
     assert {"NeuralLoss", "TaylorLoss", "LearnedLR", "LearnedInit"} <= roles  # the scan sees them
     bad = []
     for path in sorted((PACKAGE / sub).rglob("*.py")):
-        if str(path.relative_to(PACKAGE.parent)) in PENDING_ROLE_GENERIC:
-            continue
         words = _code_words(path)
         methods = {w for w in words for m in METHODS if m in w.lower()}
         named = words & roles
@@ -223,7 +210,7 @@ def test_estimators_import_no_role_package():
     roles = ("learnreg.losses", "learnreg.optimizers", "learnreg.inits", "learnreg.models")
     for name, path in modules.items():
         rel = str(path.relative_to(PACKAGE.parent))
-        if not name.startswith("learnreg.estimators") or rel in PENDING_ROLE_GENERIC:
+        if not name.startswith("learnreg.estimators"):
             continue
         for target, line in _imports(name, path):
             if _existing(target, modules).startswith(roles):
