@@ -23,6 +23,7 @@ import time
 import torch
 
 from learnreg.core.bias import Biases
+from learnreg.core.estimator import meta_step
 from learnreg.core.inner import inner_step
 from learnreg.core.objectives import TaskLoss
 from learnreg.core.outer import OuterOptimizer
@@ -87,7 +88,7 @@ def meta_steps(task, loss, optimizer, steps: int, horizon):
 
     def go():
         for _ in range(steps):
-            unroll.step(ctx)
+            meta_step(ctx, unroll)
 
     return go
 

@@ -54,7 +54,7 @@ def measure(name: str, fast_path: bool, device: torch.device) -> dict:
         plain.step()
 
     def meta_step():
-        unroll.step(trainer.ctx)
+        meta_step(trainer.ctx, unroll)
 
     return interleaved_ratio(meta_step, sgd_step, device=device)
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from fewshot_util import context, digits_family, flat_grads, roles, sine_family
 
+from learnreg.core.estimator import meta_step
 from learnreg.errors import ConfigError
 from learnreg.estimators import TruncatedUnroll
 from learnreg.estimators.batched import check_vmappable
@@ -16,7 +17,7 @@ from learnreg.models import BatchStatNorm
 def _step(family, biases, vmap, meta_batch=3, window=3, **kw):
     ctx = context(family, biases)
     unroll = TruncatedUnroll(window=window, horizon=window, meta_batch=meta_batch, vmap=vmap, **kw)
-    metrics = unroll.step(ctx)
+    metrics = meta_step(ctx, unroll)
     return metrics, flat_grads(biases.meta_parameters()), unroll.runs
 
 

@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from fewshot_util import context, digits_family, flat_grads, roles
 
+from learnreg.core.estimator import meta_step
 from learnreg.estimators import TruncatedUnroll
 from learnreg.tracking.checkpoint import load_checkpoint
 from learnreg.tracking.export import load_bias
@@ -42,7 +43,7 @@ def _meta_step(vmap: bool, rank: int = 0):
                 p.add_(1.0)
     ctx = context(family, biases)
     unroll = TruncatedUnroll(window=3, horizon=3, meta_batch=4, vmap=vmap)
-    metrics = unroll.step(ctx)
+    metrics = meta_step(ctx, unroll)
     return {
         "grads": flat_grads(biases.meta_parameters()),
         "params": torch.cat([p.detach().flatten() for p in biases.meta_parameters()]),

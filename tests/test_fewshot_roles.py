@@ -7,6 +7,7 @@ import pytest
 import torch
 from fewshot_util import context, digits_family, episodic_meta_loss, flat_grads, roles, sine_family
 
+from learnreg.core.estimator import meta_step
 from learnreg.estimators import TruncatedUnroll
 from learnreg.losses import CrossEntropy, TaskPlusLearned
 from learnreg.models import Conv4, FiLM, add_film
@@ -18,7 +19,7 @@ STEPS = 3
 
 def _meta_gradient(ctx, meta_batch=2, steps=STEPS):
     unroll = TruncatedUnroll(window=steps, horizon=steps, meta_batch=meta_batch)
-    unroll.step(ctx)
+    meta_step(ctx, unroll)
     return unroll
 
 

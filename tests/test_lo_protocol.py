@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from benchmarks.learning_regularizers import first_order_term
 from learnreg import config as configlib
+from learnreg.core.estimator import meta_step
 from learnreg.core.inner import forward
 from learnreg.core.task import Split
 from learnreg.eval import sharpness
@@ -49,7 +50,7 @@ def test_the_meta_objective_judges_the_training_batch_when_configured(objective)
     for where in ("train", "val"):
         exp = _lo_experiment(objective, where)
         ctx = exp.trainer.ctx
-        meta_loss = exp.trainer.estimator.step(ctx)["meta_loss"]
+        meta_loss = meta_step(ctx, exp.trainer.estimator)["meta_loss"]
         run = exp.trainer.estimator.runs[0]
         x, y = run.last_batch
         if objective["_component_"] == "task_loss":  # the no-teacher arm: the training loss

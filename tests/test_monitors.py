@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import replace
@@ -18,7 +19,7 @@ from learnreg.core.objectives import TaskLoss
 from learnreg.core.task import SingleTask, Split
 from learnreg.core.trainer import MetaTrainer
 from learnreg.errors import NumericalError
-from learnreg.estimators.base import Estimator
+from learnreg.estimators.base import Estimate, Estimator, meta_step
 from learnreg.eval.best_checkpoint import BestCheckpoint
 from learnreg.eval.dead_loss import DeadLossMonitor, is_dead, loss_slopes
 from learnreg.eval.meta_test import evaluate
@@ -82,14 +83,15 @@ class KillAt(Estimator):
     def __init__(self, at: int):
         self.at, self.steps = at, 0
 
-    def step(self, ctx):
+    def estimate(self, ctx):
         self.steps += 1
+        loss = copy.deepcopy(ctx.biases.loss)
         with torch.no_grad():
-            for p in ctx.biases.loss.parameters():
+            for p in loss.parameters():
                 p.add_(0.01)  # the meta-parameters move every step
         if self.steps == self.at:
-            kill(ctx.biases.loss)
-        return {"loss": 0.0}
+            kill(loss)
+        return Estimate(metrics={"loss": 0.0}, states={"loss": loss.state_dict()})
 
 
 def _trainer(policy: str, logger=None, at: int = 3) -> MetaTrainer:
@@ -148,11 +150,12 @@ def test_stop_raises_a_clear_error():
 
 def test_restart_escalates_to_stop_when_the_loss_keeps_dying():
     class AlwaysKill(KillAt):
-        def step(self, ctx):
+        def estimate(self, ctx):
             self.steps += 1
+            loss = copy.deepcopy(ctx.biases.loss)
             if self.steps >= self.at:
-                kill(ctx.biases.loss)
-            return {"loss": 0.0}
+                kill(loss)
+            return Estimate(metrics={"loss": 0.0}, states={"loss": loss.state_dict()})
 
     trainer = _trainer("restart")
     trainer.estimator = AlwaysKill(2)
@@ -165,21 +168,26 @@ def test_restart_escalates_to_stop_when_the_loss_keeps_dying():
 class OnlineKill(Estimator):
     """A constructed online meta-test: plain inner steps; inner step ``at`` kills the loss."""
 
+    online = True
+
     def __init__(self, at: int):
         self.at = at
 
     def attach(self, run):
         self.run = run
 
-    def step(self, ctx):
+    def estimate(self, ctx):
         run = self.run
         with torch.no_grad():
             run.state, loss = inner_step(
                 run.model, run.state, run.next_train(), ctx.biases.loss, ctx.biases.optimizer
             )
+        states = None
         if run.state.step == self.at:
-            kill(ctx.biases.loss)
-        return {"base_loss": float(loss)}
+            killed = copy.deepcopy(ctx.biases.loss)
+            kill(killed)
+            states = {"loss": killed.state_dict()}
+        return Estimate(metrics={"inner_loss": float(loss)}, states=states)
 
 
 @pytest.mark.parametrize("policy", ["warn", "restart", "stop"])
@@ -231,11 +239,10 @@ class Scripted(Estimator):
     def __init__(self):
         self.steps = 0
 
-    def step(self, ctx):
+    def estimate(self, ctx):
         self.steps += 1
-        with torch.no_grad():
-            ctx.biases.loss.scale.fill_(self.scales[self.steps])
-        return {"loss": 0.0}
+        scale = torch.tensor(self.scales[self.steps], dtype=torch.float64)
+        return Estimate(metrics={"loss": 0.0}, states={"loss": {"scale": scale}})
 
     def state_dict(self):
         return {"steps": self.steps}
@@ -310,7 +317,7 @@ def test_best_checkpoint_survives_a_checkpoint_and_resume(tmp_path):
     first = trainer()
     first.target_meta_steps = 4  # interrupted after 2 of 4 meta-steps
     while first.meta_step < 2:
-        first.estimator.step(first.ctx)
+        meta_step(first.ctx, first.estimator)
         first.meta_step += 1
         for monitor in first.monitors:
             monitor.after_meta_step(first)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from fewshot_util import Float64, context, episodic_meta_loss
 
 from learnreg.core.bias import Biases
+from learnreg.core.estimator import meta_step
 from learnreg.core.inner import frozen_names, init_state, inner_loop
 from learnreg.data import FewShotEpisodes
 from learnreg.errors import ConfigError
@@ -184,7 +185,7 @@ def test_npbml_meta_gradients_match_central_finite_differences():
         for p in biases.meta_parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
     ctx = context(family, biases)
-    TruncatedUnroll(window=STEPS, horizon=STEPS, meta_batch=2).step(ctx)
+    meta_step(ctx, TruncatedUnroll(window=STEPS, horizon=STEPS, meta_batch=2))
     names = dict(zip(biases.init.names, biases.init.theta))
     picks = [names[k] for k in names if ".warp." in k or ".film." in k or ".conv." in k]
     picks += list(loss.parameters())

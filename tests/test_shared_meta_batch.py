@@ -9,6 +9,7 @@ import torch
 from fewshot_util import context, digits_family, flat_grads, roles, sine_family
 
 from learnreg.core.bias import Biases
+from learnreg.core.estimator import meta_step
 from learnreg.core.inner import init_state, inner_step
 from learnreg.core.objectives import TaskLoss
 from learnreg.core.task import BatchStream, Split
@@ -71,7 +72,7 @@ def test_shared_model_meta_batch_equals_per_task_modules(setting, objective_batc
         average=average,
         vmap=vmap,
     )
-    metrics = unroll.step(ctx)
+    metrics = meta_step(ctx, unroll)
     assert len({id(run.model) for run in unroll.runs}) == 1  # one model for the meta-batch
     grads = flat_grads(biases.meta_parameters())
     assert ref.abs().max() > 1e-4
@@ -125,14 +126,14 @@ def test_resumed_meta_batch_continues_bit_for_bit(vmap):
         return TruncatedUnroll(window=2, horizon=6, meta_batch=3, vmap=vmap)
 
     live = estimator()
-    live.step(ctx)
+    meta_step(ctx, live)
     saved = live.state_dict()
-    live.step(ctx)
+    meta_step(ctx, live)
     expected = flat_grads(biases.meta_parameters())
     resumed = estimator()
     resumed.load_state_dict(saved, context(family, biases))
     assert [r.state.step for r in resumed.runs] == [2, 2, 2]
-    resumed.step(ctx)
+    meta_step(ctx, resumed)
     assert expected.abs().max() > 1e-4
     assert torch.equal(flat_grads(biases.meta_parameters()), expected)
     for a, b in zip(live.runs, resumed.runs):

@@ -11,6 +11,7 @@ from conftest import tiny_task
 from torch.func import functional_call
 
 from learnreg.core.bias import Biases
+from learnreg.core.estimator import meta_step
 from learnreg.core.inner import inner_loop
 from learnreg.core.objectives import TaskLoss
 from learnreg.core.outer import OuterOptimizer
@@ -156,12 +157,12 @@ def test_horizon_resets_runs_and_meta_batch_averages():
     biases = _neural_biases(task, SGD(lr=0.1))
     ctx = _context(task, biases)
     unroll = TruncatedUnroll(window=2, horizon=4, meta_batch=2)
-    unroll.step(ctx)
+    meta_step(ctx, unroll)
     first = list(unroll.runs)  # held, so that new runs cannot reuse their ids
-    unroll.step(ctx)
+    meta_step(ctx, unroll)
     assert all(a is b for a, b in zip(unroll.runs, first)) and len(unroll.runs) == len(first)
     assert all(r.state.step == 4 for r in unroll.runs)
-    unroll.step(ctx)
+    meta_step(ctx, unroll)
     assert not any(r is old for r in unroll.runs for old in first)
     assert [r.index for r in unroll.runs] == [2, 3]
 

@@ -24,7 +24,7 @@ import torch
 
 from learnreg.core.bias import Biases
 from learnreg.core.inner import InnerRun, init_state
-from learnreg.core.metaparams import MetaParams
+from learnreg.core.metaparams import MetaParams, meta_parameters
 from learnreg.core.outer import OuterOptimizer
 from learnreg.errors import ConfigError
 
@@ -148,15 +148,14 @@ def meta_step(ctx: MetaContext, estimator: Estimator) -> dict[str, float]:
 
     A gradient goes to the outer optimizer (clipping, cross-rank averaging and the
     non-finite guard live there); a search's values are loaded into the roles. Then
-    :meth:`Estimator.applied` sees the outcome. Estimators written against the older
-    contract, whose ``step(ctx)`` updated the meta-parameters itself, still run.
+    :meth:`Estimator.applied` sees the outcome.
 
     Returns:
         The estimate's metrics and the outer step's (``grad_norm``, ``skipped``...).
     """
-    if type(estimator).estimate is Estimator.estimate and hasattr(estimator, "step"):
-        return estimator.step(ctx)  # the older contract
     if ctx.outer is not None:
+        if not ctx.outer.named:  # built from a bare parameter list: match by the roles' names
+            ctx.outer.named = meta_parameters(ctx.biases)
         ctx.outer.begin()
     estimate = estimator.estimate(ctx)
     metrics = dict(estimate.metrics)

@@ -90,7 +90,8 @@ class OuterOptimizer:
                         f"the estimate has a gradient for {role}.{name}, which is not a "
                         "meta-parameter of this run"
                     ) from None
-                grad = grad.detach().to(p.dtype)
+                # dense and in the parameter's layout, as autograd leaves a .grad
+                grad = grad.detach().to(p.dtype).contiguous()
                 p.grad = grad if p.grad is None else p.grad + grad
         return self.step(meta_loss)
 

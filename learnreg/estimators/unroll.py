@@ -142,22 +142,6 @@ class TruncatedUnroll(Estimator):
         # inner_loss: the inner loop's own (learned) loss, in that loss's units.
         return Estimate(grads, {"meta_loss": meta_loss, "inner_loss": float(sum(base) / len(base))})
 
-    def step(self, ctx: MetaContext) -> dict[str, float]:
-        """One meta-step driven by ``ctx.outer``'s older interface (``zero_grad``, then
-        ``.grad``, then ``step(meta_loss)``), for callers that hold such an outer
-        optimizer (the loss search's per-candidate local search). The trainer uses
-        :meth:`estimate`; this goes away with the last such caller."""
-        ctx.outer.zero_grad()
-        estimate = self.estimate(ctx)
-        for role, named in meta_parameters(ctx.biases).items():
-            for name, p in named.items():
-                grad = (estimate.grads.get(role) or {}).get(name)
-                if grad is not None:
-                    p.grad = grad
-        info = ctx.outer.step(estimate.metrics["meta_loss"])
-        self.applied(ctx, info)
-        return {**estimate.metrics, **info}
-
     def applied(self, ctx: MetaContext, info: dict) -> None:
         """A refused outer step (non-finite meta-gradient) may mean garbage inner states:
         meta-training starts fresh runs (an attached meta-test run goes on)."""
