@@ -27,9 +27,7 @@ References:
 from __future__ import annotations
 
 import copy
-import logging
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 from learnreg import components
@@ -40,22 +38,14 @@ from learnreg.estimators.base import Estimate, Estimator, MetaContext, derive_se
 from learnreg.estimators.evaluators.backends import Evaluator, split
 from learnreg.estimators.evaluators.fitness import Evaluation, FitnessProblem, LocalSearch
 from learnreg.estimators.filters import Equivalent, make_filter
+from learnreg.estimators.generation import (
+    Candidate,
+    generation_metrics,
+    log_population,
+    log_rejections,
+)
 from learnreg.estimators.searchers.base import Searcher
 from learnreg.registry import register
-
-log = logging.getLogger("learnreg.search")
-
-
-@dataclass
-class Candidate:
-    """One genome's journey through a generation."""
-
-    genome: object
-    key: str | None
-    fitness: float = math.nan
-    status: str = "pending"  # evaluated, cached, equivalent, rejected or discarded
-    reason: str = ""
-    state: dict | None = None  # the candidate's tensors (after local search, if any)
 
 
 @register("estimator", "evolution")
@@ -103,7 +93,7 @@ class Evolution(Estimator):
         self.searcher = _component("searcher", searcher)
         self.evaluator = _component("evaluator", evaluator)
         self.filters = [make_filter(spec) for spec in filters]
-        self.local_search = _local_search(local_search)
+        self.local_search = LocalSearch.from_spec(local_search)
         self.fitness_steps, self.fitness_seeds = fitness_steps, fitness_seeds
         self.use_cache, self.val_batch, self.role = cache, val_batch, role
         self.compile = compile
@@ -219,18 +209,8 @@ class Evolution(Estimator):
 
     def _remember(self, candidates: list[Candidate]) -> None:
         """Log rejected and discarded candidates with their reasons; fill the cache."""
+        log_rejections(self.generation, candidates, self.searcher.describe)
         for c in candidates:
-            if c.status in ("rejected", "discarded"):
-                level = logging.WARNING if c.status == "discarded" else logging.INFO
-                described = self.searcher.describe(c.genome)
-                log.log(
-                    level,
-                    "generation %d: %s %s: %s",
-                    self.generation,
-                    c.status,
-                    described,
-                    c.reason,
-                )
             if c.key is not None and c.status != "cached":
                 self.cache[c.key] = [c.fitness, c.reason]
 
@@ -246,39 +226,11 @@ class Evolution(Estimator):
             }
 
     def _metrics(self, candidates: list[Candidate]) -> dict[str, float]:
-        count = {
-            s: sum(c.status == s for c in candidates)
-            for s in ("evaluated", "cached", "equivalent", "rejected", "discarded")
-        }
-        scores = [c.fitness for c in candidates if math.isfinite(c.fitness)]
-        total = (self.history[-1]["search/total_evaluated"] if self.history else 0) + count[
-            "evaluated"
-        ]
-        return {
-            "search/best_fitness": self.best.get("fitness", math.nan),
-            "search/generation_best": min(scores, default=math.nan),
-            "search/mean_fitness": sum(scores) / len(scores) if scores else math.nan,
-            **{f"search/{s}": float(n) for s, n in count.items()},
-            "search/total_evaluated": float(total),
-        }
+        before = self.history[-1]["search/total_evaluated"] if self.history else 0
+        return generation_metrics(candidates, self.best.get("fitness", math.nan), before)
 
     def _log_table(self, candidates: list[Candidate], ctx: MetaContext) -> None:
-        logger = getattr(ctx, "logger", None)
-        if logger is None or not hasattr(logger, "log_table"):
-            return
-        rows = [
-            [
-                self.generation,
-                i,
-                self.searcher.describe(c.genome),
-                c.fitness if math.isfinite(c.fitness) else None,
-                c.status,
-                c.reason,
-            ]
-            for i, c in enumerate(candidates)
-        ]
-        columns = ["generation", "candidate", "genome", "fitness", "status", "reason"]
-        logger.log_table("search/population", columns, rows, meta_step=self.generation)
+        log_population(ctx.logger, self.generation, candidates, self.searcher.describe)
 
     def close(self) -> None:
         """Close the evaluator (its process pool or local Ray instance)."""
@@ -320,26 +272,3 @@ def _component(kind: str, spec):
     if isinstance(spec, (str, dict)):
         return components.instantiate(kind, spec)
     return spec
-
-
-def _local_search(spec: dict | None) -> LocalSearch | None:
-    if spec is None:
-        return None
-    if not isinstance(spec, dict):
-        raise ConfigError(
-            f"local_search must be a mapping such as {{steps: 250, lr: 0.001}}, got {spec!r}"
-        )
-    spec = dict(spec)
-    if "objective" in spec:
-        spec["objective"] = components.instantiate("objective", spec["objective"])
-    try:
-        search = LocalSearch(**spec)
-    except TypeError as exc:
-        raise ConfigError(
-            f"local_search: {exc}; valid keys: steps, lr, objective, objective_batch, clip"
-        ) from None
-    if not getattr(search.objective, "differentiable", True):
-        raise ConfigError(
-            "local_search needs a differentiable objective (e.g. task_loss), not task_error"
-        )
-    return search

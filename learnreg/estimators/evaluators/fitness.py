@@ -25,11 +25,13 @@ from typing import Literal
 import torch
 from torch import nn
 
+from learnreg import components
 from learnreg.core.bias import Biases
 from learnreg.core.compiled import graph_free
 from learnreg.core.estimator import derive_seed
 from learnreg.core.objectives import TaskLoss
 from learnreg.core.task import Task
+from learnreg.errors import ConfigError
 from learnreg.estimators.evaluators.population import Population
 
 
@@ -51,6 +53,34 @@ class LocalSearch:
     objective: nn.Module = field(default_factory=TaskLoss)
     objective_batch: Literal["train", "val"] = "train"
     clip: float | None = None
+
+    @classmethod
+    def from_spec(cls, spec: dict | None) -> LocalSearch | None:
+        """A config's ``local_search`` mapping, checked (None: off).
+
+        Raises:
+            ConfigError: not a mapping, an unknown key, or an objective without gradients.
+        """
+        if spec is None:
+            return None
+        if not isinstance(spec, dict):
+            raise ConfigError(
+                f"local_search must be a mapping such as {{steps: 250, lr: 0.001}}, got {spec!r}"
+            )
+        spec = dict(spec)
+        if "objective" in spec:
+            spec["objective"] = components.instantiate("objective", spec["objective"])
+        try:
+            search = cls(**spec)
+        except TypeError as exc:
+            raise ConfigError(
+                f"local_search: {exc}; valid keys: steps, lr, objective, objective_batch, clip"
+            ) from None
+        if not getattr(search.objective, "differentiable", True):
+            raise ConfigError(
+                "local_search needs a differentiable objective (e.g. task_loss), not task_error"
+            )
+        return search
 
 
 @dataclass
