@@ -27,10 +27,10 @@ from torch import Tensor
 
 from learnreg.core import distributed, metaparams
 from learnreg.core.estimator import Estimate, Estimator, MetaContext, derive_seed
-from learnreg.core.inner import InnerRun, InnerState, inner_step
+from learnreg.core.inner import InnerRun, InnerState
 from learnreg.core.population import map_members, unstack
 from learnreg.errors import ConfigError
-from learnreg.estimators.batched import check_vmappable
+from learnreg.estimators.batched import check_vmappable, unroll_window, window_data
 
 
 def check_pair_args(
@@ -164,49 +164,29 @@ class AntitheticPairs(Estimator):
 
     def _advance_task(self, ctx: MetaContext, runs: list[InnerRun], values: list) -> tuple:
         """One window of every copy on one task (a shared model), vmapped over copies."""
-        biases, objective, window = ctx.biases, ctx.objective, self.window
-        model, task, step0 = runs[0].model, runs[0].task, runs[0].state.step
-        average, scored = self.average, self.window if self.average else 1
+        biases, model, task, step0 = ctx.biases, runs[0].model, runs[0].task, runs[0].state.step
+        avg = self.average
         if self.vmap:
             check_vmappable(model)
-        members = []
-        for run, v in zip(runs, values):
-            batches = run.train.take(window)
-            run.last_batch = (batches[0][-1], batches[1][-1])
-            if self.objective_batch == "val":
-                targets = run.val.take(scored)
-            else:  # the scored steps' own training batches
-                targets = batches if average else (batches[0][-1:], batches[1][-1:])
-            s = run.state
-            members.append((v, s.params, s.buffers, s.opt_state, batches, targets))
+        members = [
+            (v, r.state.params, r.state.buffers, r.state.opt_state)
+            + window_data(r, self.window, self.objective_batch, self.average)
+            for r, v in zip(runs, values)
+        ]
 
         def one_window(v, params, buffers, opt_state, batches, targets):
-            def unroll():
-                state, total, k = InnerState(params, buffers, opt_state, step0), 0.0, 0
-                for i in range(window):
-                    batch = (batches[0][i], batches[1][i])
-                    state, base_loss = inner_step(
-                        model, state, batch, biases.loss, biases.optimizer
-                    )
-                    if average or i == window - 1:
-                        total = total + objective(
-                            model, state, (targets[0][k], targets[1][k]), task
-                        )
-                        k += 1
-                return (
-                    total / window if average else total,
-                    base_loss,
-                    state.params,
-                    state.opt_state,
-                )
-
-            return metaparams.call_at(biases, v, unroll)
+            state = InnerState(params, buffers, opt_state, step0)
+            roles = biases.loss, biases.optimizer, ctx.objective
+            meta_loss, base_loss, state = metaparams.call_at(
+                biases, v, lambda: unroll_window(model, task, *roles, state, batches, targets, avg)
+            )
+            return meta_loss, base_loss, state.params, state.opt_state
 
         meta_loss, base_loss, params, opt_state = map_members(
             lambda m: one_window(*m), members, vectorize=self.vmap
         )
         for run, p, o in zip(runs, unstack(params, len(runs)), unstack(opt_state, len(runs))):
-            run.state = InnerState(p, run.state.buffers, o, step0 + window)
+            run.state = InnerState(p, run.state.buffers, o, step0 + self.window)
         return meta_loss, base_loss
 
     # -- runs --------------------------------------------------------------------------

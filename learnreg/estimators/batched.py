@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from learnreg.core.inner import InnerRun, InnerState, inner_step
+from learnreg.core.population import stack, unstack
 from learnreg.errors import ConfigError
 
 
@@ -54,6 +55,55 @@ def check_vmappable(model: nn.Module) -> None:
             )
 
 
+def window_data(run: InnerRun, window: int, objective_batch: str, average: bool):
+    """A run's data for one window, gathered at once (the batches of ``window`` calls of
+    ``next``, :meth:`~learnreg.core.task.BatchStream.take`), in the order the sequential
+    unroll draws them; sets ``run.last_batch``.
+
+    Returns:
+        ``(batches, targets)``: the window's training batches ``(steps, batch, ...)`` and
+        the batches the objective scores (one per scored step: every step when
+        ``average``, else the last).
+    """
+    batches = run.train.take(window)
+    run.last_batch = (batches[0][-1], batches[1][-1])
+    if objective_batch == "val":
+        return batches, run.val.take(window if average else 1)
+    x, y = batches  # the objective scores the training batches of the scored steps
+    return batches, (batches if average else (x[-1:], y[-1:]))
+
+
+def unroll_window(
+    model,
+    task,
+    loss,
+    optimizer,
+    objective,
+    state: InnerState,
+    batches,
+    targets,
+    average: bool,
+    first_order: bool = False,
+):
+    """``len(batches)`` inner steps from ``state`` and the window's meta-loss (the mean over
+    the scored steps when ``average``, else the last one's), as one pure function that
+    ``vmap`` can batch over runs or over perturbed meta-parameters.
+
+    Returns:
+        ``(meta_loss, last base loss, state)``.
+    """
+    window = batches[0].shape[0]
+    total, scored = 0.0, 0
+    for i in range(window):
+        state, base_loss = inner_step(
+            model, state, (batches[0][i], batches[1][i]), loss, optimizer, first_order=first_order
+        )
+        if average or i == window - 1:
+            total = total + objective(model, state, (targets[0][scored], targets[1][scored]), task)
+            scored += 1
+    return (total / window if average else total), base_loss, state
+
+
 def unroll_batched(
     runs: list[InnerRun],
     loss,
@@ -70,8 +120,7 @@ def unroll_batched(
     ``scale · Σ_runs ∂(meta-loss)/∂leaves``.
 
     Each run draws its batches from its own streams in the same order as the sequential
-    unroll, so both paths see identical data; a run's ``window`` batches are gathered at
-    once (:meth:`~learnreg.core.task.BatchStream.take`).
+    unroll, so both paths see identical data (:func:`window_data`).
 
     Args:
         runs: inner runs with equal shapes (:func:`stackable`).
@@ -87,51 +136,23 @@ def unroll_batched(
         One gradient per leaf (None where no run depends on it), and per-run meta-losses
         and last base losses. The runs continue from their new, detached states.
     """
-    model, task = runs[0].model, runs[0].task
+    model, task, step0 = runs[0].model, runs[0].task, runs[0].state.step
     check_vmappable(model)
-    # One gather per run and split for the whole window (the batches of ``window`` calls
-    # of ``next``), stacked over runs: (runs, steps, batch, ...).
-    train = [run.train.take(window) for run in runs]
-    for run, (x, y) in zip(runs, train):
-        run.last_batch = (x[-1], y[-1])
-    n_scored = window if average else 1
-    val = [run.val.take(n_scored) for run in runs] if objective_batch == "val" else None
-    stack = lambda *xs: torch.stack(xs)  # noqa: E731
-    batches = optree.tree_map(stack, *train)
-    if val is None:  # the objective scores the training batches of the scored steps
-        x, y = batches
-        targets = (x, y) if average else (x[:, -1:], y[:, -1:])
-    else:
-        targets = optree.tree_map(stack, *val)
-    states = [run.state for run in runs]
-    params = optree.tree_map(stack, *[s.params for s in states])
-    buffers = optree.tree_map(stack, *[s.buffers for s in states])
-    opt_state = optree.tree_map(stack, *[s.opt_state for s in states])
-    step0 = states[0].step
+    members = [
+        (r.state.params, r.state.buffers, r.state.opt_state)
+        + window_data(r, window, objective_batch, average)
+        for r in runs
+    ]
 
     def one_run(params, buffers, opt_state, batches, targets):
-        state, total, scored = InnerState(params, buffers, opt_state, step0), 0.0, 0
-        for i in range(window):
-            batch = (batches[0][i], batches[1][i])
-            state, base_loss = inner_step(
-                model, state, batch, loss, optimizer, first_order=first_order
-            )
-            if average or i == window - 1:
-                target = (targets[0][scored], targets[1][scored])
-                total = total + objective(model, state, target, task)
-                scored += 1
-        meta_loss = total / window if average else total
+        state = InnerState(params, buffers, opt_state, step0)
+        meta_loss, base_loss, state = unroll_window(
+            model, task, loss, optimizer, objective, state, batches, targets, average, first_order
+        )
         return meta_loss, base_loss, state.params, state.opt_state
 
-    meta_loss, base_loss, new_params, new_opt = torch.func.vmap(one_run)(
-        params, buffers, opt_state, batches, targets
-    )
+    meta_loss, base_loss, new_params, new_opt = torch.func.vmap(one_run)(*stack(members))
     grads = torch.autograd.grad(scale * meta_loss.sum(), leaves, allow_unused=True)
-    for i, run in enumerate(runs):
-        run.state = InnerState(
-            {k: v[i] for k, v in new_params.items()},
-            {k: v[i] for k, v in buffers.items()},
-            optree.tree_map(lambda t, i=i: t[i], new_opt),
-            step0 + window,
-        ).detach()
+    for run, params, opt_state in zip(runs, unstack(new_params), unstack(new_opt, len(runs))):
+        run.state = InnerState(params, run.state.buffers, opt_state, step0 + window).detach()
     return list(grads), meta_loss.detach().tolist(), base_loss.detach().tolist()
