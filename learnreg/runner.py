@@ -32,7 +32,6 @@ from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from learnreg import config as configlib
@@ -40,16 +39,17 @@ from learnreg.controls import control_config
 from learnreg.core import distributed
 from learnreg.core.trainer import resolve_device
 from learnreg.errors import ConfigError, LearnregError, NumericalError, RunLockedError
-from learnreg.eval import comparison, meta_test, probes
-from learnreg.eval.baselines import base_lr, lr_grid, primary_metric, tune_seed
+from learnreg.eval import meta_test, probes
+from learnreg.eval.baselines import base_lr, lr_grid, tune_seed
 from learnreg.eval.comparison import format_summary  # noqa: F401 - learnreg.runner.format_summary
-from learnreg.experiment import Experiment, baseline_optimizer, build
+from learnreg.experiment import Experiment, build
 from learnreg.imports import import_recorded
 from learnreg.plots import plot
+from learnreg.run_summary import summarize_run
 from learnreg.threads import configure_threads
 from learnreg.tracking.atomic import atomic_write_bytes
 from learnreg.tracking.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from learnreg.tracking.export import load_bias, save_bias, save_state
+from learnreg.tracking.export import save_bias, save_state
 from learnreg.tracking.lock import RunLock
 from learnreg.tracking.loggers import (
     ConsoleLogger,
@@ -411,94 +411,7 @@ class Run:
         }
 
     def _summary(self) -> dict:
-        per_seed = self.progress_state["meta_test"]
-        stats = meta_test.aggregate(per_seed)
-        learned = stats.get("learned", {})
-        n_test = self._n_test()
-        baselines = self._baselines(stats, n_test)
-        learned_rows = [r["learned"] for r in per_seed]
-        summary = {
-            "method": self.cfg["method"],
-            "task": self.exp.family.name,
-            "seed": self.cfg["seed"],
-            "meta_steps": self.exp.trainer.meta_step,
-            "meta_test_steps": self.cfg["meta_test"]["steps"],
-            "meta_test_seeds": len(per_seed),
-            "test": learned.get("test", {}),
-            "test_std": learned.get("test_std", {}),
-            "test_ci95": learned.get("test_ci95", {}),
-            "n": len(per_seed),
-            "n_test": n_test,
-            "diverged": learned.get("diverged", 0),
-            "baselines": baselines,
-            # old readers: `baseline` is the tuned baseline (same settings when untuned)
-            "baseline": baselines.get("tuned", baselines.get("same_settings", {})),
-            "paired": comparison.paired_table(learned_rows, baselines),
-            "per_seed": per_seed,
-            "meta_train_seconds": self.progress_state["meta_train_seconds"],
-            "meta_test_seconds": self.progress_state["meta_test_seconds"],
-            "tune_seconds": self.progress_state.get("tune_seconds", 0.0),
-            "controls_seconds": sum(
-                b["settings"].get("seconds", 0.0) for b in baselines.values() if "settings" in b
-            ),
-            "device": str(self.exp.trainer.device),
-            "torch": torch.__version__,
-        }
-        tuned_learned = self.progress_state.get("tuning", {}).get("learned_tuned")
-        if tuned_learned:  # both sides tuned with the same grid and budget
-            summary["learned_tuned"] = comparison.tuned_block(
-                tuned_learned["lrs"], tuned_learned["seeds"], self._metric(), n_test, {}
-            )
-            summary["paired"]["learned_tuned_vs_tuned"] = comparison.paired_table(
-                summary["learned_tuned"]["per_seed"],
-                {"tuned": baselines.get("tuned", {"per_seed": []})},
-            ).get("tuned", {})
-        return summary
-
-    def _metric(self) -> str:
-        return primary_metric(self.exp.family.meta_test_task(0).kind)
-
-    def _n_test(self) -> int:
-        """Test examples behind each seed's test metrics (one meta-test task's split)."""
-        return len(self.exp.family.meta_test_task(0).test)
-
-    def _baselines(self, stats: dict, n_test: int) -> dict:
-        """``same_settings``, ``tuned`` and each control, in the same block shape."""
-        out = {}
-        if "baseline" in stats:
-            spec = baseline_optimizer(self.cfg, self.exp.trainer.biases)
-            settings = {"optimizer": spec, "loss": self.cfg["baseline"]["loss"] or "task loss"}
-            lr = self.exp.baseline.optimizer.init_args.get("lr")
-            out["same_settings"] = comparison.block(
-                stats["baseline"]["per_seed"], n_test, {**settings, "lr": lr}
-            )
-        tuned = self.progress_state.get("tuning", {}).get("tuned")
-        if tuned:
-            out["tuned"] = comparison.tuned_block(
-                tuned["lrs"],
-                tuned["seeds"],
-                self._metric(),
-                n_test,
-                {"optimizer": baseline_optimizer(self.cfg, self.exp.trainer.biases)},
-            )
-        for name in self.cfg["baseline"]["controls"] if "baseline" in stats else []:
-            sub_dir = self.out / "controls" / name
-            sub = json.loads((sub_dir / "summary.json").read_text())
-            exported = sub_dir / "learned"  # `optimizer_offline` when it adapted online
-            offline = exported / "optimizer_offline"
-            path = offline if offline.with_suffix(".json").exists() else exported / "optimizer"
-            rule = load_bias(path, "optimizer")
-            settings = {
-                "run_dir": f"controls/{name}",
-                "optimizer": configlib.read_yaml(sub_dir / "config.yaml")["optimizer"],
-                "meta_learned_scale": rule.scale,
-                "meta_learned_lr": rule.lr,
-                "meta_steps": sub["meta_steps"],
-                "meta_train_seconds": sub["meta_train_seconds"],
-                "seconds": sub["meta_train_seconds"] + sub["meta_test_seconds"],
-            }
-            out[name] = comparison.block([r["learned"] for r in sub["per_seed"]], n_test, settings)
-        return out
+        return summarize_run(self.cfg, self.exp, self.progress_state, self.out)
 
     def _print(self, summary: dict) -> None:
         if "console" not in self.cfg["logger"]["backends"]:
