@@ -128,10 +128,9 @@ class OuterOptimizer:
 
     def _apply(self, meta_loss: float) -> dict[str, float]:
         grads = [p.grad for p in self.params if p.grad is not None]
+        # foreach: one call for all the leaves (the per-leaf norms are the same values)
         norm = (
-            torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g) for g in grads])
-            ).item()
+            torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item()
             if grads
             else 0.0
         )
@@ -140,13 +139,15 @@ class OuterOptimizer:
                 f"non-finite meta-loss {meta_loss} or meta-gradient norm {norm}", norm
             )
         if self.clip_grad_norm is not None and norm > self.clip_grad_norm:
-            for g in grads:
-                g.mul_(self.clip_grad_norm / (norm + 1e-12))
+            torch._foreach_mul_(grads, self.clip_grad_norm / (norm + 1e-12))
         self.optimizer.step()
-        if not all(torch.isfinite(p).all() for p in self.params):
+        with torch.no_grad():
+            # all finite ⟺ every max |p| is finite (NaN propagates through the max): one check
+            finite = bool(torch.stack(torch._foreach_norm(self.params, math.inf)).isfinite().all())
+            if finite:
+                torch._foreach_copy_(self.last_good, self.params)
+        if not finite:
             return self._refuse("the meta-parameters became non-finite after the update", norm)
-        for saved, p in zip(self.last_good, self.params):
-            saved.copy_(p.detach())
         self.bad_steps = 0
         return {"grad_norm": norm, "skipped": 0.0}
 

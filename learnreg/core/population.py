@@ -42,9 +42,14 @@ def stack(members: list):
 def unstack(tree, n: int | None = None) -> list:
     """The inverse of :func:`stack`: ``n`` members (default: the leading size)."""
     leaves, spec = optree.tree_flatten(tree)
-    if n is None:
-        n = leaves[0].shape[0] if leaves else 0
-    return [optree.tree_unflatten(spec, [leaf[i] for leaf in leaves]) for i in range(n)]
+    if not leaves:
+        return [optree.tree_unflatten(spec, []) for _ in range(n or 0)]
+    # one unbind per leaf (views, as leaf[i] would be) rather than one indexing per member
+    parts = [leaf.unbind(0) for leaf in leaves]
+    if n is not None and n > len(parts[0]):
+        raise IndexError(f"unstack: asked for {n} members, the leaves hold {len(parts[0])}")
+    members = list(zip(*parts))[:n]
+    return [optree.tree_unflatten(spec, list(member)) for member in members]
 
 
 def map_members(

@@ -27,15 +27,19 @@ class Split:
     y: Tensor
 
     def __post_init__(self):
-        if len(self.x) != len(self.y):
+        # shape[0], not len(): Tensor.__len__ is a Python-level call, and a meta-batch
+        # builds a few splits per task every meta-step
+        if self.x.shape[0] != self.y.shape[0]:
             raise ShapeError(
                 f"split has {len(self.x)} inputs but {len(self.y)} targets; they must align row by row"
             )
 
     def __len__(self) -> int:
-        return len(self.x)
+        return self.x.shape[0]
 
     def to(self, device) -> Split:
+        if self.x.device == self.y.device == torch.device(device):
+            return self  # already there: no copy (tensors are never written in place)
         return Split(self.x.to(device), self.y.to(device))
 
 
@@ -70,6 +74,11 @@ class Task:
         return self.num_classes
 
     def to(self, device) -> Task:
+        if all(
+            s.x.device == s.y.device == torch.device(device)
+            for s in (self.train, self.val, self.test)
+        ):
+            return self  # already there (episodes are drawn on the CPU, the usual device)
         return replace(
             self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device)
         )
@@ -108,7 +117,7 @@ class BatchStream:
 
     def next_indices(self) -> Tensor:
         """The rows of the next batch (on the CPU); advances the stream like :meth:`next`."""
-        if self.pos + self.batch_size > len(self.perm):  # drop the ragged tail, start an epoch
+        if self.pos + self.batch_size > self.perm.shape[0]:  # drop the ragged tail, start an epoch
             self.perm = torch.randperm(len(self.split), generator=self.generator)
             self.pos = 0
         idx = self.perm[self.pos : self.pos + self.batch_size]

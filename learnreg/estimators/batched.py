@@ -55,6 +55,23 @@ def check_vmappable(model: nn.Module) -> None:
             )
 
 
+def stack_shared(members: list):
+    """:func:`~learnreg.core.population.stack`, except that a leaf which is one and the same
+    tensor in every member (fresh runs' θ0 from an init role that returns its own
+    meta-parameters) is broadcast: an ``expand`` view, no copy, whose gradient is one sum
+    over the runs instead of one accumulation per run. The values are the same; a
+    meta-gradient through it differs from the stacked one by float rounding only. Only
+    for tensors nothing writes in place (parameters: the inner step makes new ones)."""
+
+    def one(*leaves):
+        first = leaves[0]
+        if all(leaf is first for leaf in leaves[1:]):
+            return first.expand(len(leaves), *first.shape)
+        return torch.stack(leaves)
+
+    return optree.tree_map(one, *members)
+
+
 def window_data(run: InnerRun, window: int, objective_batch: str, average: bool):
     """A run's data for one window, gathered at once (the batches of ``window`` calls of
     ``next``, :meth:`~learnreg.core.task.BatchStream.take`), in the order the sequential
@@ -138,9 +155,9 @@ def unroll_batched(
     """
     model, task, step0 = runs[0].model, runs[0].task, runs[0].state.step
     check_vmappable(model)
+    params = stack_shared([r.state.params for r in runs])
     members = [
-        (r.state.params, r.state.buffers, r.state.opt_state)
-        + window_data(r, window, objective_batch, average)
+        (r.state.buffers, r.state.opt_state) + window_data(r, window, objective_batch, average)
         for r in runs
     ]
 
@@ -151,8 +168,12 @@ def unroll_batched(
         )
         return meta_loss, base_loss, state.params, state.opt_state
 
-    meta_loss, base_loss, new_params, new_opt = torch.func.vmap(one_run)(*stack(members))
+    meta_loss, base_loss, new_params, new_opt = torch.func.vmap(one_run)(params, *stack(members))
     grads = torch.autograd.grad(scale * meta_loss.sum(), leaves, allow_unused=True)
+    # detached once, stacked, then split: each run's state is as InnerState.detach leaves it
+    new_params, new_opt = optree.tree_map(
+        lambda t: t.detach() if isinstance(t, Tensor) else t, (new_params, new_opt)
+    )
     for run, params, opt_state in zip(runs, unstack(new_params), unstack(new_opt, len(runs))):
-        run.state = InnerState(params, run.state.buffers, opt_state, step0 + window).detach()
+        run.state = InnerState(params, run.state.buffers, opt_state, step0 + window)
     return list(grads), meta_loss.detach().tolist(), base_loss.detach().tolist()

@@ -71,4 +71,7 @@ class LearnedInit(InitRole):
         if _CHECKED.get(model) != names:
             check_names(self.names, model, "maml init")
             _CHECKED[model] = names
-        return dict(zip(self.names, self.theta))
+        # the ParameterList's own storage, in order: iterating the list looks every entry
+        # up by its string index (about 5 µs each), once per task of every meta-batch;
+        # functional_call (call_at) swaps values in this same dict
+        return dict(zip(self.names, self.theta._parameters.values()))
