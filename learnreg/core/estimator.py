@@ -60,15 +60,24 @@ class MetaContext:
     # the model shared by runs whose init role ignores the built weights: (model_fn, device, model)
     _shared_model: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
-    def new_run(self, phase: str, index: int, task=None) -> InnerRun:
+    def new_run(self, phase: str, index: int, task=None, defer_init: bool = False) -> InnerRun:
         """A fresh inner run: the ``index``-th task of the family (unless ``task`` is
-        given) and a model seeded by ``(seed, phase, index)``."""
+        given) and a model seeded by ``(seed, phase, index)``.
+
+        ``defer_init``: build the step-0 state when it is first read
+        (:meth:`InnerRun.defer`), or together with the other runs of a batched meta-batch;
+        only for runs used before the meta-parameters next change (the init role reads
+        them then)."""
         if task is None:
             task = self.family.sample(index).to(self.device)
         seed = derive_seed(self.seed, phase, index)
         model = self.model_for(task, seed)
-        state = init_state(model, self.biases.init, self.biases.optimizer, task)
-        return InnerRun(task, model, state, seed, index)
+        init, optimizer = self.biases.init, self.biases.optimizer
+        if defer_init:
+            run = InnerRun(task, model, None, seed, index)
+            run.defer(lambda: init_state(model, init, optimizer, task), 0, fresh=True)
+            return run
+        return InnerRun(task, model, init_state(model, init, optimizer, task), seed, index)
 
     def model_for(self, task, seed: int):
         """The base model of a new run on ``task``: built and seeded by ``seed`` when the

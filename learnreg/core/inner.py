@@ -172,19 +172,55 @@ class InnerRun:
     Args:
         task: the :class:`~learnreg.core.task.Task` being trained on.
         model: a freshly built model for ``task`` (on the run's device).
-        state: the inner state at step 0.
+        state: the inner state at step 0 (None: one set later with :meth:`defer`).
         seed: seeds the model and the batch order; equal seeds give equal runs.
         index: which run of the estimator's sequence this is (for resuming).
     """
 
-    def __init__(self, task, model: nn.Module, state: InnerState, seed: int, index: int = 0):
-        self.task, self.model, self.state = task, model, state
+    def __init__(self, task, model: nn.Module, state: InnerState | None, seed: int, index: int = 0):
+        self.task, self.model = task, model
+        self._state, self._pending, self._pending_step, self._fresh = state, None, 0, False
         self.seed, self.index = seed, index
         self.train = task.stream("train", seed)
         self.val = task.stream("val", seed + 1)
         self.last_batch: Batch | None = None
         self.diverged_at: int | None = None  # inner step at which the base loss became non-finite
         self.update_norms: dict[int, float] = {}  # ‖Δθ‖ at the logged meta-test steps
+
+    @property
+    def state(self) -> InnerState:
+        """The inner state; a deferred one (:meth:`defer`) is built on first read."""
+        if self._pending is not None:
+            self._state, self._pending, self._fresh = self._pending(), None, False
+        return self._state
+
+    @state.setter
+    def state(self, value: InnerState) -> None:
+        self._state, self._pending, self._fresh = value, None, False
+
+    @property
+    def step(self) -> int:
+        """Inner steps taken since the run started (without building a deferred state)."""
+        return self._pending_step if self._pending is not None else self._state.step
+
+    @property
+    def fresh(self) -> bool:
+        """Whether the state is a deferred step-0 state not built yet (:meth:`defer` with
+        ``fresh``): a batched unroll may build those of a meta-batch together."""
+        return self._fresh and self._pending is not None
+
+    def defer(self, build: Callable[[], InnerState], step: int, fresh: bool = False) -> None:
+        """Make the state ``build()``, built on first read. A meta-batch's runs are made
+        and finished together every meta-step, and most are dropped unread: deferring
+        spares a per-run ``init_state`` at the start (``fresh``: ``build`` gives the
+        step-0 state) and the split of the batched result at the end.
+
+        Args:
+            build: returns the state (called at most once).
+            step: the state's ``step`` (known without building it).
+            fresh: ``build`` gives the run's step-0 state (``init_state``).
+        """
+        self._state, self._pending, self._pending_step, self._fresh = None, build, step, fresh
 
     def next_train(self) -> Batch:
         self.last_batch = self.train.next()

@@ -15,17 +15,32 @@ with batch statistics only (:class:`learnreg.models.conv4.BatchStatNorm`).
 
 from __future__ import annotations
 
+import functools
+
 import optree
 import torch
 from torch import Tensor, nn
 
-from learnreg.core.inner import InnerRun, InnerState, inner_step
+from learnreg.core.inner import InnerRun, InnerState, frozen_names, inner_step
 from learnreg.core.population import stack, unstack
 from learnreg.errors import ConfigError
 
 
 def stackable(runs: list[InnerRun]) -> bool:
-    """Whether the runs' parameters, optimizer states and data have equal shapes."""
+    """Whether the runs' parameters, optimizer states and data have equal shapes. Runs
+    whose step-0 state is still deferred (:attr:`InnerRun.fresh`) on one shared model
+    are checked on their data only: one model, one init role and one optimizer role give
+    them states of one shape (:func:`initial_states`), and building them here would
+    undo the deferral."""
+
+    def data(run: InnerRun):
+        return (
+            tuple(run.task.train.x.shape[1:]),
+            tuple(run.task.val.x.shape[1:]),
+            run.train.batch_size,
+            run.val.batch_size,
+            run.step,
+        )
 
     def signature(run: InnerRun):
         leaves = optree.tree_leaves(run.state.opt_state)
@@ -33,13 +48,10 @@ def stackable(runs: list[InnerRun]) -> bool:
             [(k, tuple(v.shape), v.dtype) for k, v in run.state.params.items()],
             [(k, tuple(v.shape)) for k, v in run.state.buffers.items()],
             [tuple(t.shape) if isinstance(t, Tensor) else t for t in leaves],
-            tuple(run.task.train.x.shape[1:]),
-            tuple(run.task.val.x.shape[1:]),
-            run.train.batch_size,
-            run.val.batch_size,
-            run.state.step,
-        )
+        ) + data(run)
 
+    if all(run.fresh and run.model is runs[0].model for run in runs):
+        signature = data
     first = signature(runs[0])
     return all(signature(run) == first for run in runs[1:])
 
@@ -70,6 +82,53 @@ def stack_shared(members: list):
         return torch.stack(leaves)
 
     return optree.tree_map(one, *members)
+
+
+def initial_states(runs: list[InnerRun], init, optimizer):
+    """The step-0 states of fresh runs sharing one model, stacked: the values
+    :func:`~learnreg.core.inner.init_state` gives each run, built together (θ0 broadcast
+    where the init role returns the same tensors for every task, :func:`stack_shared`;
+    the optimizer state from one vmapped ``optimizer.init`` instead of one call per run).
+
+    Returns:
+        ``(params, buffers, opt_state)`` stacked over the runs, or None when the
+        optimizer's ``init`` cannot be vmapped (then each run builds its own state).
+    """
+    model, n = runs[0].model, len(runs)
+    params = stack_shared([init(model, run.task) for run in runs])
+    buffers = {k: torch.stack([b.detach()] * n) for k, b in model.named_buffers()}
+    frozen = frozen_names(model)
+    adapted = {k: v for k, v in params.items() if k not in frozen}
+    if all(v.stride(0) == 0 for v in adapted.values()):  # θ0 is one tensor for every run
+        # an optimizer's init is a function of the parameters: one call, one copy per run
+        one = optimizer.init({k: v[0] for k, v in adapted.items()})
+        return params, buffers, optree.tree_map(lambda t: torch.stack([t] * n), one)
+    try:
+        opt_state = torch.func.vmap(optimizer.init)(adapted)
+    except (RuntimeError, ValueError):  # e.g. an init returning non-tensors or reading values
+        return None
+    # a leaf that does not depend on the parameters comes out of vmap broadcast (a
+    # stride-0 view); optimizers may write their state in place, so each run gets its own
+    opt_state = optree.tree_map(lambda t: t.contiguous(), opt_state)
+    return params, buffers, opt_state
+
+
+class _Split:
+    """A batched window's detached result, split into per-run states when one is first
+    read (:meth:`InnerRun.defer`): a finished meta-batch is usually dropped unread."""
+
+    def __init__(self, params, opt_state, buffers, step: int, n: int):
+        self.stacked, self.step, self.n, self.states = (params, opt_state, buffers), step, n, None
+
+    def member(self, i: int) -> InnerState:
+        if self.states is None:
+            params, opt_state, buffers = self.stacked
+            if isinstance(buffers, dict):  # stacked (fresh runs): split like the rest
+                buffers = unstack(buffers, self.n)
+            parts = zip(unstack(params, self.n), buffers, unstack(opt_state, self.n))
+            self.states = [InnerState(p, b, o, self.step) for p, b, o in parts]
+            self.stacked = None
+        return self.states[i]
 
 
 def window_data(run: InnerRun, window: int, objective_batch: str, average: bool):
@@ -123,6 +182,7 @@ def unroll_window(
 
 def unroll_batched(
     runs: list[InnerRun],
+    init,
     loss,
     optimizer,
     objective,
@@ -141,7 +201,8 @@ def unroll_batched(
 
     Args:
         runs: inner runs with equal shapes (:func:`stackable`).
-        loss, optimizer: the loss and optimizer roles.
+        init, loss, optimizer: the init, loss and optimizer roles (the init role builds
+            the step-0 states of fresh runs, :func:`initial_states`).
         objective: the meta-objective, ``objective(model, state, batch, task)``.
         window, objective_batch, average: as in
             :class:`~learnreg.estimators.unroll.TruncatedUnroll`.
@@ -151,15 +212,20 @@ def unroll_batched(
 
     Returns:
         One gradient per leaf (None where no run depends on it), and per-run meta-losses
-        and last base losses. The runs continue from their new, detached states.
+        and last base losses. The runs continue from their new, detached states (split
+        out of the batched result when first read).
     """
-    model, task, step0 = runs[0].model, runs[0].task, runs[0].state.step
+    model, task, step0, n = runs[0].model, runs[0].task, runs[0].step, len(runs)
     check_vmappable(model)
-    params = stack_shared([r.state.params for r in runs])
-    members = [
-        (r.state.buffers, r.state.opt_state) + window_data(r, window, objective_batch, average)
-        for r in runs
-    ]
+    start, buffers = None, None
+    if all(run.fresh and run.model is model for run in runs):
+        start = initial_states(runs, init, optimizer)
+    if start is None:
+        params = stack_shared([r.state.params for r in runs])
+        buffers = [r.state.buffers for r in runs]
+        states = stack([(b, r.state.opt_state) for r, b in zip(runs, buffers)])
+        start = (params,) + states
+    data = stack([window_data(r, window, objective_batch, average) for r in runs])
 
     def one_run(params, buffers, opt_state, batches, targets):
         state = InnerState(params, buffers, opt_state, step0)
@@ -168,12 +234,14 @@ def unroll_batched(
         )
         return meta_loss, base_loss, state.params, state.opt_state
 
-    meta_loss, base_loss, new_params, new_opt = torch.func.vmap(one_run)(params, *stack(members))
+    meta_loss, base_loss, new_params, new_opt = torch.func.vmap(one_run)(*start, *data)
     grads = torch.autograd.grad(scale * meta_loss.sum(), leaves, allow_unused=True)
-    # detached once, stacked, then split: each run's state is as InnerState.detach leaves it
+    # detached once, stacked; each run's state is as InnerState.detach would leave it
     new_params, new_opt = optree.tree_map(
         lambda t: t.detach() if isinstance(t, Tensor) else t, (new_params, new_opt)
     )
-    for run, params, opt_state in zip(runs, unstack(new_params), unstack(new_opt, len(runs))):
-        run.state = InnerState(params, run.state.buffers, opt_state, step0 + window)
+    # fresh runs' buffers are the stacked copies, split like the rest
+    final = _Split(new_params, new_opt, start[1] if buffers is None else buffers, step0 + window, n)
+    for i, run in enumerate(runs):
+        run.defer(functools.partial(final.member, i), step0 + window)
     return list(grads), meta_loss.detach().tolist(), base_loss.detach().tolist()

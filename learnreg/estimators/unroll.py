@@ -117,6 +117,7 @@ class TruncatedUnroll(Estimator):
         if self.vmap and len(self.runs) > 1 and batched.stackable(self.runs):
             total, losses, base = batched.unroll_batched(
                 self.runs,
+                ctx.biases.init,
                 ctx.biases.loss,
                 ctx.biases.optimizer,
                 ctx.objective,
@@ -220,12 +221,15 @@ class TruncatedUnroll(Estimator):
         if self.attached:
             return
         if self.horizon is not None:
-            self.runs = [r for r in self.runs if r.state.step + self.window <= self.horizon]
+            self.runs = [r for r in self.runs if r.step + self.window <= self.horizon]
         missing = distributed.shard(self.meta_batch) - len(self.runs)
         if missing > 0:
             rank, world = distributed.rank_and_world()
             first = self.next_index + rank * missing
-            self.runs += [ctx.new_run("meta_train", first + j) for j in range(missing)]
+            # deferred: estimate() unrolls them right away, at these meta-parameters
+            self.runs += [
+                ctx.new_run("meta_train", first + j, defer_init=True) for j in range(missing)
+            ]
             self.next_index += missing * world
 
     def state_dict(self) -> dict:
