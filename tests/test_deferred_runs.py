@@ -121,3 +121,9 @@ def test_a_deferred_state_is_built_once_on_first_read():
     eager = ctx.new_run("meta_train", 0)
     for k, v in eager.state.params.items():
         assert torch.equal(state.params[k], v)
+
+
+def test_moving_a_task_to_its_own_device_copies_nothing():
+    task = sine_family().sample(0)
+    assert task.to("cpu") is task and task.train.to(torch.device("cpu")) is task.train
+    assert len(task.train) == task.train.x.shape[0] == 4

@@ -74,14 +74,10 @@ class Task:
         return self.num_classes
 
     def to(self, device) -> Task:
-        if all(
-            s.x.device == s.y.device == torch.device(device)
-            for s in (self.train, self.val, self.test)
-        ):
+        train, val, test = (s.to(device) for s in (self.train, self.val, self.test))
+        if train is self.train and val is self.val and test is self.test:
             return self  # already there (episodes are drawn on the CPU, the usual device)
-        return replace(
-            self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device)
-        )
+        return replace(self, train=train, val=val, test=test)
 
     def build_model(self, seed: int) -> nn.Module:
         """A freshly initialised model; the global RNG is left untouched."""
