@@ -299,3 +299,35 @@ def test_tune_learned_tunes_the_learned_side_on_the_same_grid(tmp_path):
     assert {"mean_diff", "ci95", "p_value", "wins", "n"} <= set(
         summary["paired"]["learned_tuned_vs_tuned"]["error"]
     )
+
+
+def test_a_search_control_is_cmaes_over_the_step_size_with_the_search_budget(tmp_path):
+    """A search has no meta-gradient: its control is CMA-ES over log(step size) with the
+    search's population, generations, fitness runs and objective, and meta-tests the
+    best candidate it found."""
+    import json
+
+    import yaml
+
+    import learnreg
+
+    overrides = ["meta_steps=2", "estimator.fitness_steps=5", "estimator.searcher.population=4"]
+    summary = learnreg.run("taylorglo/digits_mlp", [*overrides, *TINY], out=tmp_path, progress=False)
+    control_dir = tmp_path / "controls" / "learned_lr"
+    cfg = yaml.safe_load((control_dir / "config.yaml").read_text())
+    estimator = cfg["estimator"]
+    assert estimator["_component_"] == "evolution" and estimator["role"] == "optimizer"
+    assert estimator["searcher"] == {
+        "_component_": "cmaes",
+        "population": 4,
+        "sigma": 1.0,
+        "start": "current",
+    }
+    assert estimator["fitness_steps"] == 5 and "filters" not in estimator
+    assert cfg["meta_steps"] == 2 and cfg["objective"]["_component_"] == "task_error"
+    history = json.loads((control_dir / "learned" / "search_history.json").read_text())
+    assert [g["search/evaluated"] for g in history["generations"]] == [4.0, 4.0]
+    (log_scale,) = json.loads(history["best"]["genome"])
+    settings = summary["baselines"]["learned_lr"]["settings"]
+    assert settings["meta_learned_scale"] == pytest.approx(math.exp(log_scale), rel=1e-3)
+    assert settings["meta_learned_lr"] == pytest.approx(0.01 * math.exp(log_scale), rel=1e-3)
