@@ -263,7 +263,9 @@ def test_a_run_killed_while_tuning_or_training_a_control_resumes_to_the_same_res
     cfg = {**CONFIG, "baseline": {"controls": ["learned_lr"]}}
     reference = learnreg.run(cfg, out=tmp_path / "ref", progress=False)
     calls = {"n": 0}
-    target = (learnreg.runner, "tune_seed") if where == "tuning" else (TruncatedUnroll, "estimate")
+    from learnreg.eval import baselines
+
+    target = (baselines, "tune_seed") if where == "tuning" else (TruncatedUnroll, "estimate")
     original = getattr(*target)
     kill_at = 2 if where == "tuning" else CONFIG["meta_steps"] + 5  # inside the control's fit
 
