@@ -123,7 +123,7 @@ QUALITY = {
             "estimator.filters=[{_component_: prediction_descent, steps: 300, equivalence_tol: 0.01}]",
             "meta_test.steps=2000",
         ],
-        "GP 10 x 6 gens, local search 50, Nesterov filter 300 (preset 1000) + gradient equivalence, fitness 500; MLP 10-1000-1000-1; test 2000 steps",
+        "GP 10 x 6 gens, local search 50, Adam filter 300 steps (preset 1000) + gradient equivalence, fitness 500; MLP 10-1000-1000-1; test 2000 steps",
     ),
     "gplfl_diabetes": (
         "gplfl/diabetes_mlp",
@@ -133,7 +133,7 @@ QUALITY = {
             "estimator.filters=[{_component_: prediction_descent, steps: 300, equivalence_tol: 0.01}]",
             "meta_test.steps=2000",
         ],
-        "GP 10 x 6 gens, no local search, Nesterov filter 300 (preset 1000) + gradient equivalence, fitness 500; MLP 10-1000-1000-1; test 2000 steps",
+        "GP 10 x 6 gens, no local search, Adam filter 300 steps (preset 1000) + gradient equivalence, fitness 500; MLP 10-1000-1000-1; test 2000 steps",
     ),
 }
 COMMON = [

@@ -314,7 +314,9 @@ def test_a_search_control_is_cmaes_over_the_step_size_with_the_search_budget(tmp
     import learnreg
 
     overrides = ["meta_steps=2", "estimator.fitness_steps=5", "estimator.searcher.population=4"]
-    summary = learnreg.run("taylorglo/digits_mlp", [*overrides, *TINY], out=tmp_path, progress=False)
+    summary = learnreg.run(
+        "taylorglo/digits_mlp", [*overrides, *TINY], out=tmp_path, progress=False
+    )
     control_dir = tmp_path / "controls" / "learned_lr"
     cfg = yaml.safe_load((control_dir / "config.yaml").read_text())
     estimator = cfg["estimator"]
