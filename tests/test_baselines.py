@@ -335,3 +335,22 @@ def test_a_search_control_is_cmaes_over_the_step_size_with_the_search_budget(tmp
     settings = summary["baselines"]["learned_lr"]["settings"]
     assert settings["meta_learned_scale"] == pytest.approx(math.exp(log_scale), rel=1e-3)
     assert settings["meta_learned_lr"] == pytest.approx(0.01 * math.exp(log_scale), rel=1e-3)
+
+
+def test_a_rate_chosen_at_the_grids_end_is_flagged_as_possibly_under_tuned():
+    from learnreg.eval import comparison
+
+    lrs = [0.001, 0.01, 0.1]
+
+    def seed(val_errors):
+        points = [{"error": e, "loss": e} for e in val_errors]
+        return {"val": points, "test": points, "diverged_at": [None] * 3, "tuned_on": "val"}
+
+    low = comparison.tuned_block(lrs, [seed([0.1, 0.2, 0.3])] * 2, "error", 10, {})
+    middle = comparison.tuned_block(lrs, [seed([0.2, 0.1, 0.3])] * 2, "error", 10, {})
+    high = comparison.tuned_block(lrs, [seed([0.3, 0.2, 0.1])] * 2, "error", 10, {})
+    assert low["settings"]["lr"] == 0.001 and low["settings"]["at_grid_edge"] == "lowest"
+    assert middle["settings"]["at_grid_edge"] is None
+    assert high["settings"]["at_grid_edge"] == "highest"
+    assert "widen baseline.tune.grid" in comparison._label("tuned", low)
+    assert "widen" not in comparison._label("tuned", middle)
