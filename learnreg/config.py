@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -20,7 +21,18 @@ from learnreg.errors import ConfigError
 from learnreg.imports import import_modules
 from learnreg.validation import SCHEMA, validate
 
-__all__ = ["SCHEMA", "PRESETS", "dump", "load", "parse_yaml", "read_yaml", "resolve_preset"]
+__all__ = [
+    "SCHEMA",
+    "PRESETS",
+    "config_changes",
+    "default_run_dir",
+    "dump",
+    "load",
+    "parse_yaml",
+    "read_yaml",
+    "resolve_preset",
+    "source_name",
+]
 
 
 class _Loader(yaml.SafeLoader):
@@ -160,3 +172,39 @@ def apply_override(cfg: dict, item: str) -> None:
 
 def dump(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def config_changes(previous: dict, cfg: dict) -> list[str]:
+    """The dotted keys whose values differ between a run directory's config and ``cfg``.
+
+    Where a run executes (``device``, ``threads``) may change between a checkpoint and its
+    resume; keys a config written by an older learnreg lacks count as their defaults."""
+    previous = {**SCHEMA, **previous}
+    return [
+        key for key in _differences(previous, cfg) if key.split(".")[0] not in ("device", "threads")
+    ]
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            found
+            for key in list(a) + [k for k in b if k not in a]
+            for found in _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        ]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def source_name(config) -> str | None:
+    """A config's name: its preset (``adalfl/digits_mlp``) or file stem; None for a dict."""
+    if isinstance(config, Mapping):
+        return None
+    path = resolve_preset(config).resolve()
+    if path.is_relative_to(PRESETS):
+        return str(path.relative_to(PRESETS).with_suffix(""))
+    return path.stem
+
+
+def default_run_dir(cfg: dict) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg['method']}-{cfg['task']['_component_']}-{stamp}"

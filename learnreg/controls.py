@@ -6,6 +6,9 @@ step size". The runner meta-trains each control in ``RUN/controls/<name>/``.
 
 from __future__ import annotations
 
+import math
+
+from learnreg.errors import ConfigError
 from learnreg.experiment import Experiment, baseline_optimizer
 
 
@@ -14,9 +17,12 @@ def control_config(cfg: dict, exp: Experiment, name: str = "learned_lr") -> dict
     step size on the baseline's optimizer, trained by the run's own estimator for the
     same meta-steps and meta-tested the same way (online adaptation included).
 
-    A search (an estimator without an outer optimizer: TaylorGLO, EvoMAL, GP-LFL) cannot
-    train a step size, and its fitness (validation error) has no gradient; its control
-    uses a one-step unroll on the validation loss instead, for the same meta-steps.
+    A search (an estimator without an outer optimizer: TaylorGLO, EvoMAL, GP-LFL) has no
+    meta-gradient to train a step size with. Its control is the same search machinery
+    with the same budget: CMA-ES over the step size's logarithm, from the preset's lr,
+    with the search's population, generations, fitness runs and objective (no filters
+    and no local search: they belong to the searched loss), so both sides pay for the
+    same number of partial trainings.
     """
     control = {k: v for k, v in cfg.items()}
     control["method"] = f"{cfg['method']}-{name}-control"
@@ -27,13 +33,7 @@ def control_config(cfg: dict, exp: Experiment, name: str = "learned_lr") -> dict
     }
     control["init"] = {"_component_": "random"}
     if not exp.trainer.estimator.needs_outer:
-        control["estimator"] = {
-            "_component_": "truncated_unroll",
-            "window": 1,
-            "horizon": 1,
-            "objective_batch": "val",
-        }
-        control["objective"] = {"_component_": "task_loss"}
+        control["estimator"] = step_size_search(cfg["estimator"], exp)
     control["meta_test"] = {**cfg["meta_test"], "baseline": False}
     control["baseline"] = {
         **cfg["baseline"],
@@ -42,3 +42,41 @@ def control_config(cfg: dict, exp: Experiment, name: str = "learned_lr") -> dict
     }
     control["logger"] = {**cfg["logger"], "backends": []}
     return control
+
+
+def step_size_search(search: dict, exp: Experiment) -> dict:
+    """A search's spec turned into CMA-ES over the optimizer role's one meta-parameter
+    (``log_scale``), keeping the population (the searcher's actual one, so a GP population
+    of 25 becomes 25 CMA-ES candidates), the evaluator, the fitness runs and the
+    generations (``meta_steps``, unchanged in the control's config)."""
+    spec = {
+        k: v for k, v in search.items() if k not in ("searcher", "filters", "local_search", "role")
+    }
+    population = search_population(exp)
+    spec["searcher"] = {
+        "_component_": "cmaes",
+        "population": max(2, population),
+        "sigma": 1.0,  # one e-fold of the step size
+        "start": "current",  # log_scale 0: the preset's lr
+    }
+    spec["role"] = "optimizer"
+    return spec
+
+
+def search_population(exp: Experiment) -> int:
+    """Candidates per generation of the run's search (CMA-ES's default ``4 + 3 ln d`` for
+    the searched role's ``d`` meta-parameters when none was given)."""
+    estimator = exp.trainer.estimator
+    searcher = getattr(estimator, "searcher", None)
+    if searcher is None:
+        raise ConfigError(
+            f"baseline.controls: the {type(estimator).__name__} estimator has neither an outer "
+            "optimizer nor a searcher to learn a step size with; remove `learned_lr` from "
+            "baseline.controls"
+        )
+    population = getattr(searcher, "population", None) or getattr(searcher, "requested", None)
+    if population:
+        return int(population)
+    searched = exp.trainer.biases.roles()[estimator.role]
+    d = sum(p.numel() for p in searched.parameters() if p.requires_grad)
+    return 4 + math.floor(3 * math.log(max(d, 1)))

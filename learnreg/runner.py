@@ -29,10 +29,7 @@ import shutil
 import time
 from collections.abc import Mapping
 from contextlib import nullcontext
-from datetime import datetime
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from learnreg import config as configlib
 from learnreg.controls import control_config
@@ -40,24 +37,20 @@ from learnreg.core import distributed
 from learnreg.core.trainer import resolve_device
 from learnreg.errors import ConfigError, LearnregError, NumericalError, RunLockedError
 from learnreg.eval import meta_test, probes
-from learnreg.eval.baselines import base_lr, lr_grid, tune_seed
-from learnreg.eval.comparison import format_summary  # noqa: F401 - learnreg.runner.format_summary
+from learnreg.eval.baselines import base_lr, tune_sides
+from learnreg.eval.comparison import format_summary  # also learnreg.runner.format_summary
 from learnreg.experiment import Experiment, build
+from learnreg.follower import follow
 from learnreg.imports import import_recorded
 from learnreg.plots import plot
+from learnreg.run_outputs import export_learned, save_seed_outputs
 from learnreg.run_summary import summarize_run
 from learnreg.threads import configure_threads
 from learnreg.tracking.atomic import atomic_write_bytes
 from learnreg.tracking.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from learnreg.tracking.export import save_bias, save_state
 from learnreg.tracking.lock import RunLock
-from learnreg.tracking.loggers import (
-    ConsoleLogger,
-    JsonlLogger,
-    MultiLogger,
-    WandbLogger,
-    strict_json,
-)
+from learnreg.tracking.loggers import strict_json
+from learnreg.tracking.run_loggers import run_loggers
 
 
 def run(
@@ -92,10 +85,10 @@ def run(
             )
         if not distributed.is_main():
             return follow(cfg, Path(out))
-    out = Path(out) if out is not None else default_run_dir(cfg)
+    out = Path(out) if out is not None else configlib.default_run_dir(cfg)
     fresh = not out.exists() and not out.is_symlink()
     try:
-        return _run_locked(cfg, out, progress, source_name(config))
+        return _run_locked(cfg, out, progress, configlib.source_name(config))
     except LearnregError as exc:
         if fresh and not isinstance(exc, RunLockedError) and not (out / "checkpoints").exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing to resume: leave no half-written dir
@@ -106,7 +99,11 @@ def _run_locked(cfg: dict, out: Path, progress: bool, source: str | None) -> dic
     with RunLock(out):
         previous = out / "config.yaml"
         # `device` may change between a checkpoint and its resume (GPU <-> CPU).
-        changed = config_changes(configlib.read_yaml(previous), cfg) if previous.exists() else []
+        changed = (
+            configlib.config_changes(configlib.read_yaml(previous), cfg)
+            if previous.exists()
+            else []
+        )
         if changed:
             raise ConfigError(
                 f"{out} holds a run with a different config ({', '.join(changed[:8])} differ); "
@@ -118,107 +115,13 @@ def _run_locked(cfg: dict, out: Path, progress: bool, source: str | None) -> dic
         return Run(cfg, out, progress, source).execute()
 
 
-def config_changes(previous: dict, cfg: dict) -> list[str]:
-    """The dotted keys whose values differ between a run directory's config and ``cfg``.
-
-    Where a run executes (``device``, ``threads``) may change between a checkpoint and its
-    resume; keys a config written by an older learnreg lacks count as their defaults."""
-    previous = {**configlib.SCHEMA, **previous}
-    return [
-        key for key in _differences(previous, cfg) if key.split(".")[0] not in ("device", "threads")
-    ]
-
-
-def _differences(a, b, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [
-            found
-            for key in list(a) + [k for k in b if k not in a]
-            for found in _differences(a.get(key), b.get(key), f"{prefix}{key}.")
-        ]
-    return [] if a == b else [prefix.rstrip(".")]
-
-
-def follow(cfg: dict, out: Path) -> dict:
-    """A non-zero rank's part of a multi-process run: meta-train its tasks in lockstep with
-    rank 0 (resuming from rank 0's checkpoint when there is one), write nothing.
-
-    ``out`` must be the same directory on every rank (pass ``--out``)."""
-    checkpoint = out / "checkpoints" / "last.pt"
-    if (out / "summary.json").exists():
-        return {}
-    state = load_checkpoint(checkpoint) if checkpoint.exists() else None
-    if state is not None and state["run"]["phase"] != "fit":
-        return {}
-    exp = build(cfg)
-    if state is not None:
-        exp.trainer.load_state_dict(state["trainer"])
-        ranks = state.get("rng_ranks") or []
-        set_rng_state(ranks[distributed.rank_and_world()[0]] if ranks else state["rng"])
-
-    def join_checkpoint(trainer) -> None:  # rank 0's Run._save, in step with it
-        with distributed.gathering_state():
-            trainer.state_dict()
-            distributed.gather_to_main(rng_state())
-
-    def on_step(trainer) -> None:
-        if trainer.meta_step % cfg["checkpoint_every"] == 0:
-            join_checkpoint(trainer)
-
-    try:
-        exp.trainer.fit(cfg["meta_steps"], on_step=on_step, progress=False)
-    except NumericalError:
-        join_checkpoint(exp.trainer)
-        raise
-    return {}
-
-
-def source_name(config) -> str | None:
-    """A config's name: its preset (``adalfl/digits_mlp``) or file stem; None for a dict."""
-    if isinstance(config, Mapping):
-        return None
-    path = configlib.resolve_preset(config).resolve()
-    if path.is_relative_to(configlib.PRESETS):
-        return str(path.relative_to(configlib.PRESETS).with_suffix(""))
-    return path.stem
-
-
-def default_run_dir(cfg: dict) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg['method']}-{cfg['task']['_component_']}-{stamp}"
-
-
 class Run:
     """One run directory's life: build, resume, fit, export, meta-test, summarize."""
 
     def __init__(self, cfg: dict, out: Path, progress: bool, source: str | None = None):
         self.cfg, self.out, self.progress = cfg, out, progress
         setting = source or cfg["method"]  # the W&B group and name start with it
-        self.jsonl = JsonlLogger(out / "metrics.jsonl")
-        backends = cfg["logger"]["backends"]
-        self.logger = MultiLogger(
-            self.jsonl,
-            ConsoleLogger(
-                cfg["logger"]["every"],
-                meta_steps=cfg["meta_steps"],
-                meta_test_steps=cfg["meta_test"]["steps"],
-                meta_test_seeds=cfg["meta_test"]["seeds"],
-                eval_every=cfg["meta_test"]["eval_every"],
-                runs_per_seed=2 if cfg["meta_test"]["baseline"] else 1,
-            )
-            if "console" in backends
-            else None,
-            WandbLogger(
-                out,
-                cfg,
-                cfg["logger"]["project"],
-                cfg["logger"]["group"] or setting,
-                cfg["logger"]["tags"],
-                name=f"{setting} seed={cfg['seed']} ({out.resolve().name})",
-            )
-            if "wandb" in backends
-            else None,
-        )
+        self.jsonl, self.logger = run_loggers(cfg, out, setting)
         self.exp: Experiment = build(cfg, self.logger)
         self.progress_state = {
             "phase": "fit",
@@ -243,13 +146,14 @@ class Run:
             self._controls()
             # as written: NaN (an interval of one seed, a diverged run) is the string "nan",
             # so a fresh run's summary equals the one a finished run reads back
-            summary = strict_json(self._summary())
+            summary = strict_json(summarize_run(self.cfg, self.exp, self.progress_state, self.out))
             atomic_write_bytes(self.out / "summary.json", json.dumps(summary, indent=2).encode())
             self.logger.log_summary(summary)
             plot(self.out, logger=self.logger)  # through the open W&B run: one segment
         finally:
             self.logger.close()
-        self._print(summary)
+        if "console" in self.cfg["logger"]["backends"]:
+            print(format_summary(summary))
         return summary
 
     def _fit(self) -> None:
@@ -276,7 +180,7 @@ class Run:
                 raise
         self.progress_state["meta_train_seconds"] += time.perf_counter() - started
         self.progress_state["phase"] = "meta_test"
-        self._export()
+        export_learned(self.out, self.exp, self._meta(), self.logger)
         self._save(0.0)
 
     def _meta_test(self) -> None:
@@ -289,15 +193,7 @@ class Run:
             now = time.perf_counter()
             self.progress_state["meta_test_seconds"] += now - clock[0]
             clock[0] = now
-            for tag, (run, biases) in runs.items():
-                save_state(run.state, self.out / "final" / f"{tag}_seed{index}.safetensors")
-                if tag == "learned" and self.exp.adapt is not None:
-                    for role, module in biases.learned_roles().items():
-                        save_bias(
-                            module,
-                            self.out / "learned" / f"{role}_online_seed{index}",
-                            self._meta(online_seed=index),
-                        )
+            save_seed_outputs(self.out, index, runs, self.exp.adapt is not None, self._meta)
             self._save(0.0)
 
         meta_test.evaluate(
@@ -320,27 +216,26 @@ class Run:
         self.logger.log(metrics, meta_step=trainer.meta_step)
 
     def _tune(self) -> None:
-        """The baseline's learning rate (and with ``tune.learned`` the learned side's)
-        on every grid point, seed by seed, checkpointed after each seed."""
+        """The baseline's learning rate (with ``tune.learned`` also the learned side's) on
+        every grid point, seed by seed (:func:`~learnreg.eval.baselines.tune_sides`),
+        checkpointed after each seed."""
         tune, mt = self.cfg["baseline"]["tune"], self.cfg["meta_test"]
         if not (tune["enabled"] and mt["baseline"]):
             return
-        sides = [("tuned", self.exp.baseline, None)]
+        sides = {"tuned": (self.exp.baseline, None)}
         if tune["learned"]:
-            sides.append(("learned_tuned", self.exp.trainer.biases, self.exp.adapt))
-        done = self.progress_state.setdefault("tuning", {})
+            sides["learned_tuned"] = (self.exp.trainer.biases, self.exp.adapt)
         started = time.perf_counter()
-        for name, biases, adapt in sides:
-            lrs = lr_grid(base_lr(biases.optimizer), tune["grid"])
-            rows = done.setdefault(name, {"lrs": lrs, "seeds": []})["seeds"]
-            for index in tqdm(
-                range(len(rows), mt["seeds"]),
-                desc=f"tune lr ({name})",
-                disable=not self.progress or None,
-                leave=False,
-            ):
-                rows.append(tune_seed(self.exp.trainer, biases, index, mt["steps"], lrs, adapt))
-                self._save(0.0)
+        tune_sides(
+            self.exp.trainer,
+            sides,
+            tune["grid"],
+            mt["seeds"],
+            mt["steps"],
+            self.progress_state.setdefault("tuning", {}),
+            on_seed=lambda: self._save(0.0),
+            progress=self.progress,
+        )
         self.progress_state["tune_seconds"] = self.progress_state.get("tune_seconds", 0.0) + (
             time.perf_counter() - started
         )
@@ -388,20 +283,6 @@ class Run:
         set_rng_state(state["rng"])
         self.jsonl.truncate(state["log_lines"])
 
-    def _export(self) -> None:
-        # With online adaptation the results come from learned/<role>_online_seed{i}; the
-        # end of meta-training (where every online run starts) is <role>_offline.
-        suffix = "_offline" if self.exp.adapt is not None else ""
-        for role, module in self.exp.trainer.biases.learned_roles().items():
-            save_bias(module, self.out / "learned" / f"{role}{suffix}", self._meta())
-        export = getattr(self.exp.trainer.estimator, "export", None)
-        if export is not None:  # estimator-specific outputs (a search's formula and plots)
-            export(self.out / "learned", self.exp.trainer.ctx)
-        if (self.out / "learned").exists():
-            self.logger.log_artifact(
-                self.out / "learned", f"{self.cfg['method']}-learned", "learned-biases"
-            )
-
     def _meta(self, **extra) -> dict:
         return {
             "method": self.cfg["method"],
@@ -409,11 +290,3 @@ class Run:
             "meta_step": self.exp.trainer.meta_step,
             **extra,
         }
-
-    def _summary(self) -> dict:
-        return summarize_run(self.cfg, self.exp, self.progress_state, self.out)
-
-    def _print(self, summary: dict) -> None:
-        if "console" not in self.cfg["logger"]["backends"]:
-            return
-        print(format_summary(summary))

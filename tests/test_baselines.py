@@ -263,7 +263,9 @@ def test_a_run_killed_while_tuning_or_training_a_control_resumes_to_the_same_res
     cfg = {**CONFIG, "baseline": {"controls": ["learned_lr"]}}
     reference = learnreg.run(cfg, out=tmp_path / "ref", progress=False)
     calls = {"n": 0}
-    target = (learnreg.runner, "tune_seed") if where == "tuning" else (TruncatedUnroll, "estimate")
+    from learnreg.eval import baselines
+
+    target = (baselines, "tune_seed") if where == "tuning" else (TruncatedUnroll, "estimate")
     original = getattr(*target)
     kill_at = 2 if where == "tuning" else CONFIG["meta_steps"] + 5  # inside the control's fit
 
@@ -299,3 +301,56 @@ def test_tune_learned_tunes_the_learned_side_on_the_same_grid(tmp_path):
     assert {"mean_diff", "ci95", "p_value", "wins", "n"} <= set(
         summary["paired"]["learned_tuned_vs_tuned"]["error"]
     )
+
+
+def test_a_search_control_is_cmaes_over_the_step_size_with_the_search_budget(tmp_path):
+    """A search has no meta-gradient: its control is CMA-ES over log(step size) with the
+    search's population, generations, fitness runs and objective, and meta-tests the
+    best candidate it found."""
+    import json
+
+    import yaml
+
+    import learnreg
+
+    overrides = ["meta_steps=2", "estimator.fitness_steps=5", "estimator.searcher.population=4"]
+    summary = learnreg.run(
+        "taylorglo/digits_mlp", [*overrides, *TINY], out=tmp_path, progress=False
+    )
+    control_dir = tmp_path / "controls" / "learned_lr"
+    cfg = yaml.safe_load((control_dir / "config.yaml").read_text())
+    estimator = cfg["estimator"]
+    assert estimator["_component_"] == "evolution" and estimator["role"] == "optimizer"
+    assert estimator["searcher"] == {
+        "_component_": "cmaes",
+        "population": 4,
+        "sigma": 1.0,
+        "start": "current",
+    }
+    assert estimator["fitness_steps"] == 5 and "filters" not in estimator
+    assert cfg["meta_steps"] == 2 and cfg["objective"]["_component_"] == "task_error"
+    history = json.loads((control_dir / "learned" / "search_history.json").read_text())
+    assert [g["search/evaluated"] for g in history["generations"]] == [4.0, 4.0]
+    (log_scale,) = json.loads(history["best"]["genome"])
+    settings = summary["baselines"]["learned_lr"]["settings"]
+    assert settings["meta_learned_scale"] == pytest.approx(math.exp(log_scale), rel=1e-3)
+    assert settings["meta_learned_lr"] == pytest.approx(0.01 * math.exp(log_scale), rel=1e-3)
+
+
+def test_a_rate_chosen_at_the_grids_end_is_flagged_as_possibly_under_tuned():
+    from learnreg.eval import comparison
+
+    lrs = [0.001, 0.01, 0.1]
+
+    def seed(val_errors):
+        points = [{"error": e, "loss": e} for e in val_errors]
+        return {"val": points, "test": points, "diverged_at": [None] * 3, "tuned_on": "val"}
+
+    low = comparison.tuned_block(lrs, [seed([0.1, 0.2, 0.3])] * 2, "error", 10, {})
+    middle = comparison.tuned_block(lrs, [seed([0.2, 0.1, 0.3])] * 2, "error", 10, {})
+    high = comparison.tuned_block(lrs, [seed([0.3, 0.2, 0.1])] * 2, "error", 10, {})
+    assert low["settings"]["lr"] == 0.001 and low["settings"]["at_grid_edge"] == "lowest"
+    assert middle["settings"]["at_grid_edge"] is None
+    assert high["settings"]["at_grid_edge"] == "highest"
+    assert "widen baseline.tune.grid" in comparison._label("tuned", low)
+    assert "widen" not in comparison._label("tuned", middle)

@@ -23,6 +23,7 @@ from learnreg.core.trainer import MetaTrainer
 from learnreg.estimators import Evolution
 from learnreg.inits import RandomInit
 from learnreg.losses import SymbolicLoss, TaylorLoss
+from learnreg.losses.search import PredictionDescent
 from learnreg.optimizers import SGD
 from learnreg.tracking import load_checkpoint, save_checkpoint
 from learnreg.tracking.wandb_offline import read_run
@@ -343,8 +344,38 @@ def test_mnist_like_evomal_presets_resolve_to_plain_sgd_and_the_mnist_filters(pr
     assert args["lr"] == 0.01 and args.get("momentum", 0.0) == 0.0
     assert args.get("weight_decay", 0.0) == 0.0 and not args.get("nesterov", False)
     (descent,) = trainer.estimator.filters
-    assert descent.steps == 100 and descent.sgd == {"lr": 0.01, "momentum": 0.0, "nesterov": False}
+    assert descent.steps == 100 and descent.optimizer == "adam" and descent.lr == 0.01
     assert descent.equivalence_tol == 0.01
+
+
+@pytest.mark.parametrize(
+    "preset", ["evomal/digits_mlp", "evomal/fmnist_cnn", "evomal/diabetes_mlp"]
+)
+def test_the_presets_rejection_protocol_passes_the_task_loss_and_rejects_its_negation(preset):
+    """The filter must let the task loss through: with plain SGD at lr 0.01 for 100 steps
+    the mean-reduced loss barely moves the logits and every candidate, cross-entropy
+    included, was rejected (the search then never trained anything)."""
+    from learnreg import config as configlib
+    from learnreg.experiment import build
+    from learnreg.losses.symbolic import SymbolicLoss
+
+    trainer = build(configlib.load(preset, ["device=cpu"])).trainer
+    (descent,) = trainer.estimator.filters
+    kind = trainer.biases.loss.kind
+    task_loss = SymbolicLoss(kind=kind, num_classes=trainer.biases.loss.num_classes)
+    negated = SymbolicLoss(
+        kind=kind,
+        num_classes=trainer.biases.loss.num_classes,
+        expression="mul(y, log(fx))"
+        if kind == "classification"
+        else "mul(-1.0, square(sub(fx, y)))",
+    )
+    passed, rejected = descent([task_loss, negated], trainer.ctx)
+    assert passed is None
+    assert isinstance(rejected, str) and rejected.startswith("rejection protocol")
+    sgd = PredictionDescent(steps=100, optimizer="sgd", momentum=0.0, nesterov=False)
+    if preset == "evomal/digits_mlp":  # the failure this test guards against
+        assert sgd([task_loss], trainer.ctx)[0] is not None
 
 
 def test_diabetes_evomal_keeps_nesterov_and_taylorglo_has_the_paper_search():

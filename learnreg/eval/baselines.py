@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
+from tqdm.auto import tqdm
 
 from learnreg.core.bias import Biases
 from learnreg.core.inner import InnerState
@@ -230,3 +232,46 @@ def grid_table(lrs: list[float], seeds: list[dict]) -> list[dict]:
             row[split] = {m: sum(s[split][g][m] for s in seeds) / len(seeds) for m in names}
         table.append(row)
     return table
+
+
+def tune_sides(
+    trainer,
+    sides: dict,
+    grid: list[float] | None,
+    seeds: int,
+    steps: int,
+    done: dict,
+    on_seed: Callable[[], None] = lambda: None,
+    progress: bool = False,
+) -> dict:
+    """Every grid point of every seed for each side, resuming from what ``done`` holds.
+
+    Args:
+        trainer: the run's trainer (its family, device and meta-test seeding).
+        sides: ``{name: (biases, adapt)}``: ``tuned`` (the baseline's biases) and, with
+            ``tune.learned``, ``learned_tuned`` (the learned biases and their adaptation).
+        grid: explicit learning rates, or None for :data:`GRID_FACTORS` around each side's
+            own rate (:func:`lr_grid`).
+        seeds: meta-test seeds; seed ``i`` shares its model seed and batch order with the
+            meta-test's seed ``i``.
+        steps: inner steps per grid run (the meta-test budget).
+        done: ``{name: {"lrs", "seeds": [tune_seed rows]}}``, filled in place (a run's
+            checkpointed progress, so a killed tuning phase resumes at the next seed).
+        on_seed: called after each finished seed (the runner checkpoints there).
+        progress: show a progress bar.
+
+    Returns:
+        ``done``.
+    """
+    for name, (biases, adapt) in sides.items():
+        lrs = lr_grid(base_lr(biases.optimizer), grid)
+        rows = done.setdefault(name, {"lrs": lrs, "seeds": []})["seeds"]
+        for index in tqdm(
+            range(len(rows), seeds),
+            desc=f"tune lr ({name})",
+            disable=not progress or None,
+            leave=False,
+        ):
+            rows.append(tune_seed(trainer, biases, index, steps, lrs, adapt))
+            on_seed()
+    return done

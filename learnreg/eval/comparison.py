@@ -51,8 +51,20 @@ def tuned_block(lrs: list[float], seeds: list[dict], metric: str, n_test: int, e
         "selected_by": f"mean validation {metric} over {len(seeds)} seeds",
         "tuned_on": seeds[0]["tuned_on"] if seeds else None,
         "points": grid_table(lrs, seeds),
+        "at_grid_edge": grid_edge(lrs, chosen),
     }
     return block(per_seed, n_test, settings)
+
+
+def grid_edge(lrs: list[float], chosen: int) -> str | None:
+    """``lowest`` or ``highest`` when validation chose the grid's end: the best rate may
+    lie beyond it, so the tuned baseline may be under-tuned (widen ``baseline.tune.grid``)."""
+    if len(lrs) < 2:
+        return None
+    ordered = sorted(lrs)
+    if lrs[chosen] == ordered[0]:
+        return "lowest"
+    return "highest" if lrs[chosen] == ordered[-1] else None
 
 
 def paired_table(learned: list[dict], baselines: dict[str, dict]) -> dict:
@@ -85,7 +97,11 @@ def _label(name: str, base: dict) -> str:
     if isinstance(settings.get("meta_learned_lr"), (int, float)):  # where meta-test starts
         return f"{label} (meta-learned lr {settings['meta_learned_lr']:.3g})"
     lr = settings.get("lr")
-    return f"{label} (lr {lr:.3g})" if isinstance(lr, (int, float)) else label
+    if not isinstance(lr, (int, float)):
+        return label
+    edge = settings.get("at_grid_edge")
+    note = f", the grid's {edge} rate: widen baseline.tune.grid" if edge else ""
+    return f"{label} (lr {lr:.3g}{note})"
 
 
 def _metrics_line(block_: dict) -> str:
