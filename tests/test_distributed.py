@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from fewshot_util import context, digits_family, flat_grads, roles
+from gloo_util import free_port, run_ranks
 
 from learnreg.core.estimator import meta_step
 from learnreg.estimators import TruncatedUnroll
@@ -25,12 +24,6 @@ from learnreg.tracking.export import load_bias
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = dict(init="film", optimizer="precond", loss="learned_film", mode="warp")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _meta_step(vmap: bool, rank: int = 0):
@@ -52,21 +45,9 @@ def _meta_step(vmap: bool, rank: int = 0):
     }
 
 
-def _worker(rank: int, world: int, port: int, out: str, vmap: bool) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    try:
-        torch.save(_meta_step(vmap, rank), Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.parametrize("vmap", [False, True], ids=["loop", "vmap"])
 def test_two_gloo_ranks_give_the_single_process_meta_gradient(tmp_path, vmap):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), vmap), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = run_ranks(_meta_step, tmp_path, vmap)
     single = _meta_step(vmap)
     assert ranks[0]["indices"].tolist() == [0, 1] and ranks[1]["indices"].tolist() == [2, 3]
     for r in ranks:
@@ -107,7 +88,7 @@ def test_torchrun_two_processes_learn_what_one_process_learns(tmp_path):
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    command += ["--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
+    command += ["--master_addr=127.0.0.1", f"--master_port={free_port()}"]
     command += ["-m", "learnreg.cli", "run", str(config), "--out", str(tmp_path / "two")]
     subprocess.run(command + ["--no-progress"], check=True, env=env, cwd=tmp_path, timeout=600)
     from learnreg.runner import run
@@ -187,7 +168,7 @@ def _torchrun(config: Path, out: Path, nproc: int = 2) -> subprocess.Popen:
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
-    command += ["--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
+    command += ["--master_addr=127.0.0.1", f"--master_port={free_port()}"]
     command += ["-m", "learnreg.cli", "run", str(config), "--out", str(out), "--no-progress"]
     return subprocess.Popen(
         command,
@@ -260,7 +241,7 @@ def _rank_processes(config: Path, out: Path, world: int = 2) -> list[subprocess.
     """The processes torchrun would start, started by hand (so the test, not torchrun's
     agent, decides which one dies and nothing else stops the survivor)."""
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in range(world):
         env = {
@@ -343,23 +324,11 @@ def _search(rank: int = 0) -> dict:
     }
 
 
-def _search_worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    try:
-        torch.save(_search(rank), Path(out) / f"search{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.slow
 def test_evolution_shards_the_population_over_ranks(tmp_path):
     """Two ranks evaluate half of each generation each and end with the search a single
     process runs (same history, best genome, loss role)."""
-    mp.spawn(_search_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"search{r}.pt", weights_only=True) for r in range(2)]
+    ranks = run_ranks(_search, tmp_path)
     single = _search()
     for r in ranks:
         assert r["history"] == single["history"] and r["best"] == single["best"]

@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from antithetic_util import full_unroll_gradient, quadratic_context
 from conftest import Interrupt, interrupted_at
+from gloo_util import free_port, run_ranks
 from scipy import stats
-from test_distributed import _free_port
 
 import learnreg
 from learnreg.core import metaparams
@@ -155,20 +153,8 @@ def _meta_train(rank: int = 0) -> dict:
     return out
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    try:
-        torch.save(_meta_train(rank), Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_gloo_ranks_learn_what_one_process_learns(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = run_ranks(_meta_train, tmp_path)
     single = _meta_train()
     # each rank holds its two pairs (rank 0 the first task's, rank 1 the second's)
     assert ranks[0]["indices"].tolist() == [2, 2] and ranks[1]["indices"].tolist() == [3, 3]
@@ -198,7 +184,7 @@ def test_torchrun_two_processes_learn_what_one_process_learns(tmp_path):
     pythonpath = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    command += ["--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
+    command += ["--master_addr=127.0.0.1", f"--master_port={free_port()}"]
     command += ["-m", "learnreg.cli", "run", str(config), "--out", str(tmp_path / "two")]
     subprocess.run([*command, "--no-progress"], check=True, env=env, cwd=tmp_path, timeout=600)
     single = learnreg.run(config, out=tmp_path / "one", progress=False)
