@@ -103,3 +103,13 @@ def interleaved_ratio(
     cand, ref = statistics.median(times["candidate"]), statistics.median(times["reference"])
     ratios = [c / r for c, r in zip(times["candidate"], times["reference"])]
     return {"candidate_ms": cand, "reference_ms": ref, "ratio": statistics.median(ratios)}
+
+
+def paired_cell(d: dict, scale: float = 1.0, digits: int = 2) -> str:
+    """A table cell for :func:`learnreg.eval.stats.paired`'s result: the mean difference
+    ± its t half-width (times ``scale``, e.g. 100 for percentage points), the paired
+    t-test p, the seeds won out of n and the verdict."""
+    return (
+        f"{d['mean_diff'] * scale:+.{digits}f} ± {d['ci95'] * scale:.{digits}f}, "
+        f"p={d['p_value']:.2g}, {d['wins']}/{d['n']}: {d['verdict']}"
+    )

@@ -25,7 +25,7 @@ import statistics
 from pathlib import Path
 
 import learnreg
-from benchmarks.common import machine
+from benchmarks.common import machine, paired_cell
 from learnreg.eval import stats
 
 PRESETS = [
@@ -80,11 +80,7 @@ def table_row(preset: str, runs: list[tuple[Path, dict]]) -> str:
     for name in BASELINES:
         base = [float(s["baselines"][name]["test"][metric]) for _, s in runs]
         cells.append(_mean(base, scale))
-        d = stats.paired(learned, base, metric)
-        verdicts.append(
-            f"{d['mean_diff'] * scale:+.2f} ± {d['ci95'] * scale:.2f}, p={d['p_value']:.2g}, "
-            f"{d['wins']}/{d['n']}: {d['verdict']}"
-        )
+        verdicts.append(paired_cell(stats.paired(learned, base, metric), scale))
     lrs = [s["baselines"]["tuned"]["settings"]["lr"] for _, s in runs]
     control = [s["baselines"]["learned_lr"]["settings"]["meta_learned_lr"] for _, s in runs]
     cells.append(f"{statistics.median(lrs):.3g} / {statistics.median(control):.3g}")

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 import learnreg
+from benchmarks.common import paired_cell
 from learnreg import config as configlib
 from learnreg.eval import stats
 from learnreg.experiment import build
@@ -159,17 +160,9 @@ def _cell(block: dict, metric: str, digits: int) -> str:
         {
             "mean": block["test"][metric],
             "ci95": block["test_ci95"][metric],
-            "n": block.get("n", SEEDS),
+            "n": block["n"],
         },
         digits,
-    )
-
-
-def _paired(summary: dict, name: str, metric: str, digits: int) -> str:
-    d = summary["paired"][name][metric]
-    return (
-        f"{d['mean_diff']:+.{digits}f} ± {d['ci95']:.{digits}f}, p={d['p_value']:.2g}, "
-        f"{d['wins']}/{d['n']}: {d['verdict']}"
     )
 
 
@@ -182,7 +175,7 @@ QUALITY_HEADER = (
 
 def quality_row(name: str, budget: str, summary: dict) -> str:
     """One row of the quality table from a finished run's summary.json."""
-    metric = "mse" if "mse" in summary["test"] and "error" not in summary["test"] else "error"
+    metric = "error" if "error" in summary["test"] else "mse"
     digits = 4
     baseline = "MSE" if metric == "mse" else "CE"
     blocks = summary["baselines"]
@@ -195,7 +188,7 @@ def quality_row(name: str, budget: str, summary: dict) -> str:
         *(_cell(blocks[b], metric, digits) for b in BASELINES),
         f"{blocks['tuned']['settings']['lr']:.3g} / "
         f"{blocks['learned_lr']['settings']['meta_learned_lr']:.3g}",
-        *(_paired(summary, b, metric, digits) for b in BASELINES),
+        *(paired_cell(summary["paired"][b][metric], digits=digits) for b in BASELINES),
         f"{summary['meta_train_seconds'] / 60:.1f} min",
     ]
     return "| " + " | ".join(cells) + " |"

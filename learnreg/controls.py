@@ -6,7 +6,8 @@ step size". The runner meta-trains each control in ``RUN/controls/<name>/``.
 
 from __future__ import annotations
 
-import math
+import numpy as np
+from cmaes import CMA
 
 from learnreg.errors import ConfigError
 from learnreg.experiment import Experiment, baseline_optimizer
@@ -64,8 +65,8 @@ def step_size_search(search: dict, exp: Experiment) -> dict:
 
 
 def search_population(exp: Experiment) -> int:
-    """Candidates per generation of the run's search (CMA-ES's default ``4 + 3 ln d`` for
-    the searched role's ``d`` meta-parameters when none was given)."""
+    """Candidates per generation of the run's search (when none was given, the default
+    the ``cmaes`` package picks for the searched role's ``d`` meta-parameters)."""
     estimator = exp.trainer.estimator
     searcher = getattr(estimator, "searcher", None)
     if searcher is None:
@@ -79,4 +80,4 @@ def search_population(exp: Experiment) -> int:
         return int(population)
     searched = exp.trainer.biases.roles()[estimator.role]
     d = sum(p.numel() for p in searched.parameters() if p.requires_grad)
-    return 4 + math.floor(3 * math.log(max(d, 1)))
+    return CMA(mean=np.zeros(max(d, 1)), sigma=1.0).population_size  # the package's default
