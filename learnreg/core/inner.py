@@ -19,6 +19,7 @@ the forward pass). Without the attribute every parameter adapts.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
@@ -74,9 +75,34 @@ def frozen_names(model: nn.Module) -> frozenset[str]:
     )
 
 
+#: models known to hold no tensor under two names, so that ``functional_call`` may skip its
+#: per-call walk over the module looking for tied weights (half the call on a small MLP)
+_UNTIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _untied(model: nn.Module) -> bool:
+    untied = _UNTIED.get(model)
+    if untied is None:
+        tensors = [t for _, t in model.named_parameters(remove_duplicate=False)]
+        tensors += [t for _, t in model.named_buffers(remove_duplicate=False)]
+        untied = _UNTIED[model] = len({id(t) for t in tensors}) == len(tensors)
+    return untied
+
+
+def call_model(model: nn.Module, params: Params, buffers: Params, x: Tensor) -> Tensor:
+    """``functional_call(model, (params, buffers), (x,))``, the same result with less
+    Python: one dict (no merge when there are no buffers) and no tied-weights walk on a
+    model without tied weights (checked once per model; ``tie_weights`` only matters for
+    tensors registered under two names). Compiled code takes torch's default path."""
+    tensors = {**params, **buffers} if buffers else params
+    if torch.compiler.is_compiling() or not _untied(model):
+        return functional_call(model, tensors, (x,))
+    return functional_call(model, tensors, (x,), tie_weights=False)
+
+
 def forward(model: nn.Module, state: InnerState, x: Tensor) -> Tensor:
     """The base model's output at the state's parameters."""
-    return functional_call(model, (state.params, state.buffers), (x,))
+    return call_model(model, state.params, state.buffers, x)
 
 
 def init_state(model: nn.Module, init, optimizer, task=None) -> InnerState:
@@ -123,11 +149,12 @@ def inner_step(
     """
     x, y = batch
     frozen = frozen_names(model)
-    adapted = {k: v for k, v in state.params.items() if k not in frozen}
+    adapted = {k: v for k, v in state.params.items() if k not in frozen} if frozen else state.params
     fixed = {k: v for k, v in state.params.items() if k in frozen}
 
     def base_loss(adapted: Params) -> Tensor:
-        return loss(functional_call(model, ({**adapted, **fixed}, state.buffers), (x,)), y)
+        params = {**adapted, **fixed} if fixed else adapted
+        return loss(call_model(model, params, state.buffers, x), y)
 
     grads, value = torch.func.grad_and_value(base_loss)(adapted)
     if first_order:
@@ -183,7 +210,8 @@ class InnerRun:
         self.seed, self.index = seed, index
         self.train = task.stream("train", seed)
         self.val = task.stream("val", seed + 1)
-        self.last_batch: Batch | None = None
+        self._last_batch: Batch | None = None
+        self._last_window: Batch | None = None
         self.diverged_at: int | None = None  # inner step at which the base loss became non-finite
         self.update_norms: dict[int, float] = {}  # ‖Δθ‖ at the logged meta-test steps
 
@@ -221,6 +249,23 @@ class InnerRun:
             fresh: ``build`` gives the run's step-0 state (``init_state``).
         """
         self._state, self._pending, self._pending_step, self._fresh = None, build, step, fresh
+
+    @property
+    def last_batch(self) -> Batch | None:
+        """The last training batch the run drew (None before the first)."""
+        if self._last_window is not None:  # a window drawn at once: its last batch
+            x, y = self._last_window
+            self._last_batch, self._last_window = (x[-1], y[-1]), None
+        return self._last_batch
+
+    @last_batch.setter
+    def last_batch(self, batch: Batch | None) -> None:
+        self._last_batch, self._last_window = batch, None
+
+    def drew_window(self, batches: Batch) -> None:
+        """Record that the run drew ``batches`` (stacked, ``(steps, batch, ...)``) at once:
+        :attr:`last_batch` becomes their last, cut out only when read."""
+        self._last_window = batches
 
     def next_train(self) -> Batch:
         self.last_batch = self.train.next()

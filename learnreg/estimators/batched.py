@@ -16,6 +16,7 @@ with batch statistics only (:class:`learnreg.models.conv4.BatchStatNorm`).
 from __future__ import annotations
 
 import functools
+import weakref
 
 import optree
 import torch
@@ -56,8 +57,14 @@ def stackable(runs: list[InnerRun]) -> bool:
     return all(signature(run) == first for run in runs[1:])
 
 
+#: models that passed :func:`check_vmappable` (a meta-batch's shared model is checked once)
+_VMAPPABLE: weakref.WeakSet = weakref.WeakSet()
+
+
 def check_vmappable(model: nn.Module) -> None:
     """Reject models whose forward pass writes to a buffer (BatchNorm running statistics)."""
+    if model in _VMAPPABLE:
+        return
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
             raise ConfigError(
@@ -65,6 +72,7 @@ def check_vmappable(model: nn.Module) -> None:
                 "batch; use track_running_stats=False (or the conv4 backbone), or set "
                 "estimator.vmap=false"
             )
+    _VMAPPABLE.add(model)
 
 
 def stack_shared(members: list):
@@ -142,7 +150,7 @@ def window_data(run: InnerRun, window: int, objective_batch: str, average: bool)
         ``average``, else the last).
     """
     batches = run.train.take(window)
-    run.last_batch = (batches[0][-1], batches[1][-1])
+    run.drew_window(batches)  # run.last_batch: the window's last, cut out when read
     if objective_batch == "val":
         return batches, run.val.take(window if average else 1)
     x, y = batches  # the objective scores the training batches of the scored steps
@@ -169,13 +177,15 @@ def unroll_window(
         ``(meta_loss, last base loss, state)``.
     """
     window = batches[0].shape[0]
-    total, scored = 0.0, 0
+    total, scored = None, 0
     for i in range(window):
         state, base_loss = inner_step(
             model, state, (batches[0][i], batches[1][i]), loss, optimizer, first_order=first_order
         )
         if average or i == window - 1:
-            total = total + objective(model, state, (targets[0][scored], targets[1][scored]), task)
+            value = objective(model, state, (targets[0][scored], targets[1][scored]), task)
+            # the first scored step starts the sum: no ``0.0 +`` op (and backward node)
+            total = value if total is None else total + value
             scored += 1
     return (total / window if average else total), base_loss, state
 
@@ -235,7 +245,10 @@ def unroll_batched(
         return meta_loss, base_loss, state.params, state.opt_state
 
     meta_loss, base_loss, new_params, new_opt = torch.func.vmap(one_run)(*start, *data)
-    grads = torch.autograd.grad(scale * meta_loss.sum(), leaves, allow_unused=True)
+    # the scale enters as the output gradient: the same products as ``scale * sum`` in
+    # backward, without that op in the graph
+    total = meta_loss.sum()
+    grads = torch.autograd.grad(total, leaves, torch.full_like(total, scale), allow_unused=True)
     # detached once, stacked; each run's state is as InnerState.detach would leave it
     new_params, new_opt = optree.tree_map(
         lambda t: t.detach() if isinstance(t, Tensor) else t, (new_params, new_opt)
