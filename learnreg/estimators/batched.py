@@ -23,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from learnreg.core.inner import InnerRun, InnerState, frozen_names, inner_step
-from learnreg.core.population import stack, unstack
+from learnreg.core.population import stack
 from learnreg.errors import ConfigError
+from learnreg.estimators.final_states import FinalStates, replayer
 
 
 def stackable(runs: list[InnerRun]) -> bool:
@@ -75,6 +76,16 @@ def check_vmappable(model: nn.Module) -> None:
     _VMAPPABLE.add(model)
 
 
+#: models that hold buffers (checked once per model: most few-shot models hold none)
+_BUFFERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _has_buffers(model: nn.Module) -> bool:
+    if model not in _BUFFERED:
+        _BUFFERED[model] = next(model.buffers(), None) is not None
+    return _BUFFERED[model]
+
+
 def stack_shared(members: list):
     """:func:`~learnreg.core.population.stack`, except that a leaf which is one and the same
     tensor in every member (fresh runs' θ0 from an init role that returns its own
@@ -84,9 +95,8 @@ def stack_shared(members: list):
     for tensors nothing writes in place (parameters: the inner step makes new ones)."""
 
     def one(*leaves):
-        first = leaves[0]
-        if all(leaf is first for leaf in leaves[1:]):
-            return first.expand(len(leaves), *first.shape)
+        if len(set(map(id, leaves))) == 1:  # one tensor in every member
+            return leaves[0].expand(len(leaves), *leaves[0].shape)
         return torch.stack(leaves)
 
     return optree.tree_map(one, *members)
@@ -103,13 +113,27 @@ def initial_states(runs: list[InnerRun], init, optimizer):
         optimizer's ``init`` cannot be vmapped (then each run builds its own state).
     """
     model, n = runs[0].model, len(runs)
-    params = stack_shared([init(model, run.task) for run in runs])
-    buffers = {k: torch.stack([b.detach()] * n) for k, b in model.named_buffers()}
+    members = [init(model, run.task) for run in runs]
+    params = stack_shared(members)
+    buffers = {}
+    if _has_buffers(model):
+        buffers = {k: torch.stack([b.detach()] * n) for k, b in model.named_buffers()}
     frozen = frozen_names(model)
     adapted = {k: v for k, v in params.items() if k not in frozen}
     if all(v.stride(0) == 0 for v in adapted.values()):  # θ0 is one tensor for every run
-        # an optimizer's init is a function of the parameters: one call, one copy per run
-        one = optimizer.init({k: v[0] for k, v in adapted.items()})
+        if getattr(optimizer, "elementwise", False):
+            # coordinatewise: its init on the stacked parameters is every run's own, when
+            # each state leaf is stacked too (not a scalar count); zeros_like of a
+            # broadcast view is a fresh tensor, so each run owns its state
+            opt_state = optimizer.init(adapted)
+            leaves = optree.tree_leaves(opt_state)
+            if all(isinstance(t, Tensor) and t.dim() and t.shape[0] == n for t in leaves):
+                if any(t.stride(0) == 0 for t in leaves):  # a leaf repeating θ0 itself
+                    opt_state = optree.tree_map(lambda t: t.contiguous(), opt_state)
+                return params, buffers, opt_state
+        # an optimizer's init is a function of the parameters: one call (on the first
+        # run's own tensors, which the broadcast views repeat), one copy per run
+        one = optimizer.init({k: v for k, v in members[0].items() if k not in frozen})
         return params, buffers, optree.tree_map(lambda t: torch.stack([t] * n), one)
     try:
         opt_state = torch.func.vmap(optimizer.init)(adapted)
@@ -119,24 +143,6 @@ def initial_states(runs: list[InnerRun], init, optimizer):
     # stride-0 view); optimizers may write their state in place, so each run gets its own
     opt_state = optree.tree_map(lambda t: t.contiguous(), opt_state)
     return params, buffers, opt_state
-
-
-class _Split:
-    """A batched window's detached result, split into per-run states when one is first
-    read (:meth:`InnerRun.defer`): a finished meta-batch is usually dropped unread."""
-
-    def __init__(self, params, opt_state, buffers, step: int, n: int):
-        self.stacked, self.step, self.n, self.states = (params, opt_state, buffers), step, n, None
-
-    def member(self, i: int) -> InnerState:
-        if self.states is None:
-            params, opt_state, buffers = self.stacked
-            if isinstance(buffers, dict):  # stacked (fresh runs): split like the rest
-                buffers = unstack(buffers, self.n)
-            parts = zip(unstack(params, self.n), buffers, unstack(opt_state, self.n))
-            self.states = [InnerState(p, b, o, self.step) for p, b, o in parts]
-            self.stacked = None
-        return self.states[i]
 
 
 def window_data(run: InnerRun, window: int, objective_batch: str, average: bool):
@@ -202,6 +208,7 @@ def unroll_batched(
     leaves: list[Tensor],
     scale: float,
     first_order: bool = False,
+    keep_states: bool = True,
 ) -> tuple[list[Tensor | None], list[float], list[float]]:
     """Advance every run by ``window`` steps in one vmapped computation and return
     ``scale · Σ_runs ∂(meta-loss)/∂leaves``.
@@ -219,6 +226,10 @@ def unroll_batched(
         leaves: the meta-parameters to differentiate with respect to.
         scale: multiplies every run's meta-loss (``1 / meta_batch``).
         first_order: treat the inner gradients as constants (first-order MAML).
+        keep_states: whether a run goes on from the new states. False (the runs end after
+            this window): the states are not returned from vmap, and a run whose state is
+            read all the same gets it replayed without a graph at this window's
+            meta-parameters (:func:`~learnreg.estimators.final_states.replayer`).
 
     Returns:
         One gradient per leaf (None where no run depends on it), and per-run meta-losses
@@ -230,6 +241,7 @@ def unroll_batched(
     start, buffers = None, None
     if all(run.fresh and run.model is model for run in runs):
         start = initial_states(runs, init, optimizer)
+    rebuilt = start is not None  # step-0 states the init and optimizer roles rebuild
     if start is None:
         params = stack_shared([r.state.params for r in runs])
         buffers = [r.state.buffers for r in runs]
@@ -237,24 +249,53 @@ def unroll_batched(
         start = (params,) + states
     data = stack([window_data(r, window, objective_batch, average) for r in runs])
 
-    def one_run(params, buffers, opt_state, batches, targets):
+    def one_run(params, buffers, opt_state, batches, targets, states: bool = True):
         state = InnerState(params, buffers, opt_state, step0)
         meta_loss, base_loss, state = unroll_window(
             model, task, loss, optimizer, objective, state, batches, targets, average, first_order
         )
+        if not states:
+            return meta_loss, base_loss
         return meta_loss, base_loss, state.params, state.opt_state
 
-    meta_loss, base_loss, new_params, new_opt = torch.func.vmap(one_run)(*start, *data)
+    # States no run continues from are not returned from vmap (unwrapping them is about a
+    # tenth of a small model's meta-step): they are replayed graph-free if ever read.
+    # A start holding meta-parameters other than through the init role cannot be replayed.
+    replay = not keep_states and (
+        rebuilt
+        or not any(
+            isinstance(t, Tensor) and t.requires_grad for t in optree.tree_leaves(start[::2])
+        )
+    )
+    if replay:
+        meta_loss, base_loss = torch.func.vmap(functools.partial(one_run, states=False))(
+            *start, *data
+        )
+    else:
+        meta_loss, base_loss, new_params, new_opt = torch.func.vmap(one_run)(*start, *data)
     # the scale enters as the output gradient: the same products as ``scale * sum`` in
     # backward, without that op in the graph
     total = meta_loss.sum()
     grads = torch.autograd.grad(total, leaves, torch.full_like(total, scale), allow_unused=True)
-    # detached once, stacked; each run's state is as InnerState.detach would leave it
-    new_params, new_opt = optree.tree_map(
-        lambda t: t.detach() if isinstance(t, Tensor) else t, (new_params, new_opt)
-    )
     # fresh runs' buffers are the stacked copies, split like the rest
-    final = _Split(new_params, new_opt, start[1] if buffers is None else buffers, step0 + window, n)
+    buffers = start[1] if buffers is None else buffers
+    if replay:
+
+        def begin():
+            return initial_states(runs, init, optimizer) if rebuilt else start
+
+        final = FinalStates(
+            replayer((init, loss, optimizer), leaves, begin, one_run, data),
+            buffers,
+            step0 + window,
+            n,
+        )
+    else:
+        # detached once, stacked; each run's state is as InnerState.detach would leave it
+        new_params, new_opt = optree.tree_map(
+            lambda t: t.detach() if isinstance(t, Tensor) else t, (new_params, new_opt)
+        )
+        final = FinalStates(lambda: (new_params, new_opt), buffers, step0 + window, n)
     for i, run in enumerate(runs):
         run.defer(functools.partial(final.member, i), step0 + window)
     return list(grads), meta_loss.detach().tolist(), base_loss.detach().tolist()

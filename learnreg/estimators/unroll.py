@@ -127,6 +127,7 @@ class TruncatedUnroll(Estimator):
                 leaves,
                 scale,
                 self.first_order,
+                keep_states=self._continue(self.runs[0].step),
             )
         else:
             total, losses, base = [None] * len(leaves), [], []
@@ -142,6 +143,11 @@ class TruncatedUnroll(Estimator):
         meta_loss = float(sum(losses) / len(losses))
         # inner_loss: the inner loop's own (learned) loss, in that loss's units.
         return Estimate(grads, {"meta_loss": meta_loss, "inner_loss": float(sum(base) / len(base))})
+
+    def _continue(self, step: int) -> bool:
+        """Whether runs at inner step ``step`` go on after this window (else the next
+        :meth:`_refresh_runs` replaces them)."""
+        return self.horizon is None or step + 2 * self.window <= self.horizon
 
     def applied(self, ctx: MetaContext, info: dict) -> None:
         """A refused outer step (non-finite meta-gradient) may mean garbage inner states:
