@@ -9,7 +9,8 @@ weights after a step equal to float32 rounding), then times them in alternating 
 ratio stays meaningful on a busy machine even when the absolute times do not.
 
 * ``maml``: one MAML meta-step on sine (``configs/maml/sine.yaml``: MLP 40-40, 5 inner
-  SGD steps with Nesterov momentum, Adam outer step with clipping) at meta-batch 4 and 16,
+  SGD steps with Nesterov momentum, Adam outer step with clipping and the preset's cosine
+  meta-lr schedule) at meta-batch 4 and 16,
   learnreg's vmapped meta-batch (``meta_step``, as the trainer calls it) vs torchopt's functional API under ``torch.func.vmap``
   doing the same vectorized computation on the same episodes and batches.
 * ``ml3``: one ML3 meta-step (``configs/ml3/digits_mlp.yaml``: a fresh model, one
@@ -53,6 +54,8 @@ def _maml_reference(tr):
     model = tr.ctx.model_for(family.sample(0), 0)  # any MLP 40-40: used functionally
     inner = torchopt.sgd(0.01, momentum=0.9, nesterov=True)
     outer = torch.optim.Adam(theta.values(), lr=1e-3)
+    ours = tr.ctx.outer.scheduler  # the preset's cosine meta-lr schedule, taken the same way
+    schedule = ours and torch.optim.lr_scheduler.CosineAnnealingLR(outer, ours.T_max, ours.eta_min)
     window, state = est.window, {"next": 0}
 
     def adapt(theta, xs, ys, xq, yq):
@@ -86,8 +89,11 @@ def _maml_reference(tr):
         grads = [p.grad.clone() for p in theta.values()]
         torch.nn.utils.clip_grad_norm_(theta.values(), 10.0)
         outer.step()
-        return losses.detach(), grads
+        if schedule is not None:
+            schedule.step()
+        return losses.detach(), grads, list(theta.values())
 
+    step.lr = lambda: outer.param_groups[0]["lr"]
     return step
 
 
@@ -115,10 +121,14 @@ def _maml_row(meta_batch: int, args) -> str:
     tr = fewshot_trainer("maml/sine", True, meta_batch)
     reference = _maml_reference(tr)
     metrics, grads_ours = _first_meta_step(tr, "init")
-    losses, grads = reference()
+    losses, grads, theta = reference()
     assert abs(metrics["meta_loss"] - float(losses.mean())) < 1e-5 * max(1.0, metrics["meta_loss"])
     for a, b in zip(grads_ours, grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # and the same outer step (clipping, Adam, the schedule's next learning rate)
+    for a, b in zip(tr.ctx.biases.init.theta, theta):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
+    assert tr.ctx.outer.optimizer.param_groups[0]["lr"] == reference.lr()
     r = interleaved_ratio(
         lambda: meta_step(tr.ctx, tr.estimator), reference, args.steps, args.repeats, warmup=2
     )

@@ -71,8 +71,8 @@ class MetaContext:
         if task is None:
             task = self.family.sample(index).to(self.device)
         seed = derive_seed(self.seed, phase, index)
-        model = self.model_for(task, seed)
         init, optimizer = self.biases.init, self.biases.optimizer
+        model = self._model_for(task, seed, init)
         if defer_init:
             run = InnerRun(task, model, None, seed, index)
             run.defer(lambda: init_state(model, init, optimizer, task), 0, fresh=True)
@@ -84,7 +84,10 @@ class MetaContext:
         init role reads its weights; otherwise one model shared by every run of the same
         ``model_fn`` (the model is only ever called functionally, and building a seeded
         ``nn.Module`` per task whose weights the init discards was most of a MAML step)."""
-        if getattr(self.biases.init, "reads_model_weights", True) or task.model_fn is None:
+        return self._model_for(task, seed, self.biases.init)
+
+    def _model_for(self, task, seed: int, init):
+        if getattr(init, "reads_model_weights", True) or task.model_fn is None:
             return task.build_model(seed).to(self.device)
         shared = self._shared_model
         if shared is None or shared[0] is not task.model_fn or shared[1] != self.device:
