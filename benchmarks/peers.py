@@ -13,6 +13,8 @@ ratio stays meaningful on a busy machine even when the absolute times do not.
   meta-lr schedule) at meta-batch 4 and 16,
   learnreg's vmapped meta-batch (``meta_step``, as the trainer calls it) vs torchopt's functional API under ``torch.func.vmap``
   doing the same vectorized computation on the same episodes and batches.
+  ``maml_counts``: the same two steps counted (Python calls, C calls, aten operators per
+  meta-step) instead of timed, which a loaded machine does not blur.
 * ``ml3``: one ML3 meta-step (``configs/ml3/digits_mlp.yaml``: a fresh model, one
   differentiable SGD step on the learned loss, the task loss on the same batch, Adam)
   vs the same step written with torchopt's functional API and with ``higher``.
@@ -140,6 +142,41 @@ def _maml_row(meta_batch: int, args) -> str:
 
 def maml(args) -> list[str]:
     return [_maml_row(meta_batch, args) for meta_batch in (4, 16)]
+
+
+def _counts(step) -> str:
+    """Python-level calls, C-function calls (``sys.setprofile``) and aten operators
+    (``torch.profiler``, forward and backward) of one call of ``step``: deterministic, so
+    they compare two versions on a loaded machine where timings cannot."""
+    import collections
+    import sys
+
+    events = collections.Counter()
+    sys.setprofile(lambda frame, event, arg: events.update((event,)))
+    try:
+        step()
+    finally:
+        sys.setprofile(None)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step()
+    ops = sum(e.name.startswith("aten::") for e in prof.events())
+    return f"{events['call']:,} / {events['c_call']:,} / {ops:,}"
+
+
+def maml_counts(args) -> list[str]:
+    """The MAML rows' work counted instead of timed (after three warm-up steps each)."""
+    rows = []
+    for meta_batch in (4, 16):
+        tr = fewshot_trainer("maml/sine", True, meta_batch)
+        reference = _maml_reference(tr)
+        ours = lambda tr=tr: meta_step(tr.ctx, tr.estimator)  # noqa: E731
+        for _ in range(3):
+            ours(), reference()
+        rows.append(
+            f"| MAML sine meta-step, B={meta_batch}: Python calls / C calls / aten ops | "
+            f"torchopt functional + vmap | {_counts(ours)} | {_counts(reference)} | – |"
+        )
+    return rows
 
 
 def sam(args) -> list[str]:
@@ -366,7 +403,14 @@ def _compiled(fn):
     return run
 
 
-BENCHES = {"maml": maml, "ml3": ml3, "sam": sam, "gsam": gsam, "population": population}
+BENCHES = {
+    "maml": maml,
+    "maml_counts": maml_counts,
+    "ml3": ml3,
+    "sam": sam,
+    "gsam": gsam,
+    "population": population,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
