@@ -7,7 +7,10 @@ come from ``torch.func.grad_and_value``, so the same :func:`inner_step` is
 
 * differentiable with respect to the meta-parameters of the loss, optimizer and init
   roles under ordinary autograd (a truncated unroll backpropagates through it),
-* cheap and graph-free under ``torch.no_grad()`` (meta-testing, fitness evaluation),
+* cheap and graph-free under ``torch.no_grad()`` (meta-testing, fitness evaluation):
+  there the base gradient is taken by plain ``torch.autograd.grad``
+  (:func:`value_and_grad`), which gives the same numbers as ``torch.func`` without its
+  per-call transform overhead, large next to the arithmetic of a small model,
 * vmappable over a population of meta-parameters (:mod:`learnreg.estimators.evaluator`).
 
 Which parameters the inner loop adapts is a property of the model: a model with an
@@ -95,6 +98,48 @@ def init_state(model: nn.Module, init, optimizer, task=None) -> InnerState:
     return InnerState(params, buffers, optimizer.init(adapted), 0)
 
 
+def plain_autograd_allowed() -> bool:
+    """Whether a gradient may be taken by plain ``torch.autograd.grad`` instead of
+    ``torch.func``: gradients are off (nobody differentiates through the result) and no
+    ``torch.func`` transform or ``torch.compile`` trace is active (``requires_grad_`` and
+    ``autograd.grad`` are refused inside the former; dynamo would break its graph)."""
+    return (
+        not torch.is_grad_enabled()
+        # private, but the only way to ask whether a functorch transform is running
+        and torch._C._functorch.peek_interpreter_stack() is None
+        and not torch.compiler.is_compiling()
+    )
+
+
+def value_and_grad(fn: Callable[[Params], Tensor], params: Params) -> tuple[Params, Tensor]:
+    """``torch.func.grad_and_value(fn)(params)``: the gradient of a scalar function of a
+    dict of tensors, and its value.
+
+    Where :func:`plain_autograd_allowed` (a graph-free step outside any transform), it is
+    taken by ``torch.autograd.grad`` on detached copies of ``params``: the same backward
+    kernels, so the same numbers (``tests/test_inner.py`` pins trajectories bit for bit),
+    at about half the cost of a small model's ``torch.func`` step. Elsewhere (meta-training,
+    under ``vmap``, compiled) it is ``torch.func``, differentiable and transformable.
+
+    Args:
+        fn: a scalar function of ``params``.
+        params: the tensors to differentiate with respect to, by name.
+
+    Returns:
+        The gradients by name (zeros for tensors ``fn`` does not use) and the value
+        (detached on the autograd path; ``torch.func``'s otherwise).
+    """
+    if not plain_autograd_allowed():
+        return torch.func.grad_and_value(fn)(params)
+    leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+    with torch.enable_grad():
+        value = fn(leaves)
+        if not value.requires_grad:  # fn ignores params: torch.func's zero gradient
+            return {k: torch.zeros_like(v) for k, v in params.items()}, value.detach()
+        grads = torch.autograd.grad(value, tuple(leaves.values()), materialize_grads=True)
+    return dict(zip(leaves, grads)), value.detach()
+
+
 def inner_step(
     model: nn.Module,
     state: InnerState,
@@ -129,7 +174,7 @@ def inner_step(
     def base_loss(adapted: Params) -> Tensor:
         return loss(functional_call(model, ({**adapted, **fixed}, state.buffers), (x,)), y)
 
-    grads, value = torch.func.grad_and_value(base_loss)(adapted)
+    grads, value = value_and_grad(base_loss, adapted)
     if first_order:
         grads = {k: g.detach() for k, g in grads.items()}
     updates, opt_state = optimizer(grads, state.opt_state, adapted)
