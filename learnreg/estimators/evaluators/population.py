@@ -118,9 +118,12 @@ class Population:
     def _loss_values(self, preds, target):
         """Every member's loss on its own predictions; candidate losses whose class offers
         ``population_values(losses, preds, target)`` compute them together (elementwise
-        losses share one softmax), else one after another."""
-        together = getattr(self.candidates[0], "population_values", None)
-        if self.role == "loss" and self.kind == "mixed" and together is not None:
+        losses share one softmax, and those of one ``population_key`` one evaluation),
+        else as :meth:`_each` does (vmapped when stacked, one after another when mixed)."""
+        first = self.candidates[0]
+        together = getattr(first, "population_values", None)
+        groups = getattr(first, "population_key", lambda: None)() is not None
+        if self.role == "loss" and together is not None and (groups or self.kind == "mixed"):
             return together(self.candidates, preds, target)
         return self._each("loss", lambda loss, pred: loss(pred, target), preds)
 
