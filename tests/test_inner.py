@@ -8,9 +8,12 @@ import optree
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 
 from learnreg.core.inner import (
+    _UNTIED,
     InnerRun,
+    call_model,
     init_state,
     inner_loop,
     inner_step,
@@ -168,3 +171,17 @@ def test_plain_autograd_is_refused_inside_vmap():
         torch.func.vmap(probe)(torch.zeros(2, 1))
         seen.append(plain_autograd_allowed())
     assert seen == [False, True]
+
+
+def test_call_model_unties_shared_weights_and_skips_the_search_on_untied_models():
+    torch.manual_seed(0)
+    shared = torch.nn.Linear(3, 3)
+    tied = torch.nn.Sequential(shared, torch.nn.Tanh(), shared)  # "2.*" is "0.*"
+    new = {k: torch.randn_like(v) for k, v in tied.named_parameters()}  # names 0.* only
+    x = torch.randn(5, 3)
+    expected = torch.tanh(x @ new["0.weight"].T + new["0.bias"]) @ new["0.weight"].T + new["0.bias"]
+    torch.testing.assert_close(call_model(tied, new, {}, x), expected)
+    untied = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh(), torch.nn.Linear(3, 3))
+    params = {k: torch.randn_like(v) for k, v in untied.named_parameters()}
+    assert torch.equal(call_model(untied, params, {}, x), functional_call(untied, params, (x,)))
+    assert _UNTIED[untied] and not _UNTIED[tied]

@@ -22,6 +22,7 @@ the forward pass). Without the attribute every parameter adapts.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
@@ -77,9 +78,27 @@ def frozen_names(model: nn.Module) -> frozenset[str]:
     )
 
 
+#: models known to share no tensor between two names (``functional_call`` need not untie)
+_UNTIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def call_model(model: nn.Module, params: Params, buffers: Params, x: Tensor) -> Tensor:
+    """``functional_call(model, (params, buffers), (x,))``, without its per-call search
+    for tied weights (a walk over every submodule) on a model known to have none."""
+    untied = _UNTIED.get(model)
+    if untied is None:
+        named = [
+            *model.named_parameters(remove_duplicate=False),
+            *model.named_buffers(remove_duplicate=False),
+        ]
+        untied = _UNTIED[model] = len({id(t) for _, t in named}) == len(named)
+    mapping = {**params, **buffers} if buffers else params
+    return functional_call(model, mapping, (x,), tie_weights=not untied)
+
+
 def forward(model: nn.Module, state: InnerState, x: Tensor) -> Tensor:
     """The base model's output at the state's parameters."""
-    return functional_call(model, (state.params, state.buffers), (x,))
+    return call_model(model, state.params, state.buffers, x)
 
 
 def init_state(model: nn.Module, init, optimizer, task=None) -> InnerState:
@@ -172,7 +191,8 @@ def inner_step(
     fixed = {k: v for k, v in state.params.items() if k in frozen}
 
     def base_loss(adapted: Params) -> Tensor:
-        return loss(functional_call(model, ({**adapted, **fixed}, state.buffers), (x,)), y)
+        params = {**adapted, **fixed} if fixed else adapted
+        return loss(call_model(model, params, state.buffers, x), y)
 
     grads, value = value_and_grad(base_loss, adapted)
     if first_order:
