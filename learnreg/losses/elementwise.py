@@ -75,27 +75,24 @@ class ElementwiseLoss(LossRole):
             return torch.stack(
                 [x.reduce(x.elementwise(targets, e)) for x, e in zip(losses, elements)]
             )
-        order, parts = [], []
+        # members sorted by group (one gather), each group a contiguous slice
+        order = [i for members in groups.values() for i in members]
+        identity = order == list(range(len(losses)))
+        if not identity:
+            elements = elements.index_select(0, torch.tensor(order, device=elements.device))
+        parts, start = [], 0
         for members in groups.values():
-            head = losses[members[0]]
+            head, part = losses[members[0]], elements[start : start + len(members)]
+            start += len(members)
             if len(members) == 1:
-                parts.append(
-                    head.reduce(head.elementwise(targets, elements[members[0]])).reshape(1)
-                )
-            else:
-                name = head.population_parameter
-                values = torch.stack([getattr(losses[i], name) for i in members])
-                # (G, *shape) -> (G, 1, ..., *shape): one leading entry per member's slice
-                values = values.reshape(
-                    len(members), *[1] * (elements.dim() - 1), *values.shape[1:]
-                )
-                part = elements
-                if len(members) < len(losses):
-                    part = elements.index_select(0, torch.tensor(members, device=elements.device))
-                parts.append(head.reduce(head.elementwise_at(values, targets, part)))
-            order += members
+                parts.append(head.reduce(head.elementwise(targets, part[0])).reshape(1))
+                continue
+            values = torch.stack([getattr(losses[i], head.population_parameter) for i in members])
+            # (G, *shape) -> (G, 1, ..., *shape): one leading entry per member's slice
+            values = values.reshape(len(members), *[1] * (part.dim() - 1), *values.shape[1:])
+            parts.append(head.reduce(head.elementwise_at(values, targets, part)))
         values = torch.cat(parts)
-        if order == list(range(len(losses))):
+        if identity:
             return values
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))

@@ -309,8 +309,8 @@ class SymbolicLoss(ElementwiseLoss):
         dimensions broadcast against the elements')."""
         weights = values.to(prediction.dtype).unbind(-1)
         value = evaluate(self.nodes, target, prediction, weights)
-        shape = prediction.shape if target.shape == prediction.shape else None
-        if shape is None:  # plots pass grids; the training path has equal shapes
+        shape = prediction.shape  # the training path: a target of the prediction's shape
+        if target.shape != shape[len(shape) - target.dim() :]:  # plots pass grids
             shape = torch.broadcast_shapes(target.shape, prediction.shape)
         return value if value.shape == shape else value.expand(shape)
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import optree
 import torch
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from learnreg.core import population
 from learnreg.core.bias import Biases
 from learnreg.core.inner import (
     InnerState,
+    call_model,
     frozen_names,
     init_state,
     inner_step,
@@ -102,7 +103,7 @@ class Population:
         (params, buffers, opt_state), (x, y) = state, batch
         frozen = frozen_names(model)
         fixed = {k: v for k, v in params.items() if k in frozen}
-        forward = vmap(lambda p, b: functional_call(model, (p, b), (x,)), randomness="different")
+        forward = vmap(lambda p, b: call_model(model, p, b, x), randomness="different")
 
         def total(adapted):
             return self._loss_values(forward({**adapted, **fixed}, buffers), y).sum()
