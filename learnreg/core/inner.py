@@ -124,9 +124,9 @@ def plain_autograd_allowed() -> bool:
     ``autograd.grad`` are refused inside the former; dynamo would break its graph)."""
     return (
         not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()  # first: dynamo folds it, tracing nothing after
         # private, but the only way to ask whether a functorch transform is running
         and torch._C._functorch.peek_interpreter_stack() is None
-        and not torch.compiler.is_compiling()
     )
 
 
