@@ -295,7 +295,7 @@ def _log_to_wandb(run_dir: Path, paths: list[Path]) -> None:
         return
     import wandb
 
-    from learnreg.tracking.loggers import wandb_mode
+    from learnreg.tracking.wandb_logger import wandb_mode
 
     run = wandb.init(
         id=(run_dir / "wandb_id").read_text().strip(),

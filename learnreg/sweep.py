@@ -64,7 +64,7 @@ def sweep(
         One row per point: the parameter values, the learned and baseline test metrics.
     """
     from learnreg.tracking.lock import check_run_dir
-    from learnreg.tracking.loggers import wandb_mode
+    from learnreg.tracking.wandb_logger import wandb_mode
 
     out = Path(out)
     check_run_dir(out)

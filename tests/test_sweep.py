@@ -45,10 +45,10 @@ def test_online_wandb_sweep_runs_each_point_in_the_sweeps_run(tmp_path, monkeypa
     themselves are real offline W&B runs, read back afterwards."""
     import wandb
 
-    import learnreg.tracking.loggers as loggers
+    import learnreg.tracking.wandb_logger as wandb_logger
     from learnreg.tracking.wandb_offline import read_run
 
-    monkeypatch.setattr(loggers, "wandb_mode", lambda: "online")
+    monkeypatch.setattr(wandb_logger, "wandb_mode", lambda: "online")
     monkeypatch.setenv("WANDB_MODE", "offline")  # what the fake agent's runs really are
     specs, real_init = [], wandb.init
 
