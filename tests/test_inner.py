@@ -10,16 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from learnreg.core.inner import (
-    _UNTIED,
-    InnerRun,
-    call_model,
-    init_state,
-    inner_loop,
-    inner_step,
-    plain_autograd_allowed,
-    value_and_grad,
-)
+from learnreg.core.functional import _UNTIED, call_model, plain_autograd_allowed, value_and_grad
+from learnreg.core.inner import InnerRun, init_state, inner_loop, inner_step
 from learnreg.inits import RandomInit
 from learnreg.losses import CrossEntropy, TaylorLoss
 from learnreg.optimizers import SGD, Adam

@@ -9,8 +9,9 @@ come from ``torch.func.grad_and_value``, so the same :func:`inner_step` is
   roles under ordinary autograd (a truncated unroll backpropagates through it),
 * cheap and graph-free under ``torch.no_grad()`` (meta-testing, fitness evaluation):
   there the base gradient is taken by plain ``torch.autograd.grad``
-  (:func:`value_and_grad`), which gives the same numbers as ``torch.func`` without its
-  per-call transform overhead, large next to the arithmetic of a small model,
+  (:func:`learnreg.core.functional.value_and_grad`), which gives the same numbers as
+  ``torch.func`` without its per-call transform overhead, large next to the arithmetic of
+  a small model,
 * vmappable over a population of meta-parameters (:mod:`learnreg.estimators.evaluator`).
 
 Which parameters the inner loop adapts is a property of the model: a model with an
@@ -22,17 +23,15 @@ the forward pass). Without the attribute every parameter adapts.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
 import optree
-import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
+from learnreg.core.functional import call_model, value_and_grad
 from learnreg.errors import CheckpointError
 
 Params = dict[str, Tensor]
@@ -78,24 +77,6 @@ def frozen_names(model: nn.Module) -> frozenset[str]:
     )
 
 
-#: models known to share no tensor between two names (``functional_call`` need not untie)
-_UNTIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def call_model(model: nn.Module, params: Params, buffers: Params, x: Tensor) -> Tensor:
-    """``functional_call(model, (params, buffers), (x,))``, without its per-call search
-    for tied weights (a walk over every submodule) on a model known to have none."""
-    untied = _UNTIED.get(model)
-    if untied is None:
-        named = [
-            *model.named_parameters(remove_duplicate=False),
-            *model.named_buffers(remove_duplicate=False),
-        ]
-        untied = _UNTIED[model] = len({id(t) for _, t in named}) == len(named)
-    mapping = {**params, **buffers} if buffers else params
-    return functional_call(model, mapping, (x,), tie_weights=not untied)
-
-
 def forward(model: nn.Module, state: InnerState, x: Tensor) -> Tensor:
     """The base model's output at the state's parameters."""
     return call_model(model, state.params, state.buffers, x)
@@ -115,48 +96,6 @@ def init_state(model: nn.Module, init, optimizer, task=None) -> InnerState:
     frozen = frozen_names(model)
     adapted = {k: v for k, v in params.items() if k not in frozen}
     return InnerState(params, buffers, optimizer.init(adapted), 0)
-
-
-def plain_autograd_allowed() -> bool:
-    """Whether a gradient may be taken by plain ``torch.autograd.grad`` instead of
-    ``torch.func``: gradients are off (nobody differentiates through the result) and no
-    ``torch.func`` transform or ``torch.compile`` trace is active (``requires_grad_`` and
-    ``autograd.grad`` are refused inside the former; dynamo would break its graph)."""
-    return (
-        not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()  # first: dynamo folds it, tracing nothing after
-        # private, but the only way to ask whether a functorch transform is running
-        and torch._C._functorch.peek_interpreter_stack() is None
-    )
-
-
-def value_and_grad(fn: Callable[[Params], Tensor], params: Params) -> tuple[Params, Tensor]:
-    """``torch.func.grad_and_value(fn)(params)``: the gradient of a scalar function of a
-    dict of tensors, and its value.
-
-    Where :func:`plain_autograd_allowed` (a graph-free step outside any transform), it is
-    taken by ``torch.autograd.grad`` on detached copies of ``params``: the same backward
-    kernels, so the same numbers (``tests/test_inner.py`` pins trajectories bit for bit),
-    at about half the cost of a small model's ``torch.func`` step. Elsewhere (meta-training,
-    under ``vmap``, compiled) it is ``torch.func``, differentiable and transformable.
-
-    Args:
-        fn: a scalar function of ``params``.
-        params: the tensors to differentiate with respect to, by name.
-
-    Returns:
-        The gradients by name (zeros for tensors ``fn`` does not use) and the value
-        (detached on the autograd path; ``torch.func``'s otherwise).
-    """
-    if not plain_autograd_allowed():
-        return torch.func.grad_and_value(fn)(params)
-    leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
-    with torch.enable_grad():
-        value = fn(leaves)
-        if not value.requires_grad:  # fn ignores params: torch.func's zero gradient
-            return {k: torch.zeros_like(v) for k, v in params.items()}, value.detach()
-        grads = torch.autograd.grad(value, tuple(leaves.values()), materialize_grads=True)
-    return dict(zip(leaves, grads)), value.detach()
 
 
 def inner_step(

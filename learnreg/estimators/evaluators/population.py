@@ -24,15 +24,8 @@ from torch.func import vmap
 
 from learnreg.core import population
 from learnreg.core.bias import Biases
-from learnreg.core.inner import (
-    InnerState,
-    call_model,
-    frozen_names,
-    init_state,
-    inner_step,
-    plain_autograd_allowed,
-    value_and_grad,
-)
+from learnreg.core.functional import call_model, plain_autograd_allowed, value_and_grad
+from learnreg.core.inner import InnerState, frozen_names, init_state, inner_step
 from learnreg.core.metaparams import call_at
 
 
@@ -99,7 +92,7 @@ class Population:
         """:func:`~learnreg.core.inner.inner_step` with the model vmapped over the members
         and each role called for every member (:meth:`_each`); the gradient is taken
         outside ``vmap``, of the members' summed losses (each member's own gradient), so a
-        graph-free step takes it by plain autograd (:func:`~learnreg.core.inner.value_and_grad`)."""
+        graph-free step takes it by plain autograd (:func:`~learnreg.core.functional.value_and_grad`)."""
         (params, buffers, opt_state), (x, y) = state, batch
         frozen = frozen_names(model)
         fixed = {k: v for k, v in params.items() if k in frozen}
