@@ -24,6 +24,9 @@ _UNTIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def call_model(model: nn.Module, params: Params, buffers: Params, x: Tensor) -> Tensor:
     """``functional_call(model, (params, buffers), (x,))``, without its per-call search
     for tied weights (a walk over every submodule) on a model known to have none."""
+    mapping = {**params, **buffers} if buffers else params
+    if torch.compiler.is_compiling():  # dynamo: no global cache to trace (it fails on it)
+        return functional_call(model, mapping, (x,))
     untied = _UNTIED.get(model)
     if untied is None:
         named = [
@@ -31,7 +34,6 @@ def call_model(model: nn.Module, params: Params, buffers: Params, x: Tensor) -> 
             *model.named_buffers(remove_duplicate=False),
         ]
         untied = _UNTIED[model] = len({id(t) for _, t in named}) == len(named)
-    mapping = {**params, **buffers} if buffers else params
     return functional_call(model, mapping, (x,), tie_weights=not untied)
 
 
