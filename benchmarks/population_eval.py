@@ -12,8 +12,8 @@ for ``--steps`` SGD steps, then the validation metric):
 
 Run: ``python -m benchmarks.population_eval [--repeats 5] [--steps 100] [--threads 1]
 [--device cuda] [--modes plain,vmap]``.
-The modes are interleaved in each repeat so that machine load affects them alike; the
-table shows medians, and the largest fitness difference between vmap and sequential
+Every mode's fitness values are first asserted equal (to float rounding); the modes are
+interleaved in each repeat so that machine load affects them alike; the table shows medians, and the largest fitness difference between vmap and sequential
 (absolute, or relative where the fitness exceeds 1).
 """
 
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         results = {}
         for m, fn in modes.items():
             results[m] = fn()  # warm-up (and the fitness values compared below)
+        _assert_equal_results(results, task)
         for _ in range(args.repeats):
             for m, fn in modes.items():
                 sync(device)
@@ -188,6 +189,19 @@ def main(argv: list[str] | None = None) -> None:
             f"{t['sequential'] / t['vmap']:.1f}x | {t['plain'] / t['vmap']:.1f}x | {diff:.1e} |",
             flush=True,
         )
+
+
+def _assert_equal_results(results: dict, task) -> None:
+    """Every mode's fitness equals the first's before anything is timed: validation errors
+    up to one example flipped by float rounding, MSEs to 1e-4 relative."""
+    names = list(results)
+    for m in names[1:]:
+        for a, b in zip(results[m], results[names[0]]):
+            if task.kind == "classification":
+                ok = abs(a - b) <= 1.5 / len(task.val)
+            else:
+                ok = abs(a - b) <= 1e-4 * max(1.0, abs(b)) or (math.isnan(a) and math.isnan(b))
+            assert ok, f"{m} and {names[0]} disagree: {a} vs {b}"
 
 
 def _pair(results: dict) -> tuple[list, list]:

@@ -222,3 +222,33 @@ def test_no_ray_process_outlives_a_killed_driver(tmp_path):
                 p.kill()
         if driver.poll() is None:
             driver.kill()
+
+
+def test_population_values_of_grouped_losses_equal_each_loss_alone():
+    """Trees of one expression (and TaylorLosses) are one broadcast evaluation at their
+    stacked parameters: values and each candidate's own parameter gradients are those of
+    the candidate evaluated alone, in the candidates' order."""
+    g = torch.Generator().manual_seed(1)
+    trees = [SymbolicLoss(expression=TREES[i % 3], seed=i) for i in (0, 1, 3, 2, 4, 6, 5)]
+    for losses in (trees, taylor_candidates(5)):
+        preds = torch.randn(len(losses), 12, 10, generator=g, dtype=torch.float64)
+        target = torch.randint(0, 10, (12,), generator=g)
+        losses = [loss.double() for loss in losses]
+        together = type(losses[0]).population_values(losses, preds, target)
+        alone = torch.stack([loss(p, target) for loss, p in zip(losses, preds)])
+        torch.testing.assert_close(together, alone, rtol=1e-12, atol=1e-12)
+        mixed_weights = torch.arange(1.0, len(losses) + 1, dtype=torch.float64)
+        params = [next(loss.parameters()) for loss in losses]
+        grads_together = torch.autograd.grad((together * mixed_weights).sum(), params)
+        grads_alone = torch.autograd.grad((alone * mixed_weights).sum(), params)
+        for a, b in zip(grads_together, grads_alone):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_vmapped_fitness_equals_sequential_for_trees_sharing_expressions():
+    task = digits()
+    losses = [SymbolicLoss(expression=TREES[i % 3], seed=i) for i in range(7)]
+    prob = problem(task, steps=30, objective=TaskLoss())
+    assert fitness(VmapEvaluator().evaluate(prob, losses)) == pytest.approx(
+        fitness(SerialEvaluator().evaluate(prob, losses)), abs=1e-5
+    )

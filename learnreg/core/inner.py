@@ -7,7 +7,11 @@ come from ``torch.func.grad_and_value``, so the same :func:`inner_step` is
 
 * differentiable with respect to the meta-parameters of the loss, optimizer and init
   roles under ordinary autograd (a truncated unroll backpropagates through it),
-* cheap and graph-free under ``torch.no_grad()`` (meta-testing, fitness evaluation),
+* cheap and graph-free under ``torch.no_grad()`` (meta-testing, fitness evaluation):
+  there the base gradient is taken by plain ``torch.autograd.grad``
+  (:func:`learnreg.core.functional.value_and_grad`), which gives the same numbers as
+  ``torch.func`` without its per-call transform overhead, large next to the arithmetic of
+  a small model,
 * vmappable over a population of meta-parameters (:mod:`learnreg.estimators.evaluator`).
 
 Which parameters the inner loop adapts is a property of the model: a model with an
@@ -19,17 +23,15 @@ the forward pass). Without the attribute every parameter adapts.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
 import optree
-import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
+from learnreg.core.functional import call_model, value_and_grad
 from learnreg.errors import CheckpointError
 
 Params = dict[str, Tensor]
@@ -73,31 +75,6 @@ def frozen_names(model: nn.Module) -> frozenset[str]:
     return frozenset(
         k for k, _ in model.named_parameters() if not any(fnmatchcase(k, p) for p in patterns)
     )
-
-
-#: models known to hold no tensor under two names, so that ``functional_call`` may skip its
-#: per-call walk over the module looking for tied weights (half the call on a small MLP)
-_UNTIED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _untied(model: nn.Module) -> bool:
-    untied = _UNTIED.get(model)
-    if untied is None:
-        tensors = [t for _, t in model.named_parameters(remove_duplicate=False)]
-        tensors += [t for _, t in model.named_buffers(remove_duplicate=False)]
-        untied = _UNTIED[model] = len({id(t) for t in tensors}) == len(tensors)
-    return untied
-
-
-def call_model(model: nn.Module, params: Params, buffers: Params, x: Tensor) -> Tensor:
-    """``functional_call(model, (params, buffers), (x,))``, the same result with less
-    Python: one dict (no merge when there are no buffers) and no tied-weights walk on a
-    model without tied weights (checked once per model; ``tie_weights`` only matters for
-    tensors registered under two names). Compiled code takes torch's default path."""
-    tensors = {**params, **buffers} if buffers else params
-    if torch.compiler.is_compiling() or not _untied(model):
-        return functional_call(model, tensors, (x,))
-    return functional_call(model, tensors, (x,), tie_weights=False)
 
 
 def forward(model: nn.Module, state: InnerState, x: Tensor) -> Tensor:
@@ -152,11 +129,13 @@ def inner_step(
     adapted = {k: v for k, v in state.params.items() if k not in frozen} if frozen else state.params
     fixed = {k: v for k, v in state.params.items() if k in frozen}
 
-    def base_loss(adapted: Params) -> Tensor:
+    # the buffers go in as an argument, not a closure: torch.func refuses in-place updates
+    # of captured tensors, and BatchNorm updates its running statistics in place
+    def base_loss(adapted: Params, buffers: Params) -> Tensor:
         params = {**adapted, **fixed} if fixed else adapted
-        return loss(call_model(model, params, state.buffers, x), y)
+        return loss(call_model(model, params, buffers, x), y)
 
-    grads, value = torch.func.grad_and_value(base_loss)(adapted)
+    grads, value = value_and_grad(base_loss, adapted, state.buffers)
     if first_order:
         grads = {k: g.detach() for k, g in grads.items()}
     updates, opt_state = optimizer(grads, state.opt_state, adapted)

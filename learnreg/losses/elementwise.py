@@ -11,6 +11,8 @@ be plotted over target × prediction (:mod:`learnreg.losses.plot`).
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -36,18 +38,65 @@ class ElementwiseLoss(LossRole):
             return F.one_hot(target, pred.shape[-1]).to(pred.dtype), pred.softmax(-1)
         return target, pred
 
+    #: the name of the one parameter tensor :meth:`elementwise_at` takes in place of the
+    #: module's own (None: the class does not evaluate members together)
+    population_parameter: str | None = None
+
+    def population_key(self) -> Hashable | None:
+        """Losses with one (non-None) key differ only in their ``population_parameter``
+        and are evaluated as one group by :meth:`population_values` (the default: none)."""
+        return None
+
+    def elementwise_at(self, values: Tensor, target: Tensor, prediction: Tensor) -> Tensor:
+        """:meth:`elementwise` with ``values`` in place of the ``population_parameter``;
+        ``values`` may carry leading dimensions that broadcast against ``prediction``'s."""
+        raise NotImplementedError
+
     @staticmethod
     def population_values(losses: list, preds: Tensor, target: Tensor) -> Tensor:
         """Each loss on its own slice of ``preds`` (``(P, N, ...)``), shape ``(P,)``.
 
         Elementwise losses of one kind share the batch's one-hot targets and softmax (one
         each for the population, not one per candidate): the hook a population of
-        different trees is evaluated through (:mod:`learnreg.estimators.evaluators`)."""
+        candidates is evaluated through (:mod:`learnreg.estimators.evaluators`). Losses
+        with one :meth:`population_key` (TaylorGLO's coefficient vectors, trees of one
+        expression) are one evaluation at their stacked parameters, broadcast over their
+        slices, instead of one per member: a handful of operations for the group rather
+        than a Python evaluation of each member."""
         first = losses[0]
         if not all(isinstance(x, ElementwiseLoss) and x.kind == first.kind for x in losses):
             return torch.stack([loss(p, target) for loss, p in zip(losses, preds)])
         targets, elements = first.elements(preds, target)
-        return torch.stack([x.reduce(x.elementwise(targets, e)) for x, e in zip(losses, elements)])
+        groups: dict = {}
+        for i, loss in enumerate(losses):
+            key = loss.population_key()
+            groups.setdefault(i if key is None else (type(loss), key), []).append(i)
+        if len(groups) == len(losses):  # nothing to share
+            return torch.stack(
+                [x.reduce(x.elementwise(targets, e)) for x, e in zip(losses, elements)]
+            )
+        # members sorted by group (one gather), each group a contiguous slice
+        order = [i for members in groups.values() for i in members]
+        identity = order == list(range(len(losses)))
+        if not identity:
+            elements = elements.index_select(0, torch.tensor(order, device=elements.device))
+        parts, start = [], 0
+        for members in groups.values():
+            head, part = losses[members[0]], elements[start : start + len(members)]
+            start += len(members)
+            if len(members) == 1:
+                parts.append(head.reduce(head.elementwise(targets, part[0])).reshape(1))
+                continue
+            values = torch.stack([getattr(losses[i], head.population_parameter) for i in members])
+            # (G, *shape) -> (G, 1, ..., *shape): one leading entry per member's slice
+            values = values.reshape(len(members), *[1] * (part.dim() - 1), *values.shape[1:])
+            parts.append(head.reduce(head.elementwise_at(values, targets, part)))
+        values = torch.cat(parts)
+        if identity:
+            return values
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return values.index_select(0, inverse.to(values.device))
 
     def plot(self, path):
         """Draw the loss over target × prediction into ``path`` (:func:`~learnreg.losses.plot.plot_loss`)."""

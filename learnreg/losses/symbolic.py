@@ -294,12 +294,23 @@ class SymbolicLoss(ElementwiseLoss):
                 self.set_expression(expression, state_dict[prefix + "weights"])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    population_parameter = "weights"
+
+    def population_key(self) -> tuple:
+        """Trees of one expression differ only in their node weights."""
+        return (self.kind, self.expression)
+
     def elementwise(self, target: Tensor, prediction: Tensor) -> Tensor:
         """The weighted tree at every (target, prediction) element, broadcast to their shape."""
-        weights = self.weights.to(prediction.dtype).unbind()
+        return self.elementwise_at(self.weights, target, prediction)
+
+    def elementwise_at(self, values: Tensor, target: Tensor, prediction: Tensor) -> Tensor:
+        """:meth:`elementwise` with node weights ``values`` (``(..., nodes)``, leading
+        dimensions broadcast against the elements')."""
+        weights = values.to(prediction.dtype).unbind(-1)
         value = evaluate(self.nodes, target, prediction, weights)
-        shape = prediction.shape if target.shape == prediction.shape else None
-        if shape is None:  # plots pass grids; the training path has equal shapes
+        shape = prediction.shape  # the training path: a target of the prediction's shape
+        if target.shape != shape[len(shape) - target.dim() :]:  # plots pass grids
             shape = torch.broadcast_shapes(target.shape, prediction.shape)
         return value if value.shape == shape else value.expand(shape)
 

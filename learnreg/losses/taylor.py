@@ -110,9 +110,20 @@ class TaylorLoss(ElementwiseLoss):
         self.kind, self.num_classes = kind, num_classes
         self.theta = nn.Parameter(torch.tensor(values))
 
+    population_parameter = "theta"
+
+    def population_key(self) -> tuple:
+        """Every TaylorLoss of one kind is the same polynomial at other coefficients."""
+        return (self.kind,)
+
     def elementwise(self, target: Tensor, prediction: Tensor) -> Tensor:
         """Each (class or output) element's contribution ``-f(x, y)`` to the loss."""
-        return -taylor_polynomial(self.theta.to(prediction.dtype), target, prediction)
+        return self.elementwise_at(self.theta, target, prediction)
+
+    def elementwise_at(self, values: Tensor, target: Tensor, prediction: Tensor) -> Tensor:
+        """:meth:`elementwise` at coefficients ``values`` (``(..., 8)``, leading dimensions
+        broadcast against the elements')."""
+        return -taylor_polynomial(values.to(prediction.dtype), target, prediction)
 
     def satisfies_invariant(self) -> bool:
         """Whether the current coefficients pass the trainability invariant (classification)."""

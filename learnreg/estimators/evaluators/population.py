@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import optree
 import torch
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from learnreg.core import population
 from learnreg.core.bias import Biases
+from learnreg.core.functional import call_model, plain_autograd_allowed, value_and_grad
 from learnreg.core.inner import InnerState, frozen_names, init_state, inner_step
 from learnreg.core.metaparams import call_at
 
@@ -75,8 +76,8 @@ class Population:
         if self.kind == "plain":
             b = self.template
             return _plain(inner_step(model, InnerState(*state), batch, b.loss, b.optimizer)[0])
-        if self.kind == "mixed":
-            return self._mixed_step(model, state, batch)
+        if self.kind == "mixed" or plain_autograd_allowed():
+            return self._batched_step(model, state, batch)
         b = self.template
 
         def one(values, member_state):
@@ -87,19 +88,21 @@ class Population:
 
         return vmap(one, randomness="different")(self.values(), state)
 
-    def _mixed_step(self, model, state: tuple, batch) -> tuple:
+    def _batched_step(self, model, state: tuple, batch) -> tuple:
         """:func:`~learnreg.core.inner.inner_step` with the model vmapped over the members
-        and each role called per member (in turn for the searched one)."""
+        and each role called for every member (:meth:`_each`); the gradient is taken
+        outside ``vmap``, of the members' summed losses (each member's own gradient), so a
+        graph-free step takes it by plain autograd (:func:`~learnreg.core.functional.value_and_grad`)."""
         (params, buffers, opt_state), (x, y) = state, batch
         frozen = frozen_names(model)
         fixed = {k: v for k, v in params.items() if k in frozen}
-        forward = vmap(lambda p, b: functional_call(model, (p, b), (x,)), randomness="different")
+        forward = vmap(lambda p, b: call_model(model, p, b, x), randomness="different")
 
         def total(adapted):
             return self._loss_values(forward({**adapted, **fixed}, buffers), y).sum()
 
         adapted = {k: v for k, v in params.items() if k not in frozen}
-        grads = torch.func.grad(total)(adapted)
+        grads, _ = value_and_grad(total, adapted)
         updates, opt_state = self._each(
             "optimizer", lambda opt, g, s, p: opt(g, s, p), grads, opt_state, adapted
         )
@@ -109,9 +112,12 @@ class Population:
     def _loss_values(self, preds, target):
         """Every member's loss on its own predictions; candidate losses whose class offers
         ``population_values(losses, preds, target)`` compute them together (elementwise
-        losses share one softmax), else one after another."""
-        together = getattr(self.candidates[0], "population_values", None)
-        if self.role == "loss" and together is not None:
+        losses share one softmax, and those of one ``population_key`` one evaluation),
+        else as :meth:`_each` does (vmapped when stacked, one after another when mixed)."""
+        first = self.candidates[0]
+        together = getattr(first, "population_values", None)
+        groups = getattr(first, "population_key", lambda: None)() is not None
+        if self.role == "loss" and together is not None and (groups or self.kind == "mixed"):
             return together(self.candidates, preds, target)
         return self._each("loss", lambda loss, pred: loss(pred, target), preds)
 
@@ -119,9 +125,20 @@ class Population:
         """``fn(member's role module, *member's args)`` for every member (args stacked)."""
         if role != self.role:  # the same module for everyone
             module = self.template.roles()[role]
-            if getattr(module, "elementwise", False):  # coordinatewise: stacked is the same
+            # coordinatewise on tensors of the parameters' shapes: stacked is the same
+            # (not with a per-member scalar such as Adam's step count, shape (P,))
+            if getattr(module, "elementwise", False) and all(
+                t.dim() > 1 for t in optree.tree_leaves(args) if isinstance(t, torch.Tensor)
+            ):
                 return fn(module, *args)
             return vmap(lambda *a: fn(module, *a), randomness="different")(*args)
+        if self.kind == "stacked":  # one template at the members' stacked values
+            b, module = self.template, self.template.roles()[role]
+
+            def one(values, *a):
+                return call_at(b, {role: values}, fn, module, *a)
+
+            return vmap(one, randomness="different")(self.values()[role], *args)
         parts = population.unstack(args, len(self.members))
         return population.stack([fn(m.roles()[role], *a) for m, a in zip(self.members, parts)])
 
