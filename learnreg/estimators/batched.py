@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import weakref
+from typing import Any
 
 import optree
 import torch
@@ -196,6 +197,24 @@ def unroll_window(
     return (total / window if average else total), base_loss, state
 
 
+def _start(runs: list[InnerRun], init, optimizer) -> tuple[tuple, Any, bool]:
+    """The stacked step-0 states ``(params, buffers, opt_state)`` of a meta-batch, the
+    buffers its runs continue with (the stacked copies for fresh runs, each run's own
+    otherwise), and whether the init and optimizer roles rebuilt them (fresh runs of one
+    model), so that they can be rebuilt again for a replay."""
+    model = runs[0].model
+    if all(run.fresh and run.model is model for run in runs):
+        start = initial_states(runs, init, optimizer)
+        return start, start[1], True
+    params = stack_shared([r.state.params for r in runs])
+    buffers = [r.state.buffers for r in runs]
+    return (
+        (params,) + stack([(b, r.state.opt_state) for r, b in zip(runs, buffers)]),
+        buffers,
+        False,
+    )
+
+
 def unroll_batched(
     runs: list[InnerRun],
     init,
@@ -238,15 +257,7 @@ def unroll_batched(
     """
     model, task, step0, n = runs[0].model, runs[0].task, runs[0].step, len(runs)
     check_vmappable(model)
-    start, buffers = None, None
-    if all(run.fresh and run.model is model for run in runs):
-        start = initial_states(runs, init, optimizer)
-    rebuilt = start is not None  # step-0 states the init and optimizer roles rebuild
-    if start is None:
-        params = stack_shared([r.state.params for r in runs])
-        buffers = [r.state.buffers for r in runs]
-        states = stack([(b, r.state.opt_state) for r, b in zip(runs, buffers)])
-        start = (params,) + states
+    start, buffers, rebuilt = _start(runs, init, optimizer)
     data = stack([window_data(r, window, objective_batch, average) for r in runs])
 
     def one_run(params, buffers, opt_state, batches, targets, states: bool = True):
@@ -278,25 +289,19 @@ def unroll_batched(
     # backward, without that op in the graph
     total = meta_loss.sum()
     grads = torch.autograd.grad(total, leaves, torch.full_like(total, scale), allow_unused=True)
-    # fresh runs' buffers are the stacked copies, split like the rest
-    buffers = start[1] if buffers is None else buffers
     if replay:
 
         def begin():
             return initial_states(runs, init, optimizer) if rebuilt else start
 
-        final = FinalStates(
-            replayer((init, loss, optimizer), leaves, begin, one_run, data),
-            buffers,
-            step0 + window,
-            n,
-        )
+        read = replayer((init, loss, optimizer), leaves, begin, one_run, data)
     else:
         # detached once, stacked; each run's state is as InnerState.detach would leave it
-        new_params, new_opt = optree.tree_map(
+        detached = optree.tree_map(
             lambda t: t.detach() if isinstance(t, Tensor) else t, (new_params, new_opt)
         )
-        final = FinalStates(lambda: (new_params, new_opt), buffers, step0 + window, n)
+        read = lambda: detached  # noqa: E731
+    final = FinalStates(read, buffers, step0 + window, n)
     for i, run in enumerate(runs):
         run.defer(functools.partial(final.member, i), step0 + window)
     return list(grads), meta_loss.detach().tolist(), base_loss.detach().tolist()
