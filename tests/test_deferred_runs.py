@@ -44,8 +44,8 @@ def _trajectory(name, defer: bool, vmap: bool = True, steps: int = 2):
     outer = OuterOptimizer(params, torch.optim.Adam(params, lr=1e-2), clip_grad_norm=10.0)
     ctx = MetaContext(family, biases, TaskLoss(), outer, 0, torch.device("cpu"))
     if not defer:  # every run builds its state when it is made
-        make = ctx.new_run
-        ctx.new_run = lambda phase, index, task=None, defer_init=False: make(phase, index, task)
+        make = ctx.new_runs
+        ctx.new_runs = lambda phase, indices, defer_init=False, tasks=None: make(phase, indices)
     unroll = TruncatedUnroll(window=3, horizon=3, meta_batch=3, vmap=vmap)
     losses, grads = [], []
     for _ in range(steps):

@@ -68,16 +68,30 @@ class MetaContext:
         (:meth:`InnerRun.defer`), or together with the other runs of a batched meta-batch;
         only for runs used before the meta-parameters next change (the init role reads
         them then)."""
-        if task is None:
-            task = self.family.sample(index).to(self.device)
-        seed = derive_seed(self.seed, phase, index)
-        init, optimizer = self.biases.init, self.biases.optimizer
-        model = self._model_for(task, seed, init)
-        if defer_init:
-            run = InnerRun(task, model, None, seed, index)
-            run.defer(lambda: init_state(model, init, optimizer, task), 0, fresh=True)
-            return run
-        return InnerRun(task, model, init_state(model, init, optimizer, task), seed, index)
+        return self.new_runs(phase, [index], defer_init, None if task is None else [task])[0]
+
+    def new_runs(self, phase: str, indices, defer_init: bool = False, tasks=None) -> list[InnerRun]:
+        """:meth:`new_run` for each of ``indices``, on the family's tasks (or ``tasks``,
+        one per index): one call for a meta-batch, which looks the roles and a shared
+        model up once instead of once per task."""
+        init, optimizer, device, shared = self.biases.init, self.biases.optimizer, self.device, None
+        runs = []
+        for j, index in enumerate(indices):
+            task = self.family.sample(index).to(device) if tasks is None else tasks[j]
+            seed = derive_seed(self.seed, phase, index)
+            if shared is not None and task.model_fn is shared[0]:
+                model = shared[1]  # the model of this model_fn, shared: the init ignores its weights
+            else:
+                model = self._model_for(task, seed, init)
+                if self._shared_model is not None and model is self._shared_model[2]:
+                    shared = (task.model_fn, model)
+            if defer_init:
+                build = lambda m=model, t=task: init_state(m, init, optimizer, t)  # noqa: E731
+                runs.append(InnerRun(task, model, None, seed, index, build=build))
+            else:
+                state = init_state(model, init, optimizer, task)
+                runs.append(InnerRun(task, model, state, seed, index))
+        return runs
 
     def model_for(self, task, seed: int):
         """The base model of a new run on ``task``: built and seeded by ``seed`` when the

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -178,14 +179,31 @@ class InnerRun:
     Args:
         task: the :class:`~learnreg.core.task.Task` being trained on.
         model: a freshly built model for ``task`` (on the run's device).
-        state: the inner state at step 0 (None: one set later with :meth:`defer`).
+        state: the inner state at step 0 (None: one set later with :meth:`defer`, or
+            built by ``build``).
         seed: seeds the model and the batch order; equal seeds give equal runs.
         index: which run of the estimator's sequence this is (for resuming).
+        build: builds the step-0 state on first read, instead of ``state`` (as
+            :meth:`defer` with ``fresh``).
     """
 
-    def __init__(self, task, model: nn.Module, state: InnerState | None, seed: int, index: int = 0):
+    def __init__(
+        self,
+        task,
+        model: nn.Module,
+        state: InnerState | None,
+        seed: int,
+        index: int = 0,
+        build: Callable[[], InnerState] | None = None,
+    ):
         self.task, self.model = task, model
-        self._state, self._pending, self._pending_step, self._fresh = state, None, 0, False
+        self._state, self._pending = state, build
+        # step: inner steps taken (known without building a deferred state); fresh: the
+        # state is a deferred step-0 state not built yet, which a batched unroll may build
+        # together with its meta-batch's. Attributes, not properties: a meta-batch reads
+        # them for every run every meta-step, and a property is a Python call each time.
+        self.step = state.step if state is not None else 0
+        self.fresh = build is not None
         self.seed, self.index = seed, index
         self.train = task.stream("train", seed)
         self.val = task.stream("val", seed + 1)
@@ -198,36 +216,26 @@ class InnerRun:
     def state(self) -> InnerState:
         """The inner state; a deferred one (:meth:`defer`) is built on first read."""
         if self._pending is not None:
-            self._state, self._pending, self._fresh = self._pending(), None, False
+            self._state, self._pending, self.fresh = self._pending(), None, False
         return self._state
 
     @state.setter
     def state(self, value: InnerState) -> None:
-        self._state, self._pending, self._fresh = value, None, False
-
-    @property
-    def step(self) -> int:
-        """Inner steps taken since the run started (without building a deferred state)."""
-        return self._pending_step if self._pending is not None else self._state.step
-
-    @property
-    def fresh(self) -> bool:
-        """Whether the state is a deferred step-0 state not built yet (:meth:`defer` with
-        ``fresh``): a batched unroll may build those of a meta-batch together."""
-        return self._fresh and self._pending is not None
+        self._state, self._pending, self.fresh, self.step = value, None, False, value.step
 
     def defer(self, build: Callable[[], InnerState], step: int, fresh: bool = False) -> None:
         """Make the state ``build()``, built on first read. A meta-batch's runs are made
         and finished together every meta-step, and most are dropped unread: deferring
         spares a per-run ``init_state`` at the start (``fresh``: ``build`` gives the
-        step-0 state) and the split of the batched result at the end.
+        step-0 state) and the split of the batched result at the end
+        (:func:`defer_each`).
 
         Args:
             build: returns the state (called at most once).
             step: the state's ``step`` (known without building it).
             fresh: ``build`` gives the run's step-0 state (``init_state``).
         """
-        self._state, self._pending, self._pending_step, self._fresh = None, build, step, fresh
+        self._state, self._pending, self.step, self.fresh = None, build, step, fresh
 
     @property
     def last_batch(self) -> Batch | None:
@@ -285,3 +293,19 @@ class InnerRun:
         )
         self.train.load_state_dict(sd["train"])
         self.val.load_state_dict(sd["val"])
+
+
+# one call for a whole meta-batch, where a method call per run was a Python call per task
+
+
+def defer_each(runs: list[InnerRun], member: Callable[[int], InnerState], step: int) -> None:
+    """Make run ``i``'s state ``member(i)``, built on first read (:meth:`InnerRun.defer`
+    for every run, ``fresh=False``)."""
+    for i, run in enumerate(runs):
+        run._state, run._pending, run.step, run.fresh = None, partial(member, i), step, False
+
+
+def drew_windows(runs: list[InnerRun], windows: list[Batch]) -> None:
+    """:meth:`InnerRun.drew_window` for every run: run ``i`` drew ``windows[i]``."""
+    for run, window in zip(runs, windows):
+        run._last_window = window

@@ -75,8 +75,10 @@ class Task:
 
     def to(self, device) -> Task:
         # each split is asked itself: no copy when it is there, and a guarded test split
-        # is never read
-        train, val, test = (s.to(device) for s in (self.train, self.val, self.test))
+        # is never read; a split under two names (an episode's query set is its val and
+        # its test split) is asked once and stays one split
+        train, val = self.train.to(device), self.val.to(device)
+        test = val if self.test is self.val else self.test.to(device)
         if train is self.train and val is self.val and test is self.test:
             return self  # already there (episodes are drawn on the CPU, the usual device)
         return replace(self, train=train, val=val, test=test)

@@ -23,40 +23,50 @@ import optree
 import torch
 from torch import Tensor, nn
 
-from learnreg.core.inner import InnerRun, InnerState, frozen_names, inner_step
+from learnreg.core.inner import (
+    InnerRun,
+    InnerState,
+    defer_each,
+    drew_windows,
+    frozen_names,
+    inner_step,
+)
 from learnreg.core.population import stack
 from learnreg.errors import ConfigError
 from learnreg.estimators.final_states import FinalStates, replayer
 
 
+def _fresh_on_one_model(runs: list[InnerRun]) -> bool:
+    """Whether every run's step-0 state is still deferred (:attr:`InnerRun.fresh`) and
+    all share one model."""
+    model = runs[0].model
+    return all([run.fresh and run.model is model for run in runs])
+
+
 def stackable(runs: list[InnerRun]) -> bool:
     """Whether the runs' parameters, optimizer states and data have equal shapes. Runs
-    whose step-0 state is still deferred (:attr:`InnerRun.fresh`) on one shared model
+    whose step-0 state is still deferred on one shared model (:func:`_fresh_on_one_model`)
     are checked on their data only: one model, one init role and one optimizer role give
     them states of one shape (:func:`initial_states`), and building them here would
     undo the deferral."""
+    # list comprehensions, not a function per run: a meta-batch asks this every meta-step
+    data = [
+        (r.task.train.x.shape[1:], r.task.val.x.shape[1:], r.train.batch_size, r.val.batch_size)
+        + (r.step,)
+        for r in runs
+    ]
+    if not _fresh_on_one_model(runs):
 
-    def data(run: InnerRun):
-        return (
-            tuple(run.task.train.x.shape[1:]),
-            tuple(run.task.val.x.shape[1:]),
-            run.train.batch_size,
-            run.val.batch_size,
-            run.step,
-        )
+        def states(run: InnerRun):
+            leaves = optree.tree_leaves(run.state.opt_state)
+            return (
+                [(k, tuple(v.shape), v.dtype) for k, v in run.state.params.items()],
+                [(k, tuple(v.shape)) for k, v in run.state.buffers.items()],
+                [tuple(t.shape) if isinstance(t, Tensor) else t for t in leaves],
+            )
 
-    def signature(run: InnerRun):
-        leaves = optree.tree_leaves(run.state.opt_state)
-        return (
-            [(k, tuple(v.shape), v.dtype) for k, v in run.state.params.items()],
-            [(k, tuple(v.shape)) for k, v in run.state.buffers.items()],
-            [tuple(t.shape) if isinstance(t, Tensor) else t for t in leaves],
-        ) + data(run)
-
-    if all(run.fresh and run.model is runs[0].model for run in runs):
-        signature = data
-    first = signature(runs[0])
-    return all(signature(run) == first for run in runs[1:])
+        data = [states(run) + d for run, d in zip(runs, data)]
+    return data.count(data[0]) == len(data)
 
 
 #: models that passed :func:`check_vmappable` (a meta-batch's shared model is checked once)
@@ -114,8 +124,12 @@ def initial_states(runs: list[InnerRun], init, optimizer):
         optimizer's ``init`` cannot be vmapped (then each run builds its own state).
     """
     model, n = runs[0].model, len(runs)
-    members = [init(model, run.task) for run in runs]
-    params = stack_shared(members)
+    if getattr(init, "reads_task", True):
+        members = [init(model, run.task) for run in runs]
+        params = stack_shared(members)
+    else:  # one θ0 for every task: one call, broadcast (what stack_shared makes of it)
+        members = [init(model, runs[0].task)]
+        params = {k: v.expand(n, *v.shape) for k, v in members[0].items()}
     buffers = {}
     if _has_buffers(model):
         buffers = {k: torch.stack([b.detach()] * n) for k, b in model.named_buffers()}
@@ -156,12 +170,31 @@ def window_data(run: InnerRun, window: int, objective_batch: str, average: bool)
         the batches the objective scores (one per scored step: every step when
         ``average``, else the last).
     """
-    batches = run.train.take(window)
-    run.drew_window(batches)  # run.last_batch: the window's last, cut out when read
+    (batches,), targets = windows_data([run], window, objective_batch, average, stacked=False)
+    return batches, targets[0]
+
+
+def windows_data(
+    runs: list[InnerRun], window: int, objective_batch: str, average: bool, stacked: bool = True
+):
+    """:func:`window_data` of every run (one call for a meta-batch), stacked over the runs
+    (``stacked``) or as one pair per run.
+
+    Returns:
+        ``(batches, targets)``: stacked, ``(runs, steps, batch, ...)`` tensors; else lists
+        with one entry per run.
+    """
+    batches = [run.train.take(window) for run in runs]
+    drew_windows(runs, batches)  # run.last_batch: the window's last, cut out when read
     if objective_batch == "val":
-        return batches, run.val.take(window if average else 1)
-    x, y = batches  # the objective scores the training batches of the scored steps
-    return batches, (batches if average else (x[-1:], y[-1:]))
+        targets = [run.val.take(window if average else 1) for run in runs]
+    elif average:  # the objective scores the training batches of every step
+        targets = batches
+    else:  # ... or of the last step
+        targets = [(x[-1:], y[-1:]) for x, y in batches]
+    if not stacked:
+        return batches, targets
+    return tuple(tuple(map(torch.stack, zip(*pairs))) for pairs in (batches, targets))
 
 
 def unroll_window(
@@ -202,9 +235,8 @@ def _start(runs: list[InnerRun], init, optimizer) -> tuple[tuple, Any, bool]:
     buffers its runs continue with (the stacked copies for fresh runs, each run's own
     otherwise), and whether the init and optimizer roles rebuilt them (fresh runs of one
     model), so that they can be rebuilt again for a replay."""
-    model = runs[0].model
-    if all(run.fresh and run.model is model for run in runs):
-        start = initial_states(runs, init, optimizer)
+    start = initial_states(runs, init, optimizer) if _fresh_on_one_model(runs) else None
+    if start is not None:  # None: the optimizer's init cannot be vmapped, each run builds its own
         return start, start[1], True
     params = stack_shared([r.state.params for r in runs])
     buffers = [r.state.buffers for r in runs]
@@ -258,7 +290,7 @@ def unroll_batched(
     model, task, step0, n = runs[0].model, runs[0].task, runs[0].step, len(runs)
     check_vmappable(model)
     start, buffers, rebuilt = _start(runs, init, optimizer)
-    data = stack([window_data(r, window, objective_batch, average) for r in runs])
+    data = windows_data(runs, window, objective_batch, average)
 
     def one_run(params, buffers, opt_state, batches, targets, states: bool = True):
         state = InnerState(params, buffers, opt_state, step0)
@@ -302,6 +334,5 @@ def unroll_batched(
         )
         read = lambda: detached  # noqa: E731
     final = FinalStates(read, buffers, step0 + window, n)
-    for i, run in enumerate(runs):
-        run.defer(functools.partial(final.member, i), step0 + window)
+    defer_each(runs, final.member, step0 + window)
     return list(grads), meta_loss.detach().tolist(), base_loss.detach().tolist()

@@ -233,9 +233,7 @@ class TruncatedUnroll(Estimator):
             rank, world = distributed.rank_and_world()
             first = self.next_index + rank * missing
             # deferred: estimate() unrolls them right away, at these meta-parameters
-            self.runs += [
-                ctx.new_run("meta_train", first + j, defer_init=True) for j in range(missing)
-            ]
+            self.runs += ctx.new_runs("meta_train", range(first, first + missing), defer_init=True)
             self.next_index += missing * world
 
     def state_dict(self) -> dict:

@@ -17,6 +17,10 @@ class InitRole(Bias):
     #: runs of a meta-batch share one built model (:meth:`MetaContext.new_run`) instead
     #: of building a freshly seeded one per task whose weights would be thrown away.
     reads_model_weights: bool = True
+    #: whether ``forward`` reads the task (a task-conditioned init does). When it does
+    #: not, a batched meta-batch calls it once and broadcasts θ0 over its tasks
+    #: (:func:`learnreg.estimators.batched.initial_states`).
+    reads_task: bool = True
 
     def forward(self, model: nn.Module, task=None) -> dict[str, Tensor]:
         raise NotImplementedError

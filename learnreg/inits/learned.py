@@ -51,6 +51,7 @@ class LearnedInit(InitRole):
     """
 
     reads_model_weights = False
+    reads_task = False
 
     def __init__(self, model: nn.Module | None = None, shapes: dict | None = None):
         super().__init__()
