@@ -49,7 +49,7 @@ def stackable(runs: list[InnerRun]) -> bool:
     are checked on their data only: one model, one init role and one optimizer role give
     them states of one shape (:func:`initial_states`), and building them here would
     undo the deferral."""
-    # list comprehensions, not a function per run: a meta-batch asks this every meta-step
+    # list comprehensions, not a function per run (a Python call each)
     data = [
         (r.task.train.x.shape[1:], r.task.val.x.shape[1:], r.train.batch_size, r.val.batch_size)
         + (r.step,)
@@ -135,15 +135,16 @@ def initial_states(runs: list[InnerRun], init, optimizer):
         buffers = {k: torch.stack([b.detach()] * n) for k, b in model.named_buffers()}
     frozen = frozen_names(model)
     adapted = {k: v for k, v in params.items() if k not in frozen}
-    if all(v.stride(0) == 0 for v in adapted.values()):  # θ0 is one tensor for every run
+    # list comprehensions, not generators: each item of a generator is a Python call
+    if all([v.stride(0) == 0 for v in adapted.values()]):  # θ0 is one tensor for every run
         if getattr(optimizer, "elementwise", False):
             # coordinatewise: its init on the stacked parameters is every run's own, when
             # each state leaf is stacked too (not a scalar count); zeros_like of a
             # broadcast view is a fresh tensor, so each run owns its state
             opt_state = optimizer.init(adapted)
             leaves = optree.tree_leaves(opt_state)
-            if all(isinstance(t, Tensor) and t.dim() and t.shape[0] == n for t in leaves):
-                if any(t.stride(0) == 0 for t in leaves):  # a leaf repeating θ0 itself
+            if all([isinstance(t, Tensor) and t.dim() and t.shape[0] == n for t in leaves]):
+                if any([t.stride(0) == 0 for t in leaves]):  # a leaf repeating θ0 itself
                     opt_state = optree.tree_map(lambda t: t.contiguous(), opt_state)
                 return params, buffers, opt_state
         # an optimizer's init is a function of the parameters: one call (on the first
