@@ -17,6 +17,7 @@ from deap import gp
 from learnreg import losses
 from learnreg.errors import ConfigError
 from learnreg.losses import SymbolicLoss
+from learnreg.losses.expression import SYMBOLS, canonical
 from learnreg.losses.gp import (
     PSET,
     GeneticProgramming,
@@ -24,7 +25,6 @@ from learnreg.losses.gp import (
     repair,
     tree_from_string,
 )
-from learnreg.losses.symbolic import SYMBOLS, canonical
 
 
 def random_trees(count: int, seed: int = 0) -> list[Tree]:

@@ -1,7 +1,7 @@
 """Genetic programming over loss expression trees with DEAP (EvoMAL's search), a
 searcher of :class:`~learnreg.estimators.Evolution` for the loss role.
 
-The primitive set is :data:`learnreg.losses.symbolic.PRIMITIVES` with terminals ``y``,
+The primitive set is :data:`learnreg.losses.expression.PRIMITIVES` with terminals ``y``,
 ``fx``, +1 and -1. One generation follows the EvoMAL reference: double tournament
 selection (fitness tournaments of 4, parsimony size 1), then for each selected tree
 one-point crossover with probability 0.7, else uniform subtree mutation (new subtrees of
@@ -33,9 +33,9 @@ from learnreg.estimators.searchers.base import (
     python_rng_from,
     python_rng_state,
 )
-from learnreg.losses import symbolic
 from learnreg.losses.base import LossRole
-from learnreg.losses.symbolic import PRIMITIVES, SymbolicLoss
+from learnreg.losses.expression import PRIMITIVES, canonical, parse
+from learnreg.losses.symbolic import SymbolicLoss
 from learnreg.registry import register
 
 
@@ -80,7 +80,7 @@ class Tree(gp.PrimitiveTree):
 def tree_from_string(expression: str) -> Tree:
     """A DEAP tree from an expression string, through learnreg's safe parser (DEAP's own
     ``from_string`` would ``eval`` unknown tokens)."""
-    return Tree([PSET.mapping[node.name] for node in symbolic.parse(expression)])
+    return Tree([PSET.mapping[node.name] for node in parse(expression)])
 
 
 def repair(tree: Tree) -> Tree:
@@ -198,7 +198,7 @@ class GeneticProgramming(Searcher):
         ).to(template.weights.device)
 
     def key(self, genome: str) -> str:
-        return symbolic.canonical(genome, self.kind)
+        return canonical(genome, self.kind)
 
     def state_dict(self) -> dict:
         return {
