@@ -80,7 +80,9 @@ class MetaContext:
             task = self.family.sample(index).to(device) if tasks is None else tasks[j]
             seed = derive_seed(self.seed, phase, index)
             if shared is not None and task.model_fn is shared[0]:
-                model = shared[1]  # the model of this model_fn, shared: the init ignores its weights
+                model = shared[
+                    1
+                ]  # the model of this model_fn, shared: the init ignores its weights
             else:
                 model = self._model_for(task, seed, init)
                 if self._shared_model is not None and model is self._shared_model[2]:

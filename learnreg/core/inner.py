@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from functools import partial
 from fnmatch import fnmatchcase
+from functools import partial
 from typing import Any
 
 import optree
