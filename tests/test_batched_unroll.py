@@ -10,7 +10,7 @@ from fewshot_util import context, digits_family, flat_grads, roles, sine_family
 from learnreg.core.estimator import meta_step
 from learnreg.errors import ConfigError
 from learnreg.estimators import TruncatedUnroll
-from learnreg.estimators.batched import check_vmappable
+from learnreg.estimators.batch_start import check_vmappable
 from learnreg.models import BatchStatNorm
 
 

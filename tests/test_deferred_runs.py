@@ -14,7 +14,7 @@ from learnreg.core.inner import init_state
 from learnreg.core.objectives import TaskLoss
 from learnreg.core.outer import OuterOptimizer
 from learnreg.estimators import MetaContext, TruncatedUnroll
-from learnreg.estimators.batched import initial_states
+from learnreg.estimators.batch_start import initial_states
 from learnreg.optimizers import Adam
 
 SETTINGS = {

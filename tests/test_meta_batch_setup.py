@@ -15,7 +15,7 @@ from learnreg.core.inner import init_state
 from learnreg.core.objectives import TaskLoss
 from learnreg.core.outer import OuterOptimizer
 from learnreg.core.task import Split, Task
-from learnreg.estimators import MetaContext, TruncatedUnroll, batched
+from learnreg.estimators import MetaContext, TruncatedUnroll, batch_start
 from learnreg.inits import RandomInit
 
 
@@ -72,7 +72,7 @@ def test_the_per_run_fallback_of_a_batched_start_gives_the_same_meta_gradient(mo
     loss, grads = _meta_gradient()
     # initial_states returns None when the optimizer's state cannot be built for the
     # whole meta-batch at once: each run then builds its own, stacked
-    monkeypatch.setattr(batched, "initial_states", lambda runs, init, optimizer: None)
+    monkeypatch.setattr(batch_start, "initial_states", lambda runs, init, optimizer: None)
     fallback_loss, fallback = _meta_gradient()
     assert grads.abs().max() > 1e-4
     assert fallback_loss == pytest.approx(loss, rel=1e-12)

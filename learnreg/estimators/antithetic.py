@@ -30,7 +30,8 @@ from learnreg.core.estimator import Estimate, Estimator, MetaContext, derive_see
 from learnreg.core.inner import InnerRun, InnerState
 from learnreg.core.population import map_members, unstack
 from learnreg.errors import ConfigError
-from learnreg.estimators.batched import check_vmappable, unroll_window, window_data
+from learnreg.estimators.batch_start import check_vmappable
+from learnreg.estimators.batched import unroll_window, window_data
 
 
 def check_pair_args(

@@ -21,6 +21,7 @@ from learnreg.core.inner import InnerRun, inner_step
 from learnreg.core.metaparams import meta_parameters
 from learnreg.errors import ConfigError
 from learnreg.estimators import batched
+from learnreg.estimators.batch_start import stackable
 from learnreg.registry import register
 
 
@@ -114,7 +115,7 @@ class TruncatedUnroll(Estimator):
         keys = [(role, name) for role, named in roles.items() for name in named]
         leaves = [roles[role][name] for role, name in keys]
         scale = 1.0 / len(self.runs)
-        if self.vmap and len(self.runs) > 1 and batched.stackable(self.runs):
+        if self.vmap and len(self.runs) > 1 and stackable(self.runs):
             total, losses, base = batched.unroll_batched(
                 self.runs,
                 ctx.biases.init,

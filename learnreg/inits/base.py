@@ -19,7 +19,7 @@ class InitRole(Bias):
     reads_model_weights: bool = True
     #: whether ``forward`` reads the task (a task-conditioned init does). When it does
     #: not, a batched meta-batch calls it once and broadcasts θ0 over its tasks
-    #: (:func:`learnreg.estimators.batched.initial_states`).
+    #: (:func:`learnreg.estimators.batch_start.initial_states`).
     reads_task: bool = True
 
     def forward(self, model: nn.Module, task=None) -> dict[str, Tensor]:
