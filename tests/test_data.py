@@ -80,14 +80,14 @@ def test_idx_folder_task(tmp_path):
 
 def test_missing_dataset_names_the_folder_and_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("LEARNREG_DATA", str(tmp_path))
-    from learnreg.data import vision
+    from learnreg.data import idx
 
-    monkeypatch.setattr(vision, "SYSTEM_FOLDERS", {"FashionMNIST": [str(tmp_path / "nothing")]})
-    vision._load_idx_dataset.cache_clear()
+    monkeypatch.setattr(idx, "SYSTEM_FOLDERS", {"FashionMNIST": [str(tmp_path / "nothing")]})
+    idx.load_idx_dataset.cache_clear()
     with pytest.raises(DataError, match="dataset-fashion-mnist") as err:
         fashion_mnist(path=str(tmp_path / "empty"))
     assert str(tmp_path / "empty") in str(err.value)
-    vision._load_idx_dataset.cache_clear()
+    idx.load_idx_dataset.cache_clear()
 
 
 @pytest.mark.skipif(

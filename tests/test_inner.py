@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from learnreg.core.functional import _UNTIED, call_model, plain_autograd_allowed, value_and_grad
-from learnreg.core.inner import InnerRun, init_state, inner_loop, inner_step
+from learnreg.core.inner import init_state, inner_loop, inner_step
+from learnreg.core.inner_run import InnerRun
 from learnreg.inits import RandomInit
 from learnreg.losses import CrossEntropy, TaylorLoss
 from learnreg.optimizers import SGD, Adam

@@ -15,7 +15,7 @@ from torch.func import functional_call, grad, vmap
 
 from learnreg.core.estimator import derive_seed, meta_step
 from learnreg.core.functional import call_model
-from learnreg.core.inner import InnerRun
+from learnreg.core.inner_run import InnerRun
 from learnreg.core.objectives import TaskLoss
 from learnreg.core.outer import OuterOptimizer
 from learnreg.estimators import MetaContext, TruncatedUnroll, batched

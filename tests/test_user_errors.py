@@ -311,9 +311,9 @@ def _idx_folder(folder, train=(30, 28, 28), train_labels=30, compress=False):
 
 
 def _load_fmnist(folder):
-    from learnreg.data import vision
+    from learnreg.data import idx, vision
 
-    vision._load_idx_dataset.cache_clear()
+    idx.load_idx_dataset.cache_clear()
     return vision.fashion_mnist(path=str(folder), val_size=5)
 
 

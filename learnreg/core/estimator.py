@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from learnreg.core.bias import Biases
-from learnreg.core.inner import InnerRun, init_state
+from learnreg.core.inner import init_state
+from learnreg.core.inner_run import InnerRun
 from learnreg.core.metaparams import MetaParams, meta_parameters
 from learnreg.core.outer import OuterOptimizer
 from learnreg.errors import ConfigError

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from learnreg.data import vision
+from learnreg.data import idx
 from learnreg.errors import DataError
 
 PHASES = ("train", "val", "test")
@@ -133,7 +133,7 @@ def _load_pool(source, class_split, split_seed, path, download) -> ClassPool:
         return ClassPool(source, x, y, classes, scale=1 / 255)
     if source in ("fashion_mnist", "mnist"):
         name = "FashionMNIST" if source == "fashion_mnist" else "MNIST"
-        train_x, train_y, test_x, test_y = vision._load_idx_dataset(name, path, download)
+        train_x, train_y, test_x, test_y = idx.load_idx_dataset(name, path, download)
         x = torch.as_tensor(np.concatenate([train_x, test_x])).unsqueeze(1)
         y = torch.as_tensor(np.concatenate([train_y, test_y])).long()
         scale = 1 / 255
@@ -164,7 +164,7 @@ def _read_images(files: list[Path], size: int, mode: str, invert: bool = False) 
 
 
 def _omniglot(path: str | None, download: bool) -> tuple[Tensor, Tensor]:
-    root = Path(path) if path else vision.data_root() / "omniglot-py"
+    root = Path(path) if path else idx.data_root() / "omniglot-py"
     parts = [root / "images_background", root / "images_evaluation"]
     if download and not all(p.is_dir() for p in parts):
         import torchvision
@@ -188,7 +188,7 @@ def _omniglot(path: str | None, download: bool) -> tuple[Tensor, Tensor]:
 
 
 def _mini_imagenet(path: str | None) -> tuple[Tensor, Tensor, dict[str, list[int]]]:
-    root = Path(path) if path else vision.data_root() / "mini-imagenet"
+    root = Path(path) if path else idx.data_root() / "mini-imagenet"
     if all((root / p).is_dir() for p in PHASES):
         split_files = {p: _class_folders(root / p) for p in PHASES}
     elif (root / "images").is_dir() and all((root / f"{p}.csv").is_file() for p in PHASES):

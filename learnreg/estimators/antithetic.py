@@ -27,7 +27,8 @@ from torch import Tensor
 
 from learnreg.core import distributed, metaparams
 from learnreg.core.estimator import Estimate, Estimator, MetaContext, derive_seed
-from learnreg.core.inner import InnerRun, InnerState
+from learnreg.core.inner import InnerState
+from learnreg.core.inner_run import InnerRun
 from learnreg.core.population import map_members, unstack
 from learnreg.errors import ConfigError
 from learnreg.estimators.batch_start import check_vmappable

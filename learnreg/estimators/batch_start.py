@@ -13,7 +13,8 @@ import optree
 import torch
 from torch import Tensor, nn
 
-from learnreg.core.inner import InnerRun, frozen_names
+from learnreg.core.inner import frozen_names
+from learnreg.core.inner_run import InnerRun
 from learnreg.core.population import stack
 from learnreg.errors import ConfigError
 

@@ -21,7 +21,8 @@ import optree
 import torch
 from torch import Tensor
 
-from learnreg.core.inner import InnerRun, InnerState, defer_each, drew_windows, inner_step
+from learnreg.core.inner import InnerState, inner_step
+from learnreg.core.inner_run import InnerRun, defer_each, drew_windows
 from learnreg.estimators.batch_start import check_vmappable, initial_states, stackable, start_states
 from learnreg.estimators.final_states import FinalStates, replayer
 

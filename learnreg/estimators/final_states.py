@@ -31,7 +31,7 @@ from learnreg.core.population import unstack
 
 class FinalStates:
     """A batched window's detached result, split into per-run states when one is first
-    read (:meth:`~learnreg.core.inner.InnerRun.defer`).
+    read (:meth:`~learnreg.core.inner_run.InnerRun.defer`).
 
     Args:
         result: returns the stacked ``(params, opt_state)`` (called at most once).

@@ -17,7 +17,8 @@ import torch
 
 from learnreg.core import distributed, hypergrad
 from learnreg.core.estimator import Estimate, Estimator, MetaContext
-from learnreg.core.inner import InnerRun, inner_step
+from learnreg.core.inner import inner_step
+from learnreg.core.inner_run import InnerRun
 from learnreg.core.metaparams import meta_parameters
 from learnreg.errors import ConfigError
 from learnreg.estimators import batched

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from learnreg.core.bias import Biases, is_learned
 from learnreg.core.compiled import graph_free_step
 from learnreg.core.estimator import meta_step
-from learnreg.core.inner import InnerRun
+from learnreg.core.inner_run import InnerRun
 from learnreg.core.metaparams import meta_parameters
 from learnreg.core.outer import OuterOptimizer
 from learnreg.eval.loss_shape import loss_profile, profile_argmin
