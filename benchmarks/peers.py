@@ -4,7 +4,7 @@ Run: ``python -m benchmarks.peers [--only maml sam] [--repeats 7] [--steps 10]``
 (peers: ``pip install -e .[bench]`` for ``pytorch-optimizer``; torchopt is a dependency).
 
 The meta-learning rows (``maml``, ``maml_counts``, ``ml3``) are in
-:mod:`benchmarks.peers_meta`. Each comparison first asserts that both sides compute the same thing (meta-gradients or
+:mod:`benchmarks._peers_meta`. Each comparison first asserts that both sides compute the same thing (meta-gradients or
 weights after a step equal to float32 rounding), then times them in alternating blocks
 (:func:`benchmarks.common.interleaved_ratio`), so machine load slows both alike and the
 ratio stays meaningful on a busy machine even when the absolute times do not.
@@ -39,8 +39,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from benchmarks._peers_meta import maml, maml_counts, ml3
 from benchmarks.common import interleaved_ratio, machine
-from benchmarks.peers_meta import maml, maml_counts, ml3
 from learnreg.models import MLP
 
 
