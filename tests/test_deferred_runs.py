@@ -67,7 +67,12 @@ def test_deferred_meta_batch_follows_the_eager_trajectory(name):
     for run, eager in zip(runs, eager_runs):
         assert run.step == eager.step == run.state.step == 3
         for k, v in eager.state.params.items():
-            assert torch.equal(run.state.params[k], v)
+            # float64 rounding, not bit equality: the runs' final states are read back from
+            # a graph-free replay, and whether its conv kernels round the last bit as the
+            # eager path's do depends on the CPU (bit-equal on an AMD EPYC, 1 ulp apart on
+            # an Intel Xeon for the FiLM conv model); the meta-losses and meta-gradients
+            # above stay bit-equal on both
+            torch.testing.assert_close(run.state.params[k], v, rtol=1e-14, atol=1e-16)
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))
