@@ -6,7 +6,8 @@
 meta-test) whose cross-entropy baseline shares the model initialization and batch order,
 so ``before`` and ``after`` of one seed have the same CE number. Resumable: a finished
 run directory returns its summary, an interrupted one resumes from its checkpoint; the
-table is rebuilt from whatever has finished.
+table is rebuilt from whatever has finished. Started twice, the command runs two seeds at a
+time (a seed another process holds is skipped).
 
     python -m benchmarks.adalfl_fix --preset adalfl/digits_mlp --variant after \\
         --seeds 10 --out /work/bench_runs/lossfid
@@ -26,6 +27,7 @@ import scipy.stats
 import learnreg
 from benchmarks.common import machine
 from learnreg import losses
+from learnreg.errors import RunLockedError
 from learnreg.eval.dead_loss import is_dead, loss_slopes
 
 VARIANTS = {"before": ["loss.output=softplus", "loss.aggregation=sum"], "after": []}
@@ -40,14 +42,19 @@ def run_dir(root: Path, preset: str, variant: str, seed: int) -> Path:
 
 
 def run(preset: str, variant: str, seeds: int, root: Path, same_only: bool = False) -> None:
+    """Every seed's run; a seed another process is running is left to it, so starting
+    the same command twice runs two seeds at a time."""
     extra = SAME_SETTINGS_ONLY if same_only else []
     for seed in range(seeds):
-        learnreg.run(
-            f"configs/{preset}.yaml",
-            [f"seed={seed}", "logger.backends=[]", *VARIANTS[variant], *extra],
-            run_dir(root, preset, variant, seed),
-            progress=False,
-        )
+        try:
+            learnreg.run(
+                f"configs/{preset}.yaml",
+                [f"seed={seed}", "logger.backends=[]", *VARIANTS[variant], *extra],
+                run_dir(root, preset, variant, seed),
+                progress=False,
+            )
+        except RunLockedError:
+            print(f"seed {seed}: another process is running it; next seed", flush=True)
 
 
 def dead_or_ok(directory: Path, names: tuple[str, ...], classes: int) -> str:

@@ -62,3 +62,22 @@ def test_same_settings_only_drops_the_grid_and_the_control_and_nothing_else():
     assert configlib.config_changes(full, light) != []
     full.pop("baseline"), light.pop("baseline")
     assert full == light
+
+
+def test_adalfl_fix_leaves_a_seed_another_process_holds_and_runs_the_next(tmp_path, monkeypatch):
+    from learnreg.tracking.lock import RunLock
+
+    calls = []
+
+    def fake_run(config, overrides, out, progress):
+        with RunLock(out):  # as the runner does: a held directory raises RunLockedError
+            calls.append(overrides[0])
+
+    monkeypatch.setattr(adalfl_fix.learnreg, "run", fake_run)
+    held = adalfl_fix.run_dir(tmp_path, "adalfl/fmnist_cnn", "after", 1)
+    held.mkdir(parents=True)
+    import filelock
+
+    with filelock.FileLock(str(held / ".lock"), timeout=0):  # "another process"
+        adalfl_fix.run("adalfl/fmnist_cnn", "after", 3, tmp_path, same_only=True)
+    assert calls == ["seed=0", "seed=2"]
