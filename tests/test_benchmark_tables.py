@@ -8,14 +8,15 @@ from benchmarks import adalfl_fix
 from learnreg import config as configlib
 
 
-def _summary(directory, learned: float, same: float, tuned: float) -> None:
+def _summary(directory, learned: float, same: float, tuned: float | None = None) -> None:
+    """A run's summary; ``tuned`` None: a --same-settings-only run (no tuned block)."""
     directory.mkdir(parents=True)
-    same_block = {"test": {"error": same}}
-    summary = {
-        "test": {"error": learned},
-        "baselines": {"same_settings": same_block, "tuned": {"test": {"error": tuned}}},
-        "baseline": {"test": {"error": tuned}},  # the alias old readers use: the tuned one
-    }
+    baselines = {"same_settings": {"test": {"error": same}}}
+    if tuned is not None:
+        baselines["tuned"] = {"test": {"error": tuned}}
+    # `baseline` is the alias old readers use: the tuned block when there is one
+    baseline = baselines.get("tuned", baselines["same_settings"])
+    summary = {"test": {"error": learned}, "baselines": baselines, "baseline": baseline}
     (directory / "summary.json").write_text(json.dumps(summary))
 
 
@@ -23,18 +24,7 @@ def test_adalfl_fix_table_uses_the_same_settings_baseline_and_pairs_by_seed(tmp_
     preset = "adalfl/fmnist_cnn"
     for seed, (before, after) in enumerate([(0.12, 0.10), (0.14, 0.11), (0.13, 0.12)]):
         # `before` runs with --same-settings-only: no tuned block, `baseline` is same settings
-        d = adalfl_fix.run_dir(tmp_path, preset, "before", seed)
-        d.mkdir(parents=True)
-        block = {"test": {"error": 0.11}}
-        (d / "summary.json").write_text(
-            json.dumps(
-                {
-                    "test": {"error": before},
-                    "baselines": {"same_settings": block},
-                    "baseline": block,
-                }
-            )
-        )
+        _summary(adalfl_fix.run_dir(tmp_path, preset, "before", seed), before, 0.11)
         _summary(adalfl_fix.run_dir(tmp_path, preset, "after", seed), after, 0.11, 0.09)
     table = adalfl_fix.table(preset, 3, tmp_path)
     assert "| 0 | 12.00% (?/?) | 10.00% (?/?) | 11.00% |" in table

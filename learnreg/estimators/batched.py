@@ -108,6 +108,16 @@ def unroll_window(
     return (total / window if average else total), base_loss, state
 
 
+def _replayable(start: tuple, rebuilt: bool) -> bool:
+    """Whether the final states of runs that end with this window may be replayed
+    graph-free when read instead of returned from vmap (unwrapping, detaching and keeping
+    them was ~370 Python calls of a MAML sine meta-step's ~5,400). A start rebuilt from
+    the init role can be; one that holds meta-parameters otherwise cannot."""
+    return rebuilt or not any(
+        isinstance(t, Tensor) and t.requires_grad for t in optree.tree_leaves(start[::2])
+    )
+
+
 def unroll_batched(
     runs: list[InnerRun],
     init,
@@ -162,16 +172,7 @@ def unroll_batched(
             return meta_loss, base_loss
         return meta_loss, base_loss, state.params, state.opt_state
 
-    # States no run continues from are not returned from vmap (unwrapping, detaching and
-    # keeping them was ~370 Python calls of a MAML sine meta-step's ~5,400): they are
-    # replayed graph-free if ever read.
-    # A start holding meta-parameters other than through the init role cannot be replayed.
-    replay = not keep_states and (
-        rebuilt
-        or not any(
-            isinstance(t, Tensor) and t.requires_grad for t in optree.tree_leaves(start[::2])
-        )
-    )
+    replay = not keep_states and _replayable(start, rebuilt)
     if replay:
         meta_loss, base_loss = torch.func.vmap(functools.partial(one_run, states=False))(
             *start, *data
