@@ -19,6 +19,7 @@ from learnreg.eval import stats
 from learnreg.eval.baselines import lr_grid, select, train_grid, tune_seed
 from learnreg.eval.meta_test import meta_test_run
 from learnreg.eval.metrics import evaluate_split
+from learnreg.inits.learned import LearnedInit
 from learnreg.inits.random import RandomInit
 from learnreg.losses.fixed import MSE, CrossEntropy
 from learnreg.optimizers import SGD, Adam, LearnedLR
@@ -95,6 +96,23 @@ def test_vectorized_grid_trains_exactly_the_sequential_runs(optimizer):
         reference, _ = meta_test_run(trainer, one, task, 1, 12, None, "check")
         for name, value in reference.state.params.items():
             torch.testing.assert_close(state.params[name], value, rtol=1e-10, atol=1e-12)
+
+
+def test_grid_starts_from_the_baselines_init_not_a_learned_one():
+    # A MAML-style learned init belongs to the learned side: the tuned baseline's grid must
+    # start where the sequential baseline run starts (the baseline's random init).
+    task = tiny_task()
+    baseline = Biases(CrossEntropy(), SGD(lr=0.1), RandomInit())
+    learned_init = LearnedInit(model=task.build_model(0).double())
+    with torch.no_grad():
+        for theta in learned_init.theta:
+            theta.add_(3.0)  # far from any random init
+    learned = Biases(CrossEntropy(), SGD(lr=0.1), learned_init)
+    trainer = MetaTrainer(SingleTask(task), learned, TaskLoss(), TruncatedUnroll(), device="cpu")
+    _, states, _ = train_grid(trainer.ctx, baseline, task, 2, 5, [0.1])
+    reference, _ = meta_test_run(trainer, baseline, task, 2, 5, None, "check")
+    for name, value in reference.state.params.items():
+        torch.testing.assert_close(states[0].params[name], value, rtol=1e-10, atol=1e-12)
 
 
 def test_tuned_baseline_is_never_worse_on_validation_than_the_same_settings():

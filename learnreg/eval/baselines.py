@@ -22,6 +22,7 @@ class split has no validation classes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -96,15 +97,17 @@ def vectorizable(biases: Biases, model: nn.Module, adapt) -> bool:
 def train_grid(ctx, biases: Biases, task, index: int, steps: int, lrs: list[float]):
     """Train one model per learning rate for ``steps`` inner steps as one vmapped run.
 
-    Every copy starts from the model initialization and reads the batches of
-    ``ctx.new_run("meta_test", index)``, exactly as the meta-test run of seed ``index``.
+    Every copy starts from ``biases.init`` (the baseline's, not the trainer's: a learned
+    init such as MAML's is the learned side's) and reads the batches of
+    ``ctx.new_run("meta_test", index)``, exactly as :func:`meta_test_run` trains the
+    baseline of seed ``index``.
 
     Returns:
         ``(run, states, diverged_at)``: the run (its model and task), one
         :class:`InnerState` per learning rate, and the inner step each copy's loss became
         non-finite (None: never).
     """
-    run = ctx.new_run("meta_test", index, task=task)
+    run = dataclasses.replace(ctx, biases=biases).new_run("meta_test", index, task=task)
     unit = with_lr(biases.optimizer, 1.0).to(ctx.device)
     size = len(lrs)
 
