@@ -14,6 +14,11 @@ and last evaluation replaces the old gradient-scale ratio.
 Resumable: finished runs are read back, so re-running the command continues where it
 stopped; ``--table`` prints the table of what exists without running anything.
 
+The presets of one task share their tuned grid (same task, model, SGD rate, budget and
+seeds): the runs keep it in ``OUT/tuning_cache`` (``learnreg run --tune-cache``), so the
+second preset of a seed reads the grid the first one trained. A finished run that predates
+the cache contributes its grid from its checkpoint (:func:`fill_cache_from_run`).
+
     python -m benchmarks.loss_learning [--seeds 10] [--presets ml3/digits_mlp ...] --out DIR
 """
 
@@ -26,7 +31,11 @@ from pathlib import Path
 
 import learnreg
 from benchmarks.common import machine, paired_cell
+from learnreg import config as configlib
 from learnreg.eval import stats
+from learnreg.eval.tuning_cache import TuningCache, run_settings
+from learnreg.experiment import baseline_optimizer, build
+from learnreg.tracking.checkpoint import load_checkpoint
 
 PRESETS = [
     "ml3/digits_mlp",
@@ -55,7 +64,29 @@ def run_seed(preset: str, seed: int, root: Path, overrides: list[str]) -> dict:
         [f"seed={seed}", "meta_test.seeds=1", "logger.backends=[]", *overrides],
         run_dir(root, preset, seed),
         progress=False,
+        tune_cache=root / "tuning_cache",
     )
+
+
+def fill_cache_from_run(directory: Path, cache_root: Path) -> int:
+    """Store a finished run's tuned grid (from its checkpoint) in the cache; the number
+    of seeds stored (0 without a checkpoint or a tuned grid)."""
+    checkpoint = directory / "checkpoints" / "last.pt"
+    if not (checkpoint.is_file() and (directory / "summary.json").is_file()):
+        return 0
+    tuned = load_checkpoint(checkpoint)["run"].get("tuning", {}).get("tuned")
+    if not tuned:
+        return 0
+    cfg = configlib.load(configlib.read_yaml(directory / "config.yaml"))
+    exp = build(cfg)
+    spec = baseline_optimizer(cfg, exp.trainer.biases)
+    cache = TuningCache(cache_root, run_settings(cfg, spec, exp.trainer.device))
+    stored = 0
+    for index, row in enumerate(tuned["seeds"]):
+        if cache.lookup("tuned", index, tuned["lrs"]) is None:
+            cache.store("tuned", index, tuned["lrs"], row, str(directory))
+            stored += 1
+    return stored
 
 
 def finished(root: Path, preset: str) -> list[tuple[Path, dict]]:
@@ -127,6 +158,8 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.out)
     if not args.table:
+        for directory in sorted(root.glob("*/seed*")):
+            fill_cache_from_run(directory, root / "tuning_cache")
         for seed in range(args.seeds):  # seed-major: every preset's partial n grows together
             for preset in args.presets:
                 run_seed(preset, seed, root, args.overrides)

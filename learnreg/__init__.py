@@ -15,11 +15,13 @@ _LAZY = {name: "learnreg.adaptation" for name in ("adapt", "adapt_state", "load_
 __version__ = "0.1.0"
 
 
-def run(config, overrides=None, out=None, progress: bool = True, imports=None) -> dict:
+def run(
+    config, overrides=None, out=None, progress: bool = True, imports=None, tune_cache=None
+) -> dict:
     """Meta-train and meta-test the method a config describes (see :func:`learnreg.runner.run`)."""
     from learnreg.runner import run as _run
 
-    return _run(config, overrides, out, progress, imports)
+    return _run(config, overrides, out, progress, imports, tune_cache)
 
 
 def plot(run_dir, names=None):

@@ -19,7 +19,14 @@ from learnreg.errors import ConfigError, LearnregError
 def cmd_run(args) -> int:
     from learnreg.runner import run
 
-    run(args.config, args.overrides, args.out, progress=not args.no_progress, imports=args.imports)
+    run(
+        args.config,
+        args.overrides,
+        args.out,
+        progress=not args.no_progress,
+        imports=args.imports,
+        tune_cache=args.tune_cache,
+    )
     return 0
 
 
@@ -164,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="run directory (re-running on it resumes)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--tune-cache",
+        metavar="DIR",
+        help="share tuned-baseline grids between runs: a seed trained with equal settings "
+        "is read from DIR instead of trained again",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(

@@ -91,7 +91,8 @@ def baseline_blocks(
             tuned["seeds"],
             metric,
             n_test,
-            {"optimizer": baseline_optimizer(cfg, exp.trainer.biases)},
+            {"optimizer": baseline_optimizer(cfg, exp.trainer.biases)}
+            | ({"cached_seeds": tuned["cached"]} if tuned.get("cached") else {}),
         )
     for name in cfg["baseline"]["controls"] if "baseline" in stats else []:
         sub_dir = out / "controls" / name

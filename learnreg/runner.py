@@ -39,7 +39,8 @@ from learnreg.errors import ConfigError, LearnregError, NumericalError, RunLocke
 from learnreg.eval import meta_test, probes
 from learnreg.eval.baselines import base_lr, tune_sides
 from learnreg.eval.comparison import format_summary  # also learnreg.runner.format_summary
-from learnreg.experiment import Experiment, build
+from learnreg.eval.tuning_cache import TuningCache, run_settings
+from learnreg.experiment import Experiment, baseline_optimizer, build
 from learnreg.follower import follow
 from learnreg.imports import import_recorded
 from learnreg.plots import plot
@@ -59,6 +60,7 @@ def run(
     out: str | Path | None = None,
     progress: bool = True,
     imports: list[str] | None = None,
+    tune_cache: str | Path | None = None,
 ) -> dict:
     """Meta-train and meta-test the method a config describes; write a run directory.
 
@@ -69,6 +71,10 @@ def run(
         progress: show progress bars (on a terminal; elsewhere one line per interval).
         imports: modules registering custom components (``--import``), recorded in the
             run's ``config.yaml`` under ``imports``; resuming ``out`` re-imports those.
+        tune_cache: a directory of tuned-baseline grids shared between runs
+            (:mod:`learnreg.eval.tuning_cache`): a grid seed another run trained with
+            equal settings is read instead of trained. Not part of the config: the
+            results are the same with or without it.
 
     Returns:
         The summary (also written to ``summary.json``).
@@ -88,14 +94,16 @@ def run(
     out = Path(out) if out is not None else configlib.default_run_dir(cfg)
     fresh = not out.exists() and not out.is_symlink()
     try:
-        return _run_locked(cfg, out, progress, configlib.source_name(config))
+        return _run_locked(cfg, out, progress, configlib.source_name(config), tune_cache)
     except LearnregError as exc:
         if fresh and not isinstance(exc, RunLockedError) and not (out / "checkpoints").exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing to resume: leave no half-written dir
         raise
 
 
-def _run_locked(cfg: dict, out: Path, progress: bool, source: str | None) -> dict:
+def _run_locked(
+    cfg: dict, out: Path, progress: bool, source: str | None, tune_cache: str | Path | None
+) -> dict:
     with RunLock(out):
         previous = out / "config.yaml"
         # `device` may change between a checkpoint and its resume (GPU <-> CPU).
@@ -112,14 +120,21 @@ def _run_locked(cfg: dict, out: Path, progress: bool, source: str | None) -> dic
         if (out / "summary.json").exists():
             return json.loads((out / "summary.json").read_text())
         atomic_write_bytes(previous, configlib.dump(cfg).encode())
-        return Run(cfg, out, progress, source).execute()
+        return Run(cfg, out, progress, source, tune_cache).execute()
 
 
 class Run:
     """One run directory's life: build, resume, fit, export, meta-test, summarize."""
 
-    def __init__(self, cfg: dict, out: Path, progress: bool, source: str | None = None):
-        self.cfg, self.out, self.progress = cfg, out, progress
+    def __init__(
+        self,
+        cfg: dict,
+        out: Path,
+        progress: bool,
+        source: str | None = None,
+        tune_cache: str | Path | None = None,
+    ):
+        self.cfg, self.out, self.progress, self.tune_cache = cfg, out, progress, tune_cache
         setting = source or cfg["method"]  # the W&B group and name start with it
         self.jsonl, self.logger = run_loggers(cfg, out, setting)
         self.exp: Experiment = build(cfg, self.logger)
@@ -225,6 +240,11 @@ class Run:
         sides = {"tuned": (self.exp.baseline, None)}
         if tune["learned"]:
             sides["learned_tuned"] = (self.exp.trainer.biases, self.exp.adapt)
+        cache = None
+        if self.tune_cache is not None:
+            spec = baseline_optimizer(self.cfg, self.exp.trainer.biases)
+            settings = run_settings(self.cfg, spec, self.exp.trainer.device)
+            cache = TuningCache(self.tune_cache, settings)
         started = time.perf_counter()
         tune_sides(
             self.exp.trainer,
@@ -235,6 +255,8 @@ class Run:
             self.progress_state.setdefault("tuning", {}),
             on_seed=lambda: self._save(0.0),
             progress=self.progress,
+            cache=cache,
+            source=str(self.out),
         )
         self.progress_state["tune_seconds"] = self.progress_state.get("tune_seconds", 0.0) + (
             time.perf_counter() - started

@@ -246,6 +246,8 @@ def tune_sides(
     done: dict,
     on_seed: Callable[[], None] = lambda: None,
     progress: bool = False,
+    cache=None,
+    source: str = "",
 ) -> dict:
     """Every grid point of every seed for each side, resuming from what ``done`` holds.
 
@@ -262,6 +264,9 @@ def tune_sides(
             checkpointed progress, so a killed tuning phase resumes at the next seed).
         on_seed: called after each finished seed (the runner checkpoints there).
         progress: show a progress bar.
+        cache: a :class:`~learnreg.eval.tuning_cache.TuningCache`: seeds it holds are read
+            (their indices listed under ``done[name]["cached"]``), the others stored.
+        source: names this run in the entries it stores.
 
     Returns:
         ``done``.
@@ -275,6 +280,13 @@ def tune_sides(
             disable=not progress or None,
             leave=False,
         ):
-            rows.append(tune_seed(trainer, biases, index, steps, lrs, adapt))
+            row = cache.lookup(name, index, lrs) if cache is not None else None
+            if row is None:
+                row = tune_seed(trainer, biases, index, steps, lrs, adapt)
+                if cache is not None:
+                    cache.store(name, index, lrs, row, source)
+            else:
+                done[name].setdefault("cached", []).append(index)
+            rows.append(row)
             on_seed()
     return done
