@@ -83,11 +83,12 @@ def _trainer(task, optimizer):
     [SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3), Adam(lr=0.01)],
     ids=["sgd", "adam"],
 )
-def test_vectorized_grid_trains_exactly_the_sequential_runs(optimizer):
+@pytest.mark.parametrize("vectorize", [True, False], ids=["vmap", "loop"])
+def test_vectorized_grid_trains_exactly_the_sequential_runs(optimizer, vectorize):
     task = tiny_task()
     trainer, biases = _trainer(task, optimizer)
     lrs = [0.003, 0.05, 0.4]
-    run, states, diverged = train_grid(trainer.ctx, biases, task, 1, 12, lrs)
+    run, states, diverged = train_grid(trainer.ctx, biases, task, 1, 12, lrs, vectorize)
     assert diverged == [None] * 3
     for lr, state in zip(lrs, states):
         one = Biases(
@@ -372,3 +373,13 @@ def test_a_rate_chosen_at_the_grids_end_is_flagged_as_possibly_under_tuned():
     assert high["settings"]["at_grid_edge"] == "highest"
     assert "widen baseline.tune.grid" in comparison._label("tuned", low)
     assert "widen" not in comparison._label("tuned", middle)
+
+
+def test_the_grid_loops_over_copies_only_for_convolutions_on_a_cpu():
+    from learnreg.eval.baselines import vmap_is_faster
+    from learnreg.models import MLP, SmallCNN
+
+    cnn, mlp = SmallCNN((1, 28, 28), 10), MLP((4,), 3, [8])
+    assert not vmap_is_faster(cnn, torch.device("cpu"))
+    assert vmap_is_faster(mlp, torch.device("cpu"))
+    assert vmap_is_faster(cnn, torch.device("cuda"))

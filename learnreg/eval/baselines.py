@@ -9,8 +9,9 @@ the selection.
 
 Where the optimizer's update is linear in its learning rate (SGD and Adam: their state
 does not depend on it), the grid trains as one vectorized run: the parameters of one
-model per learning rate are stacked, one ``torch.func.vmap`` computes every copy's
-gradient on the shared batch, and the optimizer at learning rate 1 is scaled per copy.
+model per learning rate are stacked, every copy's gradient on the shared batch comes from
+one ``torch.func.vmap`` (a loop over the copies for convolutional models on a CPU, where
+it is faster), and the optimizer at learning rate 1 updates the stack, scaled per copy.
 Other optimizers, models with BatchNorm running statistics and online-adapting learned
 losses run the grid one rate after another.
 
@@ -94,13 +95,27 @@ def vectorizable(biases: Biases, model: nn.Module, adapt) -> bool:
     return adapt is None and type(biases.optimizer) in LR_LINEAR and no_running_stats
 
 
-def train_grid(ctx, biases: Biases, task, index: int, steps: int, lrs: list[float]):
-    """Train one model per learning rate for ``steps`` inner steps as one vmapped run.
+def vmap_is_faster(model: nn.Module, device: torch.device) -> bool:
+    """Whether the grid's copies should share one vmapped gradient call: on a GPU, and on
+    a CPU unless the model convolves (a vmapped convolution, a grouped one underneath, took
+    2x the time of a loop over 9 copies of the small CNN, while 13 copies of the Diabetes
+    MLP were 0.86x: ``python -m benchmarks.tune_grid``, BENCHMARKS.md §1(e)). A rule of
+    the model and device, not a timing, so the result never depends on the machine's load.
+    """
+    convolves = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    return torch.device(device).type != "cpu" or not convolves
+
+
+def train_grid(ctx, biases: Biases, task, index: int, steps: int, lrs: list[float], vectorize=None):
+    """Train one model per learning rate for ``steps`` inner steps as one stacked run.
 
     Every copy starts from ``biases.init`` (the baseline's, not the trainer's: a learned
     init such as MAML's is the learned side's) and reads the batches of
     ``ctx.new_run("meta_test", index)``, exactly as :func:`meta_test_run` trains the
-    baseline of seed ``index``.
+    baseline of seed ``index``. The parameters and optimizer states of every copy are
+    stacked and updated together; the copies' gradients come from one ``vmap`` or from a
+    loop over the copies (``vectorize``; None: :func:`vmap_is_faster`). Both give the same
+    parameters up to float rounding.
 
     Returns:
         ``(run, states, diverged_at)``: the run (its model and task), one
@@ -122,7 +137,21 @@ def train_grid(ctx, biases: Biases, task, index: int, steps: int, lrs: list[floa
     def member_loss(p, b, x, y):
         return biases.loss(functional_call(run.model, (p, b), (x,)), y)
 
-    gradient = vmap(grad_and_value(member_loss), in_dims=(0, 0, None, None))
+    if vectorize is None:
+        vectorize = vmap_is_faster(run.model, first.device)
+    if vectorize:
+        gradient = vmap(grad_and_value(member_loss), in_dims=(0, 0, None, None))
+    else:
+        single = grad_and_value(member_loss)
+
+        def gradient(p, b, x, y):
+            outs = [
+                single({k: v[g] for k, v in p.items()}, {k: v[g] for k, v in b.items()}, x, y)
+                for g in range(size)
+            ]
+            grads = {k: torch.stack([o[0][k] for o in outs]) for k in p}
+            return grads, torch.stack([o[1] for o in outs])
+
     opt_state = unit.init(params)  # elementwise: the stacked state is every copy's state
     diverged: list[int | None] = [None] * size
     with torch.no_grad():
