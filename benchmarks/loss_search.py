@@ -52,8 +52,13 @@ COMMON = [
 
 
 def run(name: str, preset: str, overrides: list[str], out: Path) -> dict:
+    # the rows of one task share their tuned grid (same task, model, rate and budget)
     return learnreg.run(
-        f"configs/{preset}.yaml", overrides + COMMON, out=out / name, progress=False
+        f"configs/{preset}.yaml",
+        overrides + COMMON,
+        out=out / name,
+        progress=False,
+        tune_cache=out / "tuning_cache",
     )
 
 
