@@ -1,6 +1,6 @@
 """The tuned baseline's lr grid: copies' gradients by one vmap vs a loop over the copies.
 
-:func:`learnreg.eval.baselines.train_grid` trains one model per learning rate as a stacked
+:func:`learnreg.eval.grid_runs.train_grid` trains one model per learning rate as a stacked
 run. This times its two ways of computing the copies' gradients on a preset's model, task
 and grid (the same batches, the same stacked optimizer update), after checking that both
 give the same parameters: ``vmap`` (one batched call) and ``loop`` (one call per copy).
@@ -19,7 +19,8 @@ import torch
 
 from benchmarks.common import add_device_argument, device_of, machine
 from learnreg import config as configlib
-from learnreg.eval.baselines import base_lr, lr_grid, train_grid
+from learnreg.eval.baselines import lr_grid
+from learnreg.eval.grid_runs import base_lr, train_grid
 from learnreg.experiment import build
 
 

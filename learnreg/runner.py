@@ -37,8 +37,9 @@ from learnreg.core import distributed
 from learnreg.core.trainer import resolve_device
 from learnreg.errors import ConfigError, LearnregError, NumericalError, RunLockedError
 from learnreg.eval import meta_test, probes
-from learnreg.eval.baselines import base_lr, tune_sides
+from learnreg.eval.baselines import tune_sides
 from learnreg.eval.comparison import format_summary  # also learnreg.runner.format_summary
+from learnreg.eval.grid_runs import base_lr
 from learnreg.eval.tuning_cache import TuningCache, run_settings
 from learnreg.experiment import Experiment, baseline_optimizer, build
 from learnreg.follower import follow

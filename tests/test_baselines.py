@@ -16,7 +16,8 @@ from learnreg.core.task import SingleTask, Split
 from learnreg.core.trainer import MetaTrainer
 from learnreg.estimators import TruncatedUnroll
 from learnreg.eval import stats
-from learnreg.eval.baselines import lr_grid, select, train_grid, tune_seed
+from learnreg.eval.baselines import lr_grid, select, tune_seed
+from learnreg.eval.grid_runs import train_grid
 from learnreg.eval.meta_test import meta_test_run
 from learnreg.eval.metrics import evaluate_split
 from learnreg.inits.learned import LearnedInit
@@ -376,7 +377,7 @@ def test_a_rate_chosen_at_the_grids_end_is_flagged_as_possibly_under_tuned():
 
 
 def test_the_grid_loops_over_copies_only_for_convolutions_on_a_cpu():
-    from learnreg.eval.baselines import vmap_is_faster
+    from learnreg.eval.grid_runs import vmap_is_faster
     from learnreg.models import MLP, SmallCNN
 
     cnn, mlp = SmallCNN((1, 28, 28), 10), MLP((4,), 3, [8])
