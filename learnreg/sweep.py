@@ -92,7 +92,16 @@ def _run_point(
     ]
     if wandb:
         extra += ["logger.backends=[console,wandb]", f"logger.group={out.name}"]
-    summary = run(config, [*overrides, *extra], out / point_name(point), progress, imports)
+    # Points that differ only in what is learned (a meta-lr, a loss network's width)
+    # train the same tuned grid: the sweep's points share it (README "Sharing the grid").
+    summary = run(
+        config,
+        [*overrides, *extra],
+        out / point_name(point),
+        progress,
+        imports,
+        tune_cache=out / "tuning_cache",
+    )
     row = dict(point)
     row.update({f"learned_{m}": v for m, v in summary["test"].items()})
     row.update({f"baseline_{m}": v for m, v in summary.get("baseline", {}).get("test", {}).items()})

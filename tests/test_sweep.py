@@ -38,6 +38,23 @@ def test_sweep_writes_one_run_per_point_and_a_table(tmp_path):
     assert "| optimizer.lr | learned_loss |" in (tmp_path / "sw" / "comparison.md").read_text()
 
 
+def test_points_that_differ_in_what_is_learned_share_the_tuned_grid(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump({**CONFIG, "meta_steps": 2, "meta_test": {"steps": 10, "seeds": 2}})
+    )
+    sweep(str(config), ["meta_optimizer.lr=0.001,0.01"], tmp_path / "sw", progress=False)
+    import json
+
+    first, second = (
+        json.loads((tmp_path / "sw" / f"meta_optimizer.lr={v}" / "summary.json").read_text())
+        for v in ("0.001", "0.01")
+    )
+    assert "cached_seeds" not in first["baselines"]["tuned"]["settings"]
+    assert second["baselines"]["tuned"]["settings"].pop("cached_seeds") == [0, 1]
+    assert second["baselines"]["tuned"] == first["baselines"]["tuned"]
+
+
 def test_online_wandb_sweep_runs_each_point_in_the_sweeps_run(tmp_path, monkeypatch):
     """Online, the grid becomes a W&B sweep. No W&B server here: ``wandb.sweep`` and
     ``wandb.agent`` are replaced by fakes that behave like the controller and a local
