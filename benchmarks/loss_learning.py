@@ -19,7 +19,7 @@ seeds): the runs keep it in ``OUT/tuning_cache`` (``learnreg run --tune-cache``)
 second preset of a seed reads the grid the first one trained. A finished run that predates
 the cache contributes its grid from its checkpoint (:func:`fill_cache_from_run`).
 
-    python -m benchmarks.loss_learning [--seeds 10] [--presets ml3/digits_mlp ...] --out DIR
+    python -m benchmarks.loss_learning [--seeds 10] [--only-seeds 3 4] [--presets ml3/digits_mlp ...] --out DIR
 """
 
 from __future__ import annotations
@@ -151,6 +151,12 @@ def print_table(root: Path, presets: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument(
+        "--only-seeds",
+        type=int,
+        nargs="*",
+        help="run these of the seeds only (two processes on different seeds share one --out)",
+    )
     parser.add_argument("--presets", nargs="*", default=PRESETS)
     parser.add_argument("--out", required=True, help="run directories (re-runs resume here)")
     parser.add_argument("--table", action="store_true", help="only print what is finished")
@@ -160,7 +166,8 @@ def main() -> None:
     if not args.table:
         for directory in sorted(root.glob("*/seed*")):
             fill_cache_from_run(directory, root / "tuning_cache")
-        for seed in range(args.seeds):  # seed-major: every preset's partial n grows together
+        chosen = args.only_seeds if args.only_seeds is not None else range(args.seeds)
+        for seed in chosen:  # seed-major: every preset's partial n grows together
             for preset in args.presets:
                 run_seed(preset, seed, root, args.overrides)
                 (root / "table.md").write_text(_table_text(root, args.presets))
