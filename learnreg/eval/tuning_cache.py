@@ -10,9 +10,11 @@ run whose settings are equal.
 
 An entry holds its own key, checked on every read, so a hash collision or an entry from
 another grid is never used. Only the ``tuned`` side is cached (the ``learned_tuned`` grid
-trains what the run learned). The key names the settings, not the code: clear the directory after changing code that trains the baseline. A run that
-reads an entry records it (``baselines.tuned.settings.cached_seeds``); its results are those
-the entry's run computed, bit for bit, on the same torch version and device type.
+trains what the run learned). The key names the settings, not the code: clear the
+directory after changing code that trains the baseline. A run that reads an entry records
+it (``baselines.tuned.settings.cached_seeds``); its results are those the entry's run
+computed: bit for bit what it would have trained itself on the same torch version, device
+type and thread count, equal up to float rounding across thread counts.
 """
 
 from __future__ import annotations
