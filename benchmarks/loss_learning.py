@@ -33,8 +33,7 @@ import learnreg
 from benchmarks.common import machine, paired_cell
 from learnreg import config as configlib
 from learnreg.eval import stats
-from learnreg.eval.tuning_cache import TuningCache, run_settings
-from learnreg.experiment import baseline_optimizer, build
+from learnreg.experiment import build
 from learnreg.tracking.checkpoint import load_checkpoint
 
 PRESETS = [
@@ -77,10 +76,9 @@ def fill_cache_from_run(directory: Path, cache_root: Path) -> int:
     tuned = load_checkpoint(checkpoint)["run"].get("tuning", {}).get("tuned")
     if not tuned:
         return 0
-    cfg = configlib.load(configlib.read_yaml(directory / "config.yaml"))
-    exp = build(cfg)
-    spec = baseline_optimizer(cfg, exp.trainer.biases)
-    cache = TuningCache(cache_root, run_settings(cfg, spec, exp.trainer.device))
+    cache = build(configlib.load(configlib.read_yaml(directory / "config.yaml"))).tuning_cache(
+        cache_root
+    )
     stored = 0
     for index, row in enumerate(tuned["seeds"]):
         if cache.lookup("tuned", index, tuned["lrs"]) is None:

@@ -146,6 +146,76 @@ def _preset_description(path: Path) -> str:
         return "(malformed YAML)"
 
 
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="a YAML file or a preset name (see `learnreg list preset`)")
+    p.add_argument(
+        "overrides", nargs="*", help="key.sub=value overrides, e.g. meta_steps=50 optimizer.lr=0.1"
+    )
+    p.add_argument("--out", help="run directory (re-running on it resumes)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--tune-cache",
+        metavar="DIR",
+        help="share tuned-baseline grids between runs: a seed trained with equal settings "
+        "is read from DIR instead of trained again",
+    )
+    p.set_defaults(func=cmd_run)  # looked up when the parser is built
+
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="a YAML file or a preset name")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every point")
+    p.add_argument(
+        "--param", action="append", required=True, help="key=v1,v2,...; repeat for a grid"
+    )
+    p.add_argument("--out", required=True, help="sweep directory (one run directory per point)")
+    p.add_argument("--wandb", action="store_true", help="log every run to W&B in one group")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_sweep)  # looked up when the parser is built
+
+
+def _plot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a run directory written by `learnreg run`")
+    p.add_argument("--only", nargs="*", help="only these plots (default: every applicable one)")
+    p.set_defaults(func=cmd_plot)  # looked up when the parser is built
+
+
+def _describe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="a run directory, its learned/ folder, or an exported bias")
+    p.add_argument("--role", default="loss", help="the role to describe in a run directory")
+    p.set_defaults(func=cmd_describe)  # looked up when the parser is built
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a finished run directory")
+    p.add_argument(
+        "--radii", type=float, nargs="+", default=[0.001, 0.005, 0.05, 0.1], help="PGA radii"
+    )
+    p.add_argument("--pga-steps", type=int, default=20, help="ascent steps per radius")
+    p.add_argument("--fgsm-eps", type=float, default=0.1, help="L-inf radius (standardized units)")
+    p.add_argument("--pgd-steps", type=int, default=0, help="PGD iterations (0: skip PGD)")
+    p.add_argument(
+        "--max-examples", type=int, default=2048, help="training examples for flatness metrics"
+    )
+    p.set_defaults(func=cmd_eval)  # looked up when the parser is built
+
+
+def _list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", nargs="?", help="only this kind (loss, optimizer, task, preset...)")
+    p.set_defaults(func=cmd_list)  # looked up when the parser is built
+
+
+#: name, help and the function adding its arguments (every subcommand also takes --import)
+COMMANDS = [
+    ("run", "meta-train and meta-test a config; write a run directory", _run_args),
+    ("sweep", "run a grid of a config's values; write one comparison table", _sweep_args),
+    ("plot", "draw a run's figures into RUN_DIR/plots (and its W&B run)", _plot_args),
+    ("describe", "print an exported bias (a learned loss as a formula)", _describe_args),
+    ("eval", "flatness (PGA) and robustness (FGSM) of a finished run's models", _eval_args),
+    ("list", "list registered components and presets", _list_args),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="learnreg", description="Meta-learn losses, optimizers and initializations."
@@ -161,73 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         help="import MODULE first (it registers custom components); repeatable",
     )
-
-    p = sub.add_parser(
-        "run", parents=[imports], help="meta-train and meta-test a config; write a run directory"
-    )
-    p.add_argument("config", help="a YAML file or a preset name (see `learnreg list preset`)")
-    p.add_argument(
-        "overrides", nargs="*", help="key.sub=value overrides, e.g. meta_steps=50 optimizer.lr=0.1"
-    )
-    p.add_argument("--out", help="run directory (re-running on it resumes)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument(
-        "--tune-cache",
-        metavar="DIR",
-        help="share tuned-baseline grids between runs: a seed trained with equal settings "
-        "is read from DIR instead of trained again",
-    )
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser(
-        "sweep",
-        parents=[imports],
-        help="run a grid of a config's values; write one comparison table",
-    )
-    p.add_argument("config", help="a YAML file or a preset name")
-    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every point")
-    p.add_argument(
-        "--param", action="append", required=True, help="key=v1,v2,...; repeat for a grid"
-    )
-    p.add_argument("--out", required=True, help="sweep directory (one run directory per point)")
-    p.add_argument("--wandb", action="store_true", help="log every run to W&B in one group")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(func=cmd_sweep)
-
-    p = sub.add_parser(
-        "plot", parents=[imports], help="draw a run's figures into RUN_DIR/plots (and its W&B run)"
-    )
-    p.add_argument("run_dir", help="a run directory written by `learnreg run`")
-    p.add_argument("--only", nargs="*", help="only these plots (default: every applicable one)")
-    p.set_defaults(func=cmd_plot)
-
-    p = sub.add_parser(
-        "describe", parents=[imports], help="print an exported bias (a learned loss as a formula)"
-    )
-    p.add_argument("path", help="a run directory, its learned/ folder, or an exported bias")
-    p.add_argument("--role", default="loss", help="the role to describe in a run directory")
-    p.set_defaults(func=cmd_describe)
-
-    p = sub.add_parser(
-        "eval",
-        parents=[imports],
-        help="flatness (PGA) and robustness (FGSM) of a finished run's models",
-    )
-    p.add_argument("run_dir", help="a finished run directory")
-    p.add_argument(
-        "--radii", type=float, nargs="+", default=[0.001, 0.005, 0.05, 0.1], help="PGA radii"
-    )
-    p.add_argument("--pga-steps", type=int, default=20, help="ascent steps per radius")
-    p.add_argument("--fgsm-eps", type=float, default=0.1, help="L-inf radius (standardized units)")
-    p.add_argument("--pgd-steps", type=int, default=0, help="PGD iterations (0: skip PGD)")
-    p.add_argument(
-        "--max-examples", type=int, default=2048, help="training examples for flatness metrics"
-    )
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("list", parents=[imports], help="list registered components and presets")
-    p.add_argument("kind", nargs="?", help="only this kind (loss, optimizer, task, preset...)")
-    p.set_defaults(func=cmd_list)
+    for name, text, add_arguments in COMMANDS:
+        add_arguments(sub.add_parser(name, parents=[imports], help=text))
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -16,6 +17,7 @@ from learnreg.data.build import build_family
 from learnreg.estimators.base import Estimator, derive_seed
 from learnreg.eval.best_checkpoint import BestCheckpoint
 from learnreg.eval.dead_loss import DeadLossMonitor
+from learnreg.eval.tuning_cache import TuningCache, run_settings
 
 
 @dataclass
@@ -30,6 +32,12 @@ class Experiment:
     @property
     def family(self) -> TaskFamily:
         return self.trainer.ctx.family
+
+    def tuning_cache(self, root: str | Path) -> TuningCache:
+        """The store of this run's tuned-baseline grids under ``root``
+        (:mod:`learnreg.eval.tuning_cache`), keyed by the settings the grid depends on."""
+        spec = baseline_optimizer(self.cfg, self.trainer.biases)
+        return TuningCache(root, run_settings(self.cfg, spec, self.trainer.device))
 
 
 def role_context(task: Task, seed: int) -> dict:

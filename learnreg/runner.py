@@ -40,8 +40,7 @@ from learnreg.eval import meta_test, probes
 from learnreg.eval.baselines import tune_sides
 from learnreg.eval.comparison import format_summary  # also learnreg.runner.format_summary
 from learnreg.eval.grid_runs import base_lr
-from learnreg.eval.tuning_cache import TuningCache, run_settings
-from learnreg.experiment import Experiment, baseline_optimizer, build
+from learnreg.experiment import Experiment, build
 from learnreg.follower import follow
 from learnreg.imports import import_recorded
 from learnreg.plots import plot
@@ -241,11 +240,7 @@ class Run:
         sides = {"tuned": (self.exp.baseline, None)}
         if tune["learned"]:
             sides["learned_tuned"] = (self.exp.trainer.biases, self.exp.adapt)
-        cache = None
-        if self.tune_cache is not None:
-            spec = baseline_optimizer(self.cfg, self.exp.trainer.biases)
-            settings = run_settings(self.cfg, spec, self.exp.trainer.device)
-            cache = TuningCache(self.tune_cache, settings)
+        cache = self.exp.tuning_cache(self.tune_cache) if self.tune_cache is not None else None
         started = time.perf_counter()
         tune_sides(
             self.exp.trainer,
