@@ -34,6 +34,7 @@ from learnreg.estimators import SerialEvaluator, VmapEvaluator
 from learnreg.estimators.evaluators import FitnessProblem
 from learnreg.inits import RandomInit
 from learnreg.losses import SymbolicLoss, TaylorLoss
+from learnreg.losses.gp import GeneticProgramming
 from learnreg.models import MLP
 from learnreg.optimizers import SGD
 
@@ -80,12 +81,35 @@ def symbolic(kind: str, count: int) -> list:
     return [SymbolicLoss(kind, num, trees[i % len(trees)], seed=i) for i in range(count)]
 
 
+def gp_trees(kind: str, count: int) -> list:
+    """The GP searcher's initial population (seed 0): distinct random trees, as EvoMAL's
+    first generation evaluates them (none shares an expression, so none is grouped)."""
+    num = 10 if kind == "classification" else 1
+    searcher = GeneticProgramming(population=count)
+    searcher.start(SymbolicLoss(kind, num), seed=0)
+    return [SymbolicLoss(kind, num, e, seed=i) for i, e in enumerate(searcher.ask())]
+
+
 SETTINGS = [
     # title, dataset, hidden widths, batch size, candidates
     ("digits, MLP 64-100-10, Taylor", "digits", [100], 64, taylor),
     ("digits, MLP 64-32-10, Taylor", "digits", [32], 64, taylor),
     ("digits, MLP 64-100-10, symbolic trees", "digits", [100], 64, symbolic),
     ("Diabetes, MLP 10-100-1, symbolic trees", "diabetes", [100], 128, symbolic),
+    (
+        "digits, MLP 64-100-10, GP's first generation (distinct trees)",
+        "digits",
+        [100],
+        64,
+        gp_trees,
+    ),
+    (
+        "Diabetes, MLP 10-100-1, GP's first generation (distinct trees)",
+        "diabetes",
+        [100],
+        128,
+        gp_trees,
+    ),
     (
         "Diabetes, MLP 10-1000-1000-1 (EvoMAL's), symbolic trees",
         "diabetes",

@@ -179,3 +179,51 @@ def test_gp_needs_a_symbolic_loss_role():
 
     with pytest.raises(ConfigError, match="symbolic"):
         GeneticProgramming().start(TaylorLoss(), 0)
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression"])
+def test_a_forest_of_distinct_trees_equals_each_tree_alone(kind):
+    """The population path (every height of every tree at once, learnreg.losses.forest)
+    gives each tree's own value bit for bit, and each tree's own gradients for its node
+    weights and its prediction slice, with distinct and repeated trees, a bare leaf and
+    constant-only subtrees in one population."""
+    trees = [str(t) for t in random_trees(9, seed=11)]
+    trees += ["fx", "add(fx, mul(2.0, -1.0))", trees[0], trees[3]]
+    num = 10 if kind == "classification" else 1
+    losses = [
+        SymbolicLoss(kind, num, expression=e, seed=i).double() for i, e in enumerate(trees)
+    ]
+    g = torch.Generator().manual_seed(2)
+    preds = torch.randn(len(losses), 16, num, generator=g, dtype=torch.float64)
+    preds.requires_grad_(True)
+    if kind == "classification":
+        target = torch.randint(0, num, (16,), generator=g)
+    else:
+        target = torch.randn(16, 1, generator=g, dtype=torch.float64)
+    together = SymbolicLoss.population_values(losses, preds, target)
+    alone = torch.stack([loss(p, target) for loss, p in zip(losses, preds)])
+    assert torch.equal(together, alone)
+    scale = torch.arange(1.0, len(losses) + 1, dtype=torch.float64)  # distinct per tree
+    inputs = [preds, *(loss.weights for loss in losses)]
+    got = torch.autograd.grad((together * scale).sum(), inputs)
+    want = torch.autograd.grad((alone * scale).sum(), inputs)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_forest_needs_an_operation_per_primitive_and_height_not_per_node():
+    """The schedule's size: 16 distinct trees of up to 27 nodes (208 in all) take one
+    gather and at most one operation per primitive at each height."""
+    from learnreg.losses.forest import plan
+
+    trees = tuple(str(t) for t in random_trees(16, seed=3))
+    p = plan(trees)
+    nodes = sum(len(SymbolicLoss(expression=t).nodes) for t in trees)
+    operations = sum(len(level.ops) for level in p.levels)
+    assert len(p.levels) == max(_height(t) for t in trees)
+    assert all(len({name for name, _ in level.ops}) == len(level.ops) for level in p.levels)
+    assert operations < nodes / 3
+
+
+def _height(expression: str) -> int:
+    return tree_from_string(expression).height

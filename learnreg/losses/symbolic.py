@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from learnreg.losses.elementwise import ElementwiseLoss
 from learnreg.losses.expression import PRIMITIVES, SYMBOLS, canonical, evaluate, format_nodes, parse
+from learnreg.losses.forest import evaluate_forest
 from learnreg.registry import register
 
 # the tree helpers lived here before learnreg.losses.expression; their names still resolve
@@ -102,6 +103,22 @@ class SymbolicLoss(ElementwiseLoss):
     def population_key(self) -> tuple:
         """Trees of one expression differ only in their node weights."""
         return (self.kind, self.expression)
+
+    @staticmethod
+    def population_values(losses: list, preds: Tensor, target: Tensor) -> Tensor:
+        """Each loss on its own slice of ``preds`` (``(P, N, ...)``), shape ``(P,)``.
+
+        Trees of one kind, distinct or not, are evaluated together one height at a time
+        (:mod:`learnreg.losses.forest`: an operation per primitive and height, not two per
+        node of every tree); anything else as :class:`ElementwiseLoss` does."""
+        first = losses[0]
+        if not all(isinstance(x, SymbolicLoss) and x.kind == first.kind for x in losses):
+            return ElementwiseLoss.population_values(losses, preds, target)
+        targets, elements = first.elements(preds, target)
+        weights = [x.weights for x in losses]
+        return first.reduce(
+            evaluate_forest([x.expression for x in losses], targets, elements, weights)
+        )
 
     def elementwise(self, target: Tensor, prediction: Tensor) -> Tensor:
         """The weighted tree at every (target, prediction) element, broadcast to their shape."""
