@@ -190,9 +190,7 @@ def test_a_forest_of_distinct_trees_equals_each_tree_alone(kind):
     trees = [str(t) for t in random_trees(9, seed=11)]
     trees += ["fx", "add(fx, mul(2.0, -1.0))", trees[0], trees[3]]
     num = 10 if kind == "classification" else 1
-    losses = [
-        SymbolicLoss(kind, num, expression=e, seed=i).double() for i, e in enumerate(trees)
-    ]
+    losses = [SymbolicLoss(kind, num, expression=e, seed=i).double() for i, e in enumerate(trees)]
     g = torch.Generator().manual_seed(2)
     preds = torch.randn(len(losses), 16, num, generator=g, dtype=torch.float64)
     preds.requires_grad_(True)
