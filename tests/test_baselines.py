@@ -23,6 +23,7 @@ from learnreg.eval.metrics import evaluate_split
 from learnreg.inits.learned import LearnedInit
 from learnreg.inits.random import RandomInit
 from learnreg.losses.fixed import MSE, CrossEntropy
+from learnreg.models import MLP
 from learnreg.optimizers import SGD, Adam, LearnedLR
 
 T_975_3 = 3.1824463052837078  # Student t quantile, 0.975, 3 degrees of freedom (tables)
@@ -84,8 +85,13 @@ def _trainer(task, optimizer):
     [SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3), Adam(lr=0.01)],
     ids=["sgd", "adam"],
 )
-@pytest.mark.parametrize("vectorize", [True, False], ids=["vmap", "loop"])
-def test_vectorized_grid_trains_exactly_the_sequential_runs(optimizer, vectorize):
+@pytest.mark.parametrize("mode", ["stacked_forward", "vmap", "loop"])
+def test_vectorized_grid_trains_exactly_the_sequential_runs(optimizer, mode, monkeypatch):
+    """Every way of computing the copies' gradients: the MLP's stacked_forward, vmap (a
+    model without one) and the loop."""
+    if mode == "vmap":
+        monkeypatch.delattr(MLP, "stacked_forward")
+    vectorize = mode != "loop"
     task = tiny_task()
     trainer, biases = _trainer(task, optimizer)
     lrs = [0.003, 0.05, 0.4]

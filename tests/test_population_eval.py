@@ -252,3 +252,27 @@ def test_vmapped_fitness_equals_sequential_for_trees_sharing_expressions():
     assert fitness(VmapEvaluator().evaluate(prob, losses)) == pytest.approx(
         fitness(SerialEvaluator().evaluate(prob, losses)), abs=1e-5
     )
+
+
+@pytest.mark.parametrize("hidden, activation", [([16], "relu"), ([8, 12], "tanh"), ([], "relu")])
+def test_mlp_stacked_forward_equals_vmap_over_functional_call(hidden, activation):
+    """The population's model call (`MLP.stacked_forward`: one batched product per layer)
+    gives vmap-over-functional_call's outputs and parameter gradients."""
+    from torch.func import functional_call, vmap
+
+    model = MLP((3, 4), 5, hidden=hidden, activation=activation).double()
+    g = torch.Generator().manual_seed(0)
+    params = {
+        n: torch.randn(6, *p.shape, generator=g, dtype=torch.float64).requires_grad_()
+        for n, p in model.named_parameters()
+    }
+    x = torch.randn(7, 3, 4, generator=g, dtype=torch.float64)
+    want = vmap(lambda p: functional_call(model, p, (x,)))(params)
+    got = model.stacked_forward(params, x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(
+        torch.autograd.grad((got * weights).sum(), list(params.values())),
+        torch.autograd.grad((want * weights).sum(), list(params.values())),
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -60,6 +60,41 @@ def vmap_is_faster(model: nn.Module, device: torch.device) -> bool:
     return torch.device(device).type != "cpu" or not convolves
 
 
+def _copies_gradient(model: nn.Module, loss: nn.Module, size: int, vectorize: bool, stacked: bool):
+    """``(params, buffers, x, y) -> (grads, losses)`` of ``size`` stacked copies on one
+    batch: the model's ``stacked_forward`` (one batched product per layer, plain autograd
+    on the copies' summed losses) where it has one, ``vectorize`` and ``stacked`` (no
+    buffers) allow it; else one ``vmap`` (``vectorize``) or a loop over the copies."""
+    forward = getattr(model, "stacked_forward", None) if stacked else None
+    if vectorize and forward is not None:
+
+        def by_stacked_forward(p, b, x, y):
+            with torch.enable_grad():
+                leaves = {k: v.detach().requires_grad_() for k, v in p.items()}
+                values = torch.stack([loss(out, y) for out in forward(leaves, x)])
+                grads = torch.autograd.grad(values.sum(), list(leaves.values()))
+            return dict(zip(leaves, grads)), values.detach()
+
+        return by_stacked_forward
+
+    def member_loss(p, b, x, y):
+        return loss(functional_call(model, (p, b), (x,)), y)
+
+    if vectorize:
+        return vmap(grad_and_value(member_loss), in_dims=(0, 0, None, None))
+    single = grad_and_value(member_loss)
+
+    def by_loop(p, b, x, y):
+        outs = [
+            single({k: v[g] for k, v in p.items()}, {k: v[g] for k, v in b.items()}, x, y)
+            for g in range(size)
+        ]
+        grads = {k: torch.stack([o[0][k] for o in outs]) for k in p}
+        return grads, torch.stack([o[1] for o in outs])
+
+    return by_loop
+
+
 def train_grid(ctx, biases: Biases, task, index: int, steps: int, lrs: list[float], vectorize=None):
     """Train one model per learning rate for ``steps`` inner steps as one stacked run.
 
@@ -67,9 +102,10 @@ def train_grid(ctx, biases: Biases, task, index: int, steps: int, lrs: list[floa
     init such as MAML's is the learned side's) and reads the batches of
     ``ctx.new_run("meta_test", index)``, exactly as :func:`meta_test_run` trains the
     baseline of seed ``index``. The parameters and optimizer states of every copy are
-    stacked and updated together; the copies' gradients come from one ``vmap`` or from a
-    loop over the copies (``vectorize``; None: :func:`vmap_is_faster`). Both give the same
-    parameters up to float rounding.
+    stacked and updated together; the copies' gradients come from one batched call (the
+    model's ``stacked_forward`` where it has one, e.g. :class:`~learnreg.models.MLP`,
+    else ``vmap``) or from a loop over the copies (``vectorize``; None:
+    :func:`vmap_is_faster`). All give the same parameters up to float rounding.
 
     Returns:
         ``(run, states, diverged_at)``: the run (its model and task), one
@@ -88,24 +124,9 @@ def train_grid(ctx, biases: Biases, task, index: int, steps: int, lrs: list[floa
     first = next(iter(params.values()))
     rates = torch.tensor(lrs, dtype=first.dtype, device=first.device)
 
-    def member_loss(p, b, x, y):
-        return biases.loss(functional_call(run.model, (p, b), (x,)), y)
-
     if vectorize is None:
         vectorize = vmap_is_faster(run.model, first.device)
-    if vectorize:
-        gradient = vmap(grad_and_value(member_loss), in_dims=(0, 0, None, None))
-    else:
-        single = grad_and_value(member_loss)
-
-        def gradient(p, b, x, y):
-            outs = [
-                single({k: v[g] for k, v in p.items()}, {k: v[g] for k, v in b.items()}, x, y)
-                for g in range(size)
-            ]
-            grads = {k: torch.stack([o[0][k] for o in outs]) for k in p}
-            return grads, torch.stack([o[1] for o in outs])
-
+    gradient = _copies_gradient(run.model, biases.loss, size, vectorize, stacked=not buffers)
     opt_state = unit.init(params)  # elementwise: the stacked state is every copy's state
     diverged: list[int | None] = [None] * size
     with torch.no_grad():

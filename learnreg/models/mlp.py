@@ -5,7 +5,8 @@ from __future__ import annotations
 import difflib
 import math
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from learnreg.errors import ConfigError
 from learnreg.registry import register
@@ -56,3 +57,20 @@ class MLP(nn.Sequential):
             width = h
         layers.append(nn.Linear(width, out_features))
         super().__init__(*layers)
+
+    def stacked_forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """The outputs of P copies of this network at stacked parameters on one shared
+        batch: ``params`` maps every parameter name to a ``(P, *shape)`` tensor; returns
+        ``(P, N, out_features)``. The same arithmetic as ``vmap`` over ``functional_call``
+        (one batched matrix product per layer), without vmap's per-operation dispatch: a
+        population of candidates trains through it (``core.population``)."""
+        h = x.flatten(1)
+        for name, layer in self.named_children():
+            if isinstance(layer, nn.Linear):
+                weight, bias = params[f"{name}.weight"], params[f"{name}.bias"]
+                if h.dim() == 2:  # the shared batch: one product against every copy
+                    h = h.expand(weight.shape[0], *h.shape)
+                h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+            elif not isinstance(layer, nn.Flatten):
+                h = layer(h)  # activations are elementwise
+        return h

@@ -96,7 +96,13 @@ class Population:
         (params, buffers, opt_state), (x, y) = state, batch
         frozen = frozen_names(model)
         fixed = {k: v for k, v in params.items() if k in frozen}
-        forward = vmap(lambda p, b: call_model(model, p, b, x), randomness="different")
+        stacked = getattr(model, "stacked_forward", None)
+        if stacked is not None and not buffers:  # P copies' products at once, no vmap
+
+            def forward(p, b):
+                return stacked(p, x)
+        else:
+            forward = vmap(lambda p, b: call_model(model, p, b, x), randomness="different")
 
         def total(adapted):
             return self._loss_values(forward({**adapted, **fixed}, buffers), y).sum()
