@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 Params = dict[str, Tensor]
 
@@ -36,6 +36,18 @@ def call_model(model: nn.Module, params: Params, buffers: Params, x: Tensor) -> 
         ]
         untied = _UNTIED[model] = len({id(t) for _, t in named}) == len(named)
     return functional_call(model, mapping, (x,), tie_weights=not untied)
+
+
+def call_stacked(model: nn.Module, params: Params, buffers: Params, x: Tensor) -> Tensor:
+    """P copies of ``model`` at stacked parameters and buffers (leading dimension P) on one
+    shared batch ``x``: the model's own ``stacked_forward(params, x)`` where it has one and
+    no buffers (:class:`~learnreg.models.MLP`: one batched product per layer), else
+    ``vmap`` over :func:`call_model`. Populations and the tuned grid call their copies
+    through it."""
+    stacked = getattr(model, "stacked_forward", None)
+    if stacked is not None and not buffers:
+        return stacked(params, x)
+    return vmap(lambda p, b: call_model(model, p, b, x), randomness="different")(params, buffers)
 
 
 def plain_autograd_allowed() -> bool:

@@ -3,8 +3,9 @@
 Where the optimizer's update is linear in its learning rate (SGD and Adam: their state
 does not depend on it), one copy of the model per rate is stacked and the optimizer at rate
 1 updates the stack, scaled per copy; the copies' gradients on the shared batch come from
-one ``torch.func.vmap`` or, for convolutional models on a CPU where that is faster, from a
-loop over the copies. :mod:`learnreg.eval.baselines` selects among the trained copies.
+one call of all copies (an MLP's ``stacked_forward``, else ``torch.func.vmap``) or, for
+convolutional models on a CPU where that is faster, from a loop over the copies.
+:mod:`learnreg.eval.baselines` selects among the trained copies.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import dataclasses
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, grad_and_value
 
 from learnreg.core.bias import Biases
+from learnreg.core.functional import call_stacked, value_and_grad
 from learnreg.core.inner import InnerState
 from learnreg.errors import ConfigError
 from learnreg.optimizers.fixed import SGD, Adam
@@ -60,29 +62,24 @@ def vmap_is_faster(model: nn.Module, device: torch.device) -> bool:
     return torch.device(device).type != "cpu" or not convolves
 
 
-def _copies_gradient(model: nn.Module, loss: nn.Module, size: int, vectorize: bool, stacked: bool):
+def _copies_gradient(model: nn.Module, loss: nn.Module, size: int, vectorize: bool):
     """``(params, buffers, x, y) -> (grads, losses)`` of ``size`` stacked copies on one
-    batch: the model's ``stacked_forward`` (one batched product per layer, plain autograd
-    on the copies' summed losses) where it has one, ``vectorize`` and ``stacked`` (no
-    buffers) allow it; else one ``vmap`` (``vectorize``) or a loop over the copies."""
-    forward = getattr(model, "stacked_forward", None) if stacked else None
-    if vectorize and forward is not None:
-
-        def by_stacked_forward(p, b, x, y):
-            with torch.enable_grad():
-                leaves = {k: v.detach().requires_grad_() for k, v in p.items()}
-                values = torch.stack([loss(out, y) for out in forward(leaves, x)])
-                grads = torch.autograd.grad(values.sum(), list(leaves.values()))
-            return dict(zip(leaves, grads)), values.detach()
-
-        return by_stacked_forward
-
-    def member_loss(p, b, x, y):
-        return loss(functional_call(model, (p, b), (x,)), y)
-
+    batch: one call of all copies (:func:`~learnreg.core.functional.call_stacked`) and
+    the gradient of their summed losses, each copy's own (``vectorize``), or a loop."""
     if vectorize:
-        return vmap(grad_and_value(member_loss), in_dims=(0, 0, None, None))
-    single = grad_and_value(member_loss)
+
+        def by_one_call(p, b, x, y):
+            losses = []  # each copy's loss, kept for the divergence check
+
+            def total(q):
+                losses.append(torch.stack([loss(out, y) for out in call_stacked(model, q, b, x)]))
+                return losses[-1].sum()
+
+            grads, _ = value_and_grad(total, p)
+            return grads, losses[-1].detach()
+
+        return by_one_call
+    single = grad_and_value(lambda p, b, x, y: loss(functional_call(model, (p, b), (x,)), y))
 
     def by_loop(p, b, x, y):
         outs = [
@@ -126,7 +123,7 @@ def train_grid(ctx, biases: Biases, task, index: int, steps: int, lrs: list[floa
 
     if vectorize is None:
         vectorize = vmap_is_faster(run.model, first.device)
-    gradient = _copies_gradient(run.model, biases.loss, size, vectorize, stacked=not buffers)
+    gradient = _copies_gradient(run.model, biases.loss, size, vectorize)
     opt_state = unit.init(params)  # elementwise: the stacked state is every copy's state
     diverged: list[int | None] = [None] * size
     with torch.no_grad():

@@ -24,7 +24,7 @@ from torch.func import vmap
 
 from learnreg.core import population
 from learnreg.core.bias import Biases
-from learnreg.core.functional import call_model, plain_autograd_allowed, value_and_grad
+from learnreg.core.functional import call_stacked, plain_autograd_allowed, value_and_grad
 from learnreg.core.inner import InnerState, frozen_names, init_state, inner_step
 from learnreg.core.metaparams import call_at
 
@@ -96,16 +96,10 @@ class Population:
         (params, buffers, opt_state), (x, y) = state, batch
         frozen = frozen_names(model)
         fixed = {k: v for k, v in params.items() if k in frozen}
-        stacked = getattr(model, "stacked_forward", None)
-        if stacked is not None and not buffers:  # P copies' products at once, no vmap
-
-            def forward(p, b):
-                return stacked(p, x)
-        else:
-            forward = vmap(lambda p, b: call_model(model, p, b, x), randomness="different")
 
         def total(adapted):
-            return self._loss_values(forward({**adapted, **fixed}, buffers), y).sum()
+            preds = call_stacked(model, {**adapted, **fixed}, buffers, x)
+            return self._loss_values(preds, y).sum()
 
         adapted = {k: v for k, v in params.items() if k not in frozen}
         grads, _ = value_and_grad(total, adapted)
