@@ -20,7 +20,7 @@ re-run. Reported:
   25 x 50 search.
 
 Run: ``python -m benchmarks.loss_search [--only quality,invariant,ablation,cost]
-[--tasks digits,fmnist,diabetes] [--out DIR]``.
+[--tasks digits,fmnist,diabetes] [--rows taylorglo_diabetes,...] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -105,12 +105,15 @@ def quality_row(name: str, budget: str, summary: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def quality(out: Path, tasks: list[str]) -> None:
+def quality(out: Path, tasks: list[str], names: list[str] | None = None) -> None:
+    """Run (or read back) the quality rows of ``tasks``, only those in ``names`` if given:
+    two processes given different ``names`` share the machine's cores; a row another
+    process finished is read back into quality.md."""
     print("\n" + QUALITY_HEADER)
     rows = []
     for name, (preset, overrides, budget) in QUALITY.items():
         finished = out / name / "summary.json"
-        if name.split("_")[1] in tasks:
+        if name.split("_")[1] in tasks and (names is None or name in names):
             summary = run(name, preset, overrides, out)
         elif finished.is_file():  # another task's finished row stays in quality.md
             summary = json.loads(finished.read_text())
@@ -219,6 +222,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--tasks", default="digits,fmnist,diabetes", help="quality and ablation rows to run"
     )
+    parser.add_argument(
+        "--rows",
+        default=None,
+        help=f"only these quality rows, comma-separated (of {', '.join(QUALITY)})",
+    )
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     torch.set_num_threads(args.threads)
@@ -226,7 +234,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU")
     parts = args.only.split(",")
     if "quality" in parts:
-        quality(out, tasks)
+        unknown = set(args.rows.split(",")) - set(QUALITY) if args.rows else set()
+        if unknown:
+            parser.error(f"unknown --rows {sorted(unknown)}; choose from {', '.join(QUALITY)}")
+        quality(out, tasks, args.rows.split(",") if args.rows else None)
     if "invariant" in parts:
         invariant(out)
     if "ablation" in parts:
