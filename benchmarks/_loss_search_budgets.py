@@ -62,6 +62,19 @@ QUALITY = {
         ],
         "GP 25 x 10 gens, local search 20, filter 100 + gradient equivalence (preset), fitness 200; 10k train images; test 2000 steps",
     ),
+    "gplfl_fmnist": (
+        "gplfl/fmnist_cnn",
+        [
+            "task.train_size=10000",
+            "task.val_size=2000",
+            "task.batch_size=64",
+            "estimator.searcher.population=25",  # as evomal_fmnist, so the two compare
+            "meta_steps=10",
+            "estimator.fitness_steps=200",
+            "meta_test.steps=2000",
+        ],
+        "GP 25 x 10 gens, no local search, filter 100 + gradient equivalence (preset), fitness 200; 10k train images; test 2000 steps",
+    ),
     "taylorglo_diabetes": (
         "taylorglo/digits_mlp",
         [

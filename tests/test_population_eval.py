@@ -165,6 +165,24 @@ def test_a_candidate_whose_local_search_diverges_is_discarded_alone():
     assert [together[0].fitness, together[2].fitness] == pytest.approx(fitness(alone), abs=1e-10)
 
 
+def test_local_search_leaves_a_parameterless_candidate_alone():
+    """Cross-entropy next to a tree (``benchmarks.loss_search.ce_fitness`` scores CE under
+    EvoMAL's local search): CE trains as it would without local search, the tree as it
+    would alone."""
+    from learnreg.losses import CrossEntropy
+
+    task = digits(double=True)
+    tree = SymbolicLoss(expression=TREES[1], seed=0).double()
+    searched = problem(task, steps=10, local_search=LocalSearch(steps=3, lr=1e-2))
+    both = evaluate_group(searched, [CrossEntropy(), copy.deepcopy(tree)], batched=False)
+    plain = evaluate_group(problem(task, steps=10), [CrossEntropy()], batched=False)
+    tree_alone = evaluate_group(searched, [copy.deepcopy(tree)], batched=False)
+    assert both[0].fitness == pytest.approx(plain[0].fitness, abs=1e-12)
+    assert both[1].fitness == pytest.approx(tree_alone[0].fitness, abs=1e-12)
+    only_ce = evaluate_group(searched, [CrossEntropy()], batched=False)
+    assert only_ce[0].fitness == pytest.approx(plain[0].fitness, abs=1e-12)
+
+
 RAY_DRIVER = """
 import ray
 from learnreg.estimators.evaluators.backends import RayEvaluator

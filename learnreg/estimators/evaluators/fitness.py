@@ -219,12 +219,17 @@ def local_search(problem: FitnessProblem, members: Population) -> dict[int, str]
     (clipped; a non-finite step is refused and the candidate restored, and a candidate
     refused ``max_bad`` times in a row is dropped while the others go on).
 
+    A candidate without learnable parameters (cross-entropy scored as a reference, a
+    tree whose weights are frozen) has nothing to tune and is left as it is.
+
     Returns:
         ``{index: reason}`` for candidates whose meta-gradients diverged.
     """
     ls, device, max_bad = problem.local_search, torch.device(problem.device), 10
     params = [[p for p in c.parameters() if p.requires_grad] for c in members.candidates]
-    adams = [torch.optim.Adam(ps, lr=ls.lr) for ps in params]
+    if not any(params):
+        return {}
+    adams = [torch.optim.Adam(ps, lr=ls.lr) if ps else None for ps in params]
     good = [[p.detach().clone() for p in ps] for ps in params]
     bad, failed = [0] * len(params), {}
     seed, task = derive_seed(problem.seed, "local_search"), problem.tasks[0].to(device)
@@ -240,6 +245,8 @@ def local_search(problem: FitnessProblem, members: Population) -> dict[int, str]
             values = members.objective(ls.objective, model, state, objective_batch, task)
             values.sum().backward()
         for i, (adam, ps) in enumerate(zip(adams, params)):
+            if adam is None:
+                continue
             if i not in failed and _outer_step(adam, ps, float(values[i].detach()), ls.clip):
                 good[i], bad[i] = [p.detach().clone() for p in ps], 0
             elif i not in failed:
