@@ -227,9 +227,9 @@ def local_search(problem: FitnessProblem, members: Population) -> dict[int, str]
     """
     ls, device, max_bad = problem.local_search, torch.device(problem.device), 10
     params = [[p for p in c.parameters() if p.requires_grad] for c in members.candidates]
-    if not any(params):
+    adams = {i: torch.optim.Adam(ps, lr=ls.lr) for i, ps in enumerate(params) if ps}
+    if not adams:
         return {}
-    adams = [torch.optim.Adam(ps, lr=ls.lr) if ps else None for ps in params]
     good = [[p.detach().clone() for p in ps] for ps in params]
     bad, failed = [0] * len(params), {}
     seed, task = derive_seed(problem.seed, "local_search"), problem.tasks[0].to(device)
@@ -244,9 +244,8 @@ def local_search(problem: FitnessProblem, members: Population) -> dict[int, str]
             state = members.step(model, members.init(model, task), batch)
             values = members.objective(ls.objective, model, state, objective_batch, task)
             values.sum().backward()
-        for i, (adam, ps) in enumerate(zip(adams, params)):
-            if adam is None:
-                continue
+        for i, adam in adams.items():
+            ps = params[i]
             if i not in failed and _outer_step(adam, ps, float(values[i].detach()), ls.clip):
                 good[i], bad[i] = [p.detach().clone() for p in ps], 0
             elif i not in failed:
